@@ -1,0 +1,83 @@
+"""The generator contract: what every video backend takes and returns.
+
+Pure data types and a Protocol; no I/O. Frames are ``uint8`` arrays of shape
+``(num_frames, height, width, 3)`` in RGB order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "ContinuationState",
+    "Generator",
+    "GeneratorError",
+    "IncompatibleStateError",
+    "SegmentRequest",
+    "SegmentResult",
+    "StepCallback",
+]
+
+StepCallback = Callable[[int, int], None]
+"""Called as ``on_step(step, total_steps)`` after each denoising step (1-based)."""
+
+
+class GeneratorError(RuntimeError):
+    """A backend failed to build or to generate a segment."""
+
+
+class IncompatibleStateError(GeneratorError):
+    """A continuation state of the wrong kind, or with a corrupt payload."""
+
+
+@dataclass(frozen=True)
+class ContinuationState:
+    """Where a stream left off: ``kind`` names the generator family and version."""
+
+    kind: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": self.kind, "payload": self.payload}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentRequest:
+    """Everything a backend needs to produce one segment."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    seed: int = 0
+    num_inference_steps: int = 4
+    guidance_scale: float = 1.0
+    width: int = 512
+    height: int = 512
+    num_frames: int = 24
+    fps: int = 24
+    segment_idx: int = 0
+    init_image_path: str | None = None
+    continuation: ContinuationState | None = None
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """Frames of one segment, ``(N, H, W, 3)`` uint8 RGB, and the state to continue from."""
+
+    frames: np.ndarray
+    continuation: ContinuationState
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A video backend. ``generate`` blocks (GPU or CPU work); callers run it off the event loop."""
+
+    @property
+    def name(self) -> str: ...
+
+    def generate(self, request: SegmentRequest, on_step: StepCallback | None = None) -> SegmentResult: ...
+
+    def close(self) -> None: ...

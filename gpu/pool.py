@@ -1,0 +1,306 @@
+"""GPU pools: where sessions get a worker and segments get generated, off the event loop.
+
+Exceptions::
+
+    PoolError (RuntimeError)
+    ├── PoolUnavailableError   not started, shut down, or no ready worker
+    └── SessionNotBoundError   run() for a session that has not acquired a worker
+
+Generator failures surface as ``gpu.generator.GeneratorError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, runtime_checkable
+
+from gpu.generator import Generator, GeneratorError, SegmentRequest, SegmentResult, StepCallback
+
+__all__ = [
+    "DEFAULT_WARMUP_REQUEST",
+    "GpuPool",
+    "InProcessGpuPool",
+    "PoolAssignment",
+    "PoolError",
+    "PoolUnavailableError",
+    "SessionNotBoundError",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WARMUP_REQUEST = SegmentRequest(
+    prompt="warm-up", width=64, height=64, num_frames=2, num_inference_steps=1, seed=0
+)
+
+
+class PoolError(RuntimeError):
+    """A pool could not serve a request."""
+
+
+class PoolUnavailableError(PoolError):
+    """The pool is not started, is shut down, or has no ready worker."""
+
+
+class SessionNotBoundError(PoolError):
+    """The session has not acquired a worker (or has released it)."""
+
+
+@dataclass(frozen=True)
+class PoolAssignment:
+    """The worker a session is bound to."""
+
+    gpu_id: int
+    worker_id: str
+
+
+@runtime_checkable
+class GpuPool(Protocol):
+    """Workers that generate segments for sessions; every blocking step runs off the event loop."""
+
+    async def start(self) -> None:
+        """Build and warm up the workers; afterwards ``ready`` is True or the failure is recorded."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def acquire(self, session_id: str) -> PoolAssignment:
+        """Bind ``session_id`` to a worker (the same one again if it is already bound)."""
+
+    async def run(
+        self, session_id: str, request: SegmentRequest, on_step: StepCallback | None = None
+    ) -> SegmentResult:
+        """Generate one segment for a bound session; ``on_step`` is called on the event loop."""
+
+    async def release(self, session_id: str) -> None:
+        """Unbind ``session_id``; releasing an unbound session does nothing."""
+
+    async def shutdown(self) -> None:
+        """Stop every worker; idempotent and safe when callers race."""
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot for ``/status``: counts plus ``gpu_status`` per worker id."""
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class InProcessGpuPool:
+    """One generator inside the server process; segments run in a thread pool the pool owns."""
+
+    def __init__(
+        self,
+        generator_factory: Callable[[], Generator],
+        *,
+        gpu_id: int = 0,
+        max_parallel: int = 1,
+        warmup: bool = True,
+        warmup_request: SegmentRequest | None = None,
+    ) -> None:
+        if max_parallel < 1:
+            raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
+        self._factory = generator_factory
+        self._gpu_id = gpu_id
+        self._worker_id = f"inproc-{gpu_id}"
+        self._max_parallel = max_parallel
+        self._warmup = warmup
+        self._warmup_request = warmup_request or DEFAULT_WARMUP_REQUEST
+        self._state = _State.NEW
+        self._generator: Generator | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._sessions: set[str] = set()
+        self._segments_done = 0
+        self._running = 0
+        self._queued = 0
+        self._counts_lock = threading.Lock()  # queue/running counts change in executor threads
+        self._last_error: str | None = None
+        self._warmup_ms: float | None = None
+        self._warmup_ok = False
+        self._start_failed = False
+
+    @property
+    def ready(self) -> bool:
+        return self._state is _State.READY
+
+    async def start(self) -> None:
+        """Build the generator and warm it up; a failure is logged and recorded, not raised."""
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            raise PoolUnavailableError(f"pool {self._worker_id} cannot start: it is {self._state.value}")
+        if self._start_task is None:
+            self._state = _State.STARTING
+            self._start_task = asyncio.create_task(self._start())
+        await asyncio.shield(self._start_task)
+
+    async def _start(self) -> None:
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._max_parallel, thread_name_prefix=f"gpu-{self._worker_id}"
+        )
+        try:
+            self._generator = await asyncio.to_thread(self._factory)
+        except Exception as exc:  # a boot failure of any kind is recorded, never raised
+            self._fail("build", exc)
+            return
+        if self._warmup:
+            try:
+                await self._run_warmup(self._generator)
+            except Exception as exc:
+                self._fail("warm-up", exc)
+                return
+            self._warmup_ok = True
+        if self._state is _State.STARTING:
+            self._state = _State.READY
+            logger.info("gpu %s: ready (warm-up %s ms)", self._worker_id, self._warmup_ms)
+
+    async def _run_warmup(self, generator: Generator) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        first = await loop.run_in_executor(self._executor, generator.generate, self._warmup_request)
+        follow_up = replace(
+            self._warmup_request,
+            segment_idx=self._warmup_request.segment_idx + 1,
+            continuation=first.continuation,
+        )
+        await loop.run_in_executor(self._executor, generator.generate, follow_up)
+        self._warmup_ms = (time.perf_counter() - started) * 1000.0
+
+    def _fail(self, stage: str, exc: BaseException) -> None:
+        self._last_error = f"{stage} failed: {type(exc).__name__}: {exc}"
+        self._start_failed = True
+        logger.error("gpu %s: %s failed", self._worker_id, stage, exc_info=exc)
+        if self._state is _State.STARTING:
+            self._state = _State.FAILED
+
+    async def acquire(self, session_id: str) -> PoolAssignment:
+        """Bind ``session_id`` to the single in-process worker."""
+        self._require_ready()
+        self._sessions.add(session_id)
+        return PoolAssignment(gpu_id=self._gpu_id, worker_id=self._worker_id)
+
+    async def run(
+        self, session_id: str, request: SegmentRequest, on_step: StepCallback | None = None
+    ) -> SegmentResult:
+        """Generate a segment in the pool's threads; ``on_step`` runs on the event loop thread."""
+        generator, executor = self._require_ready()
+        if session_id not in self._sessions:
+            raise SessionNotBoundError(f"session {session_id!r} is not bound to pool {self._worker_id}")
+        loop = asyncio.get_running_loop()
+        step_callback = _loop_step_callback(loop, on_step, session_id) if on_step is not None else None
+        with self._counts_lock:
+            self._queued += 1
+        try:
+            result = await loop.run_in_executor(executor, self._generate, generator, request, step_callback)
+        except PoolError:
+            raise
+        except GeneratorError as exc:
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        except Exception as exc:
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            raise GeneratorError(f"generator failed: {type(exc).__name__}: {exc}") from exc
+        self._segments_done += 1
+        return result
+
+    def _generate(
+        self, generator: Generator, request: SegmentRequest, on_step: StepCallback | None
+    ) -> SegmentResult:
+        # Runs in an executor thread.
+        with self._counts_lock:
+            self._queued -= 1
+            if self._state is not _State.READY:  # queued behind a shutdown: drain without generating
+                raise PoolUnavailableError(f"pool {self._worker_id} shut down before this segment started")
+            self._running += 1
+        try:
+            return generator.generate(request, on_step)
+        finally:
+            with self._counts_lock:
+                self._running -= 1
+
+    def _require_ready(self) -> tuple[Generator, ThreadPoolExecutor]:
+        if self._state is not _State.READY or self._generator is None or self._executor is None:
+            raise PoolUnavailableError(f"pool {self._worker_id} is {self._state.value}, not ready")
+        return self._generator, self._executor
+
+    async def release(self, session_id: str) -> None:
+        """Unbind ``session_id``; idempotent."""
+        self._sessions.discard(session_id)
+
+    async def shutdown(self) -> None:
+        """Wait for running segments, stop the threads and close the generator; idempotent."""
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.create_task(self._shutdown())
+        await asyncio.shield(self._shutdown_task)
+
+    async def _shutdown(self) -> None:
+        previous, self._state = self._state, _State.CLOSING
+        if self._start_task is not None:
+            await asyncio.shield(self._start_task)  # building cannot be interrupted; let it finish
+        self._sessions.clear()
+        executor, self._executor = self._executor, None
+        generator, self._generator = self._generator, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True)
+        if generator is not None:
+            try:
+                await asyncio.to_thread(generator.close)
+            except Exception:  # closing is best effort; the pool is gone either way
+                logger.exception("gpu %s: generator close failed", self._worker_id)
+        self._state = _State.CLOSED
+        logger.info("gpu %s: shut down (was %s)", self._worker_id, previous.value)
+
+    def status(self) -> dict[str, Any]:
+        """Counts for ``/status``; a build failure counts as a failed warm-up (the worker never got ready)."""
+        return {
+            "total_gpus": 1,
+            "available_gpus": 1 if self.ready else 0,
+            "queue_size": max(self._queued, 0),
+            "warmup_enabled": self._warmup,
+            "warmup_successful_gpus": 1 if self._warmup_ok else 0,
+            "warmup_failed_gpus": 1 if self._start_failed else 0,
+            "gpu_status": {
+                self._worker_id: {
+                    "gpu_id": self._gpu_id,
+                    "state": self._state.value,
+                    "ready": self.ready,
+                    "alive": self._generator is not None,
+                    "sessions": len(self._sessions),
+                    "running": self._running,
+                    "segments_done": self._segments_done,
+                    "last_error": self._last_error,
+                    "warmup_ms": self._warmup_ms,
+                }
+            },
+        }
+
+
+def _loop_step_callback(
+    loop: asyncio.AbstractEventLoop, on_step: StepCallback, session_id: str
+) -> StepCallback:
+    """Wrap ``on_step`` so that calls from a worker thread run on ``loop``'s thread instead."""
+
+    def deliver(step: int, total: int) -> None:
+        try:
+            on_step(step, total)
+        except Exception:  # a broken progress callback must not kill the segment
+            logger.exception("session %s: on_step callback failed", session_id)
+
+    def from_thread(step: int, total: int) -> None:
+        # A closed loop (RuntimeError) means the segment outlived its caller; nobody is listening.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(deliver, step, total)
+
+    return from_thread

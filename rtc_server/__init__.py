@@ -1,0 +1,1 @@
+"""The streaming service: config, protocol, sessions, transports, media, ops endpoints."""

@@ -1,0 +1,149 @@
+"""The aiohttp application: shared objects under typed keys, routes, and ordered teardown.
+
+Startup order: pool (warm-up runs in the background so /readyz can say
+"warming"), session registry, WebRTC transport. Cleanup runs in reverse:
+peers first, then remaining sessions, then the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from gpu.factory import build_generator
+from gpu.generator import Generator, SegmentRequest
+from gpu.pool import GpuPool, InProcessGpuPool
+from rtc_server.config import ServiceConfig
+from rtc_server.health import healthz_payload, readyz_payload
+from rtc_server.http_errors import json_error
+from rtc_server.registry import SessionRegistry
+from rtc_server.transports import webrtc
+from rtc_server.transports.ice import apply_bitrate_bounds
+
+__all__ = ["CONFIG", "POOL", "REGISTRY", "WEBRTC", "build_app"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", ServiceConfig)
+POOL = web.AppKey("pool", GpuPool)  # type: ignore[type-abstract]
+REGISTRY = web.AppKey("registry", SessionRegistry)
+WEBRTC = web.AppKey("webrtc", webrtc.WebRTCTransport)
+
+WARMUP_SIZE_PX = 64  # warm-up segments are tiny: they prove the path works, not the throughput
+DEFAULT_WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
+
+
+def build_pool(config: ServiceConfig) -> GpuPool:
+    """The pool selected by ``pool.backend``."""
+    generator_config = config.generator
+
+    def make_generator() -> Generator:
+        return build_generator(generator_config.backend, generator_config.options)
+
+    sampling = config.default_request.sampling
+    warmup_request = SegmentRequest(
+        prompt=config.default_request.prompt,
+        width=WARMUP_SIZE_PX,
+        height=WARMUP_SIZE_PX,
+        num_frames=min(sampling.num_frames, 8),
+        fps=sampling.fps,
+        num_inference_steps=min(sampling.num_inference_steps, 2),
+        seed=sampling.seed,
+    )
+    return InProcessGpuPool(
+        make_generator,
+        max_parallel=config.pool.max_parallel,
+        warmup=config.pool.warmup,
+        warmup_request=warmup_request,
+    )
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    pool = build_pool(app[CONFIG])
+    app[POOL] = pool
+    warmup = asyncio.create_task(pool.start(), name="pool-start")
+    yield
+    if not warmup.done():
+        warmup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await warmup
+    await pool.shutdown()
+
+
+async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    registry = SessionRegistry(config=app[CONFIG], pool=app[POOL])
+    app[REGISTRY] = registry
+    registry.start_reaper()
+    yield
+    await registry.close()
+
+
+async def _webrtc_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    apply_bitrate_bounds(
+        min_bps=config.webrtc.min_bitrate, max_bps=config.webrtc.max_bitrate, start_bps=config.webrtc.start_bitrate
+    )
+    transport = webrtc.WebRTCTransport(config=config, registry=app[REGISTRY])
+    app[WEBRTC] = transport
+    yield
+    await transport.close()
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response(healthz_payload())
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    payload, ready = readyz_payload(request.app[POOL].status())
+    return web.json_response(payload, status=200 if ready else 503)
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "sessions": len(request.app[REGISTRY]), "stream_mode": "webrtc"})
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[POOL].status())
+
+
+async def _delete_session(request: web.Request) -> web.Response:
+    session_id = request.match_info["session_id"]
+    controller = request.app[REGISTRY].get(session_id)
+    if controller is None:
+        return json_error(404, "invalid_message", f"no live session {session_id!r}")
+    await controller.request_stop()
+    return web.json_response({"session_id": session_id, "state": controller.session.state.value})
+
+
+def _add_web_client(app: web.Application, directory: Path) -> None:
+    index = directory / "index.html"
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        if not index.is_file():
+            return json_error(404, "invalid_message", f"web client not found at {directory}")
+        return web.FileResponse(index)
+
+    app.router.add_get("/", page)
+    if directory.is_dir():
+        app.router.add_static("/client/", directory)
+
+
+def build_app(config: ServiceConfig) -> web.Application:
+    """The service as an aiohttp application; shared objects live in its cleanup contexts."""
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app.cleanup_ctx.extend([_pool_ctx, _registry_ctx, _webrtc_ctx])
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/status", _status)
+    app.router.add_delete("/v1/sessions/{session_id}", _delete_session)
+    webrtc.register_routes(app, WEBRTC, config)
+    web_dir = Path(config.server.web_client_dir) if config.server.web_client_dir else DEFAULT_WEB_CLIENT_DIR
+    _add_web_client(app, web_dir)
+    return app

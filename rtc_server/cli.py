@@ -1,0 +1,65 @@
+"""Command line: ``python -m rtc_server [--config PATH] [--host H] [--port P]``.
+
+Exit status: 0 after a clean shutdown on SIGINT/SIGTERM, 2 for a bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from rtc_server.app import build_app
+from rtc_server.config import ConfigError, ServiceConfig, load_config
+
+__all__ = ["main"]
+
+EXIT_BAD_CONFIG = 2
+SHUTDOWN_TIMEOUT_S = 3.0  # connections still open after this are dropped at shutdown
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m rtc_server", description="Real-time AI video streaming server.")
+    parser.add_argument("--config", help="YAML config file (the embedded defaults when omitted)")
+    parser.add_argument("--host", help="override server.host")
+    parser.add_argument("--port", type=int, help="override server.port")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def _with_overrides(config: ServiceConfig, host: str | None, port: int | None) -> ServiceConfig:
+    server = config.server.model_copy(
+        update={k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    )
+    return config.model_copy(update={"server": server})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config) if args.config else ServiceConfig()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    config = _with_overrides(config, args.host, args.port)
+    app = build_app(config)
+    url = f"http://{config.server.host}:{config.server.port}/"
+
+    def announce(_: str) -> None:
+        print(f"rtc_server listening on {url}", flush=True)
+
+    # run_app turns SIGINT/SIGTERM into a graceful exit: stop listening, run the
+    # cleanup contexts (sessions, peers, pool), then return normally.
+    web.run_app(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        print=announce,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        access_log=None,
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""Headless clients of the service, for tests and load tools."""

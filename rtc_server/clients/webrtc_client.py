@@ -1,0 +1,181 @@
+"""A headless WebRTC client (aiortc) that opens a session and records what it receives.
+
+Used by the test suite and the load tool: it decodes every frame, reads the
+synthetic generator's embedded frame marker back, and keeps the control events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import VideoFrame
+
+from gpu.frame_marker import FrameMarker, read_marker
+from rtc_server.transports.ice import build_rtc_configuration, restrict_host_candidates
+
+__all__ = ["OfferRejected", "ReceivedFrame", "WebRTCClient"]
+
+THUMB_STEP_PX = 8  # keep every 8th pixel of the luma plane per frame, for cheap comparisons
+
+
+class OfferRejected(RuntimeError):
+    """The server answered the offer with an error status."""
+
+    def __init__(self, status: int, body: Any, headers: dict[str, str]) -> None:
+        super().__init__(f"offer rejected with HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+@dataclass(frozen=True)
+class ReceivedFrame:
+    """One decoded frame: when it arrived (monotonic s), its size, its marker and a luma thumbnail."""
+
+    received_at: float
+    width: int
+    height: int
+    marker: FrameMarker | None
+    thumb: np.ndarray
+
+
+def luma_plane(frame: VideoFrame) -> np.ndarray:
+    """The Y plane of a decoded frame as (height, width) uint8, without the row padding."""
+    if frame.format.name not in ("yuv420p", "yuvj420p"):
+        frame = frame.reformat(format="yuv420p")
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, dtype=np.uint8).reshape(frame.height, plane.line_size)
+    return rows[:, : frame.width]
+
+
+class WebRTCClient:
+    """One session over WebRTC: offer/answer over HTTP, frames over RTP, events over ``control``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        session_init: dict[str, Any] | None = None,
+        host_addresses: list[str] | None = None,
+        on_frame: Callable[[ReceivedFrame], None] | None = None,
+        keep_frames: bool = True,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._session_init = session_init
+        self._host_addresses = host_addresses if host_addresses is not None else ["127.0.0.1"]
+        self._on_frame = on_frame
+        self._keep_frames = keep_frames
+        self.pc = RTCPeerConnection(build_rtc_configuration([]))
+        self.channel = self.pc.createDataChannel("control")
+        self.events: list[dict[str, Any]] = []
+        self.frames: list[ReceivedFrame] = []
+        self.frame_count = 0
+        self.session_id: str | None = None
+        self.offer_posted_at: float | None = None
+        self.first_frame_at: float | None = None
+        self._event_added = asyncio.Event()
+        self._channel_open = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self.channel.on("open", self._channel_open.set)
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+
+    async def connect(self, *, http: aiohttp.ClientSession | None = None) -> str:
+        """Send the offer (with the init in the body) and apply the answer; returns the session id."""
+        self.pc.addTransceiver("video", direction="recvonly")
+        restrict_host_candidates(self.pc, self._host_addresses)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body: dict[str, Any] = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        if self._session_init is not None:
+            body["session_init"] = self._session_init
+        self.offer_posted_at = time.monotonic()
+        async with contextlib.AsyncExitStack() as stack:
+            if http is None:
+                http = await stack.enter_async_context(aiohttp.ClientSession())
+            async with http.post(f"{self._base_url}/v1/webrtc/offer", json=body) as response:
+                payload = await response.json(content_type=None)
+                if response.status != 200:
+                    raise OfferRejected(response.status, payload, dict(response.headers))
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=payload["sdp"], type=payload["type"]))
+        self.session_id = payload["session_id"]
+        return payload["session_id"]
+
+    async def wait_channel_open(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self._channel_open.wait(), timeout)
+
+    def send(self, message: dict[str, Any] | str | bytes) -> None:
+        """Send a control message (a dict is JSON-encoded; text and bytes go as they are)."""
+        self.channel.send(json.dumps(message) if isinstance(message, dict) else message)
+
+    def _on_message(self, data: str | bytes) -> None:
+        self.events.append(json.loads(data))
+        self._event_added.set()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and self._reader is None:
+            self._reader = asyncio.create_task(self._read_frames(track), name="client-frames")
+
+    async def _read_frames(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                luma = luma_plane(frame)
+                received = ReceivedFrame(
+                    received_at=now,
+                    width=frame.width,
+                    height=frame.height,
+                    marker=read_marker(luma),
+                    thumb=luma[::THUMB_STEP_PX, ::THUMB_STEP_PX].copy(),
+                )
+                if self.first_frame_at is None:
+                    self.first_frame_at = now
+                self.frame_count += 1
+                if self._keep_frames:
+                    self.frames.append(received)
+                if self._on_frame is not None:
+                    self._on_frame(received)
+
+    def events_of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("type") == kind]
+
+    async def wait_for_event(
+        self, kind: str, predicate: Callable[[dict[str, Any]], bool] | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """The first event of ``kind`` (matching ``predicate``), waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                if event.get("type") == kind and (predicate is None or predicate(event)):
+                    return event
+            seen = len(self.events)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {kind!r} event within {timeout}s; got {[e.get('type') for e in self.events]}")
+            self._event_added.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event_added.wait(), remaining)
+
+    async def close(self) -> None:
+        await self.pc.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def __aenter__(self) -> WebRTCClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

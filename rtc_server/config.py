@@ -1,0 +1,157 @@
+"""Typed service configuration, loaded from YAML.
+
+Every section is a pydantic model that forbids unknown keys, so a typo in a
+config file is an error naming the key and the file instead of a silently
+ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DefaultRequestConfig",
+    "GeneratorConfig",
+    "PoolConfig",
+    "SamplingConfig",
+    "ServerConfig",
+    "ServiceConfig",
+    "StreamingConfig",
+    "WebRTCConfig",
+    "load_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    """Where the HTTP server listens and what it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest offer body accepted (bytes).")
+    max_message_bytes: int = Field(
+        48 * 1024 * 1024, gt=0, description="Largest control message accepted (bytes); fits a 32 MiB image in base64."
+    )
+    web_client_dir: str | None = Field(None, description="Directory served at /; the packaged page when unset.")
+
+
+class GeneratorConfig(_Section):
+    """Which video backend generates segments, with its backend-specific options."""
+
+    backend: str = "synthetic"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PoolConfig(_Section):
+    """How generation is scheduled onto workers."""
+
+    backend: Literal["inprocess"] = "inprocess"
+    max_parallel: int = Field(2, ge=1, description="Segments generated at once by the in-process pool.")
+    warmup: bool = True
+
+
+class SamplingConfig(_Section):
+    """Per-segment generation parameters."""
+
+    width: int = Field(512, ge=16, le=4096, multiple_of=2)
+    height: int = Field(512, ge=16, le=4096, multiple_of=2)
+    fps: int = Field(24, ge=1, le=120)
+    num_frames: int = Field(24, ge=1, le=1024)
+    num_inference_steps: int = Field(4, ge=1, le=1000)
+    guidance_scale: float = Field(1.0, ge=0.0)
+    seed: int = 0
+
+
+class DefaultRequestConfig(_Section):
+    """What a session generates when the client does not say otherwise."""
+
+    prompt: str = Field("a slow drift through a glowing nebula", min_length=1)
+    negative_prompt: str | None = None
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+class StreamingConfig(_Section):
+    """Session limits and pacing."""
+
+    session_timeout_seconds: int = Field(300, ge=1, description="Idle time before a session is closed.")
+    generation_segment_cap: int = Field(0, ge=0, description="Segments per session; 0 means no cap.")
+    max_sessions: int = Field(8, ge=1)
+    lookahead_segments: int = Field(1, ge=0, le=8)
+    reaper_interval_seconds: float = Field(1.0, gt=0)
+
+
+class WebRTCConfig(_Section):
+    """ICE and bitrate settings for the WebRTC transport."""
+
+    ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    ice_host_addresses: list[str] | None = Field(
+        None, description="Restrict host ICE candidates to these addresses; all interfaces when unset."
+    )
+    min_bitrate: int = Field(250_000, gt=0, description="bits per second")
+    max_bitrate: int = Field(4_000_000, gt=0, description="bits per second")
+    start_bitrate: int = Field(1_500_000, gt=0, description="bits per second")
+    peer_timeout_seconds: float = Field(
+        5.0, gt=0, description="A peer that sends no RTCP for this long is considered gone."
+    )
+    connect_timeout_seconds: float = Field(
+        8.0, gt=0, description="A peer that has not connected this long after its offer is dropped."
+    )
+    channel_queue_limit: int = Field(1024, ge=1, description="Events kept for a data channel that is not open yet.")
+
+    @model_validator(mode="after")
+    def _check_bitrates(self) -> WebRTCConfig:
+        if not self.min_bitrate <= self.start_bitrate <= self.max_bitrate:
+            raise ValueError("need min_bitrate <= start_bitrate <= max_bitrate")
+        return self
+
+
+class ServiceConfig(_Section):
+    """The whole service configuration."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+    default_request: DefaultRequestConfig = Field(default_factory=DefaultRequestConfig)
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not validate; the message names the file and key."""
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "<root>"
+        lines.append(f"  {key}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path) -> ServiceConfig:
+    """Read and validate a YAML config file; raise ConfigError naming the file and the bad key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return ServiceConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc)) from exc

@@ -1,0 +1,1 @@
+"""Media: WebRTC playout pacing and track, in-process fMP4 encoding for the WebSocket/MSE path."""

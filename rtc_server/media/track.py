@@ -1,0 +1,146 @@
+"""The WebRTC video path: a bounded playout buffer and the paced track that drains it."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from rtc_server.media.pacing import RTP_VIDEO_CLOCK_HZ, PlayoutClock
+
+__all__ = ["PacedVideoTrack", "PlayoutBuffer", "PlayoutStats"]
+
+_TIME_BASE = fractions.Fraction(1, RTP_VIDEO_CLOCK_HZ)
+
+ReleaseCallback = Callable[[np.ndarray, float], None]
+"""Called as ``on_release(frame, monotonic_time)`` for each fresh frame handed to the encoder."""
+
+
+class PlayoutBuffer:
+    """Frames waiting to be released, with waits for room (look-ahead) and for draining."""
+
+    def __init__(self) -> None:
+        self._frames: deque[np.ndarray] = deque()
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put_segment(self, frames: Sequence[np.ndarray]) -> None:
+        if self._closed:
+            return
+        self._frames.extend(frames)
+        self._changed.set()
+
+    def pop(self) -> np.ndarray | None:
+        if not self._frames:
+            return None
+        frame = self._frames.popleft()
+        self._changed.set()
+        return frame
+
+    def close(self) -> None:
+        """Drop what is left and wake every waiter."""
+        self._closed = True
+        self._frames.clear()
+        self._changed.set()
+
+    async def _wait_until(self, predicate: Callable[[], bool]) -> None:
+        while not (predicate() or self._closed):
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def wait_for_room(self, max_frames: int) -> None:
+        """Return once at most ``max_frames`` frames are waiting."""
+        await self._wait_until(lambda: len(self._frames) <= max_frames)
+
+    async def wait_empty(self) -> None:
+        await self._wait_until(lambda: not self._frames)
+
+    async def wait_nonempty(self) -> None:
+        await self._wait_until(lambda: bool(self._frames))
+
+
+@dataclass
+class PlayoutStats:
+    """Counters of one track."""
+
+    frames_released: int = 0
+    frames_held: int = 0
+    stalls: int = 0
+    ticks_skipped: int = 0
+
+
+class PacedVideoTrack(MediaStreamTrack):
+    """Releases buffered frames at the stream's fps; when the buffer runs dry it repeats the last frame."""
+
+    kind = "video"
+
+    def __init__(
+        self,
+        buffer: PlayoutBuffer,
+        *,
+        fps: int,
+        on_release: ReleaseCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._buffer = buffer
+        self._pacer = PlayoutClock(fps)
+        self._on_release = on_release
+        self._clock = clock
+        self._last: VideoFrame | None = None
+        self._stalled = False
+        self.stats = PlayoutStats()
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._last is None:
+            await self._buffer.wait_nonempty()
+            if self.readyState != "live" or self._buffer.closed:
+                raise MediaStreamError
+        tick = self._pacer.next_tick(self._clock())
+        self.stats.ticks_skipped += tick.skipped
+        delay = tick.due - self._clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = self._take_frame()
+        frame.pts = tick.pts
+        frame.time_base = _TIME_BASE
+        return frame
+
+    def _take_frame(self) -> VideoFrame:
+        pixels = self._buffer.pop()
+        if pixels is None:
+            assert self._last is not None
+            self.stats.frames_held += 1
+            if not self._stalled:
+                self.stats.stalls += 1
+                self._stalled = True
+            return self._last
+        self._stalled = False
+        self.stats.frames_released += 1
+        if self._on_release is not None:
+            self._on_release(pixels, self._clock())
+        self._last = VideoFrame.from_ndarray(pixels, format="rgb24")
+        return self._last
+
+    def stop(self) -> None:
+        super().stop()
+        self._buffer.close()

@@ -1,0 +1,92 @@
+"""The live sessions of one server: admission, lookup, the idle reaper, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gpu.pool import GpuPool
+from rtc_server.config import ServiceConfig
+from rtc_server.controller import SessionController
+from rtc_server.session import SessionManager, SessionRejected
+from rtc_server.sink import SessionSink
+
+__all__ = ["SessionRegistry"]
+
+logger = logging.getLogger(__name__)
+
+
+class SessionRegistry:
+    """Owns every SessionController of the server and the task that expires idle ones."""
+
+    def __init__(self, *, config: ServiceConfig, pool: GpuPool) -> None:
+        self._config = config
+        self._pool = pool
+        self._manager = SessionManager(
+            max_sessions=config.streaming.max_sessions,
+            session_timeout_seconds=config.streaming.session_timeout_seconds,
+        )
+        self._controllers: dict[str, SessionController] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._controllers)
+
+    @property
+    def max_sessions(self) -> int:
+        return self._manager.max_sessions
+
+    def open(self, *, transport: str, sink: SessionSink) -> SessionController:
+        """Admit a session for ``sink``; raises SessionRejected when the server is full or not ready."""
+        if not self._pool.ready:
+            raise SessionRejected("no GPU worker is ready yet", code="gpu_unavailable")
+        session = self._manager.create(transport=transport)
+        controller = SessionController(
+            session=session,
+            pool=self._pool,
+            sink=sink,
+            streaming=self._config.streaming,
+            defaults=self._config.default_request,
+            on_closed=self._forget,
+        )
+        self._controllers[session.id] = controller
+        logger.info("session %s: opened over %s (%d live)", session.short_id, transport, len(self._controllers))
+        return controller
+
+    def get(self, session_id: str) -> SessionController | None:
+        return self._controllers.get(session_id)
+
+    def _forget(self, controller: SessionController) -> None:
+        self._controllers.pop(controller.session.id, None)
+        self._manager.remove(controller.session.id)
+
+    def start_reaper(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_forever(), name="idle-reaper")
+
+    async def _reap_forever(self) -> None:
+        interval = self._config.streaming.reaper_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            for session in self._manager.timed_out():
+                controller = self._controllers.get(session.id)
+                if controller is None:
+                    continue
+                try:
+                    await controller.expire()
+                except Exception:
+                    logger.exception("session %s: expiring failed", session.short_id)
+
+    async def close(self) -> None:
+        """Stop the reaper, then end every session one by one."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        for controller in list(self._controllers.values()):
+            try:
+                await controller.shutdown()
+            except Exception:
+                logger.exception("session %s: shutdown failed", controller.session.short_id)

@@ -1,0 +1,151 @@
+"""Session lifecycle: the state machine of protocol.md and the admission limit.
+
+Pure code: no asyncio, no I/O. The running side (controllers, the idle reaper)
+lives in ``registry.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "InvalidSessionTransition",
+    "Session",
+    "SessionManager",
+    "SessionRejected",
+    "SessionState",
+]
+
+
+class SessionState(enum.Enum):
+    """Where a session is in its life; the last four are terminal."""
+
+    INITIALIZING = "initializing"
+    QUEUED = "queued"
+    GPU_BINDING = "gpu_binding"
+    ACTIVE = "active"
+    COMPLETE = "complete"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({SessionState.COMPLETE, SessionState.ERROR, SessionState.TIMEOUT, SessionState.REJECTED})
+
+_TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.INITIALIZING: frozenset(
+        {SessionState.QUEUED, SessionState.GPU_BINDING, SessionState.REJECTED, SessionState.ERROR}
+    ),
+    SessionState.QUEUED: frozenset(
+        {SessionState.GPU_BINDING, SessionState.ERROR, SessionState.TIMEOUT, SessionState.REJECTED}
+    ),
+    SessionState.GPU_BINDING: frozenset({SessionState.ACTIVE, SessionState.ERROR, SessionState.TIMEOUT}),
+    SessionState.ACTIVE: frozenset(
+        {SessionState.ACTIVE, SessionState.COMPLETE, SessionState.ERROR, SessionState.TIMEOUT}
+    ),
+}
+
+
+class InvalidSessionTransition(RuntimeError):
+    """An edge the state machine does not have; the message names both states."""
+
+
+class SessionRejected(RuntimeError):
+    """The server cannot take another session now."""
+
+    def __init__(
+        self, message: str, *, code: Literal["session_rejected", "gpu_unavailable"] = "session_rejected",
+        retry_after_seconds: int = 5,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after_seconds = retry_after_seconds
+
+
+@dataclass(eq=False)
+class Session:
+    """One client's session: identity, lifecycle state and idle bookkeeping."""
+
+    clock: Callable[[], float] = time.monotonic
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    state: SessionState = SessionState.INITIALIZING
+    client_id: str | None = None
+    transport: str = "webrtc"
+    created_at: float = 0.0
+    last_activity: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.created_at = self.last_activity = self.clock()
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    def transition(self, target: SessionState) -> None:
+        """Move to ``target``; raise InvalidSessionTransition on an edge the machine lacks."""
+        if target not in _TRANSITIONS.get(self.state, frozenset()):
+            raise InvalidSessionTransition(f"session {self.short_id}: {self.state.value} -> {target.value} is not allowed")
+        self.state = target
+        self.touch()
+
+    def end_state_for_departure(self) -> SessionState:
+        """The terminal state for a session whose client left: complete once streaming, else error."""
+        return SessionState.COMPLETE if self.state is SessionState.ACTIVE else SessionState.ERROR
+
+    def touch(self) -> None:
+        """Record activity, postponing the idle timeout."""
+        self.last_activity = self.clock()
+
+    def idle_for(self, now: float | None = None) -> float:
+        return (self.clock() if now is None else now) - self.last_activity
+
+
+class SessionManager:
+    """Registers live sessions and enforces ``max_sessions``."""
+
+    def __init__(
+        self, *, max_sessions: int, session_timeout_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._max_sessions = max_sessions
+        self._timeout = session_timeout_seconds
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions.values()))
+
+    @property
+    def max_sessions(self) -> int:
+        return self._max_sessions
+
+    def create(self, *, transport: str, client_id: str | None = None) -> Session:
+        """Admit a new session or raise SessionRejected when the server is full."""
+        if len(self._sessions) >= self._max_sessions:
+            raise SessionRejected(f"server is at its limit of {self._max_sessions} sessions")
+        session = Session(clock=self._clock, transport=transport, client_id=client_id)
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def remove(self, session_id: str) -> None:
+        """Forget a session; missing ids are a no-op."""
+        self._sessions.pop(session_id, None)
+
+    def timed_out(self, now: float | None = None) -> list[Session]:
+        """Live sessions idle for longer than the timeout."""
+        now = self._clock() if now is None else now
+        return [s for s in self._sessions.values() if not s.state.terminal and s.idle_for(now) > self._timeout]

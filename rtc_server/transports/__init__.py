@@ -1,0 +1,1 @@
+"""Transports: WebRTC and WebSocket front ends over one SessionController."""

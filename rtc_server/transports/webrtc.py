@@ -1,0 +1,302 @@
+"""WebRTC transport: HTTP offer/answer, the paced video track and the ``control`` data channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, Literal
+
+from aiohttp import web
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rtc_server.config import ServiceConfig
+from rtc_server.controller import SessionController
+from rtc_server.http_errors import HttpError, read_json_body
+from rtc_server.media.track import PacedVideoTrack, PlayoutBuffer
+from rtc_server.protocol import InvalidMessage, SessionInitV2, parse_client_message, parse_client_text
+from rtc_server.registry import SessionRegistry
+from rtc_server.session import SessionRejected
+from rtc_server.sink import CloseReason
+from rtc_server.transports.ice import build_rtc_configuration, restrict_host_candidates
+from rtc_server.transports.webrtc_sink import WebRTCSink
+
+__all__ = ["OfferBody", "PeerSession", "WebRTCTransport"]
+
+logger = logging.getLogger(__name__)
+
+CONTROL_CHANNEL_LABEL = "control"
+WATCHDOG_INTERVAL_S = 0.5  # how often a peer's liveness is checked
+
+
+class OfferBody(BaseModel):
+    """The body of ``POST /v1/webrtc/offer``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    sdp: str = Field(min_length=1)
+    type: Literal["offer"]
+    session_init: dict[str, Any] | None = None
+
+
+class PeerSession:
+    """One browser peer: connection, track, control channel, controller, and the watchdog that ends them."""
+
+    def __init__(
+        self,
+        *,
+        pc: RTCPeerConnection,
+        track: PacedVideoTrack,
+        sink: WebRTCSink,
+        controller: SessionController,
+        peer_timeout_s: float,
+        connect_timeout_s: float,
+        max_message_bytes: int,
+    ) -> None:
+        self.pc = pc
+        self.track = track
+        self.sink = sink
+        self.controller = controller
+        self._peer_timeout_s = peer_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._max_message_bytes = max_message_bytes
+        self._created = time.monotonic()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
+        self._label = f"session {controller.session.short_id}"
+
+    @property
+    def session_id(self) -> str:
+        return self.controller.session.id
+
+    def wire(self) -> None:
+        """Subscribe to the connection's events and start the liveness watchdog."""
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+        self._watchdog = asyncio.create_task(self._watch(), name=f"watchdog-{self.controller.session.short_id}")
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != CONTROL_CHANNEL_LABEL:
+            logger.info("%s: ignoring data channel %r", self._label, channel.label)
+            return
+        self.sink.attach_channel(channel)
+        channel.on("message", self._on_message)
+        channel.on("close", self._on_channel_close)
+
+    def _on_message(self, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            self.controller.report_error("invalid_message", "binary messages are not accepted on the control channel")
+            return
+        if len(data) > self._max_message_bytes:
+            self.controller.report_error(
+                "invalid_message", f"message of {len(data)} bytes exceeds the {self._max_message_bytes} byte limit"
+            )
+            return
+        try:
+            message = parse_client_text(data)
+        except InvalidMessage as exc:
+            self.controller.report_error("invalid_message", str(exc))
+            return
+        self.controller.handle(message)
+
+    def _on_channel_close(self) -> None:
+        self._begin_departure("control channel closed")
+
+    async def _on_connection_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self._begin_departure(f"connection {self.pc.connectionState}")
+
+    def _begin_departure(self, why: str) -> None:
+        if self._closing is not None or self.controller.closed:
+            return
+        logger.info("%s: client gone (%s)", self._label, why)
+        asyncio.create_task(self.controller.client_left()).add_done_callback(_log_task_failure)
+
+    async def _watch(self) -> None:
+        """End the session when the peer stops sending RTCP reports on our video, or never connects."""
+        sender = self.pc.getSenders()[0]
+        media_since: float | None = None
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            state = self.pc.connectionState
+            if state != "connected":
+                if time.monotonic() - self._created > self._connect_timeout_s:
+                    self._begin_departure(f"not connected after {self._connect_timeout_s:.0f}s")
+                    return
+                continue
+            if self.track.stats.frames_released == 0:
+                # Receivers only report on media they got; before the first frame (a slow
+                # first segment) there is nothing to judge by but the connection state.
+                continue
+            if media_since is None:
+                media_since = time.time()
+            # A peer that vanished before its first receiver report is timed from the first frame.
+            last_heard = await _last_receiver_report(sender) or media_since
+            if time.time() - last_heard > self._peer_timeout_s:
+                self._begin_departure(f"no RTCP for {self._peer_timeout_s:.1f}s")
+                return
+
+    async def close(self) -> None:
+        """Stop the watchdog, the track and the connection. Idempotent; concurrent callers wait for the first."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+            return
+        self._closing = asyncio.get_running_loop().create_future()
+        try:
+            if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+                self._watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watchdog
+            self.track.stop()
+            await self.pc.close()
+        finally:
+            self._closing.set_result(None)
+
+
+async def _last_receiver_report(sender: Any) -> float | None:
+    """Wall-clock time (s) of the last receiver report for ``sender``, or None before the first."""
+    stats = await sender.getStats()
+    for report in stats.values():
+        if report.type == "remote-inbound-rtp":
+            return float(report.timestamp.timestamp())
+    return None
+
+
+def _log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+
+class WebRTCTransport:
+    """Creates peers for offers and closes them all at shutdown."""
+
+    def __init__(self, *, config: ServiceConfig, registry: SessionRegistry) -> None:
+        self._config = config
+        self._registry = registry
+        self._peers: dict[str, PeerSession] = {}
+        self._rtc_configuration = build_rtc_configuration(config.webrtc.ice_servers)
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    async def answer(self, body: Any) -> dict[str, str]:
+        """Validate an offer, admit a session, and return the answer; raises HttpError."""
+        try:
+            offer = OfferBody.model_validate(body)
+        except ValidationError as exc:
+            raise HttpError(400, "invalid_message", f"invalid offer: {_first_error(exc)}") from exc
+        init = _parse_init(offer.session_init)
+        sampling = self._config.default_request.sampling
+        buffer = PlayoutBuffer()
+        peer_box: list[PeerSession] = []
+
+        async def close_peer(reason: CloseReason) -> None:
+            if peer_box:
+                await self._close_peer(peer_box[0])
+
+        sink = WebRTCSink(
+            buffer=buffer,
+            lookahead_frames=self._config.streaming.lookahead_segments * sampling.num_frames,
+            queue_limit=self._config.webrtc.channel_queue_limit,
+            on_close=close_peer,
+        )
+        try:
+            controller = self._registry.open(transport="webrtc", sink=sink)
+        except SessionRejected as exc:
+            raise HttpError(
+                503,
+                exc.code,
+                str(exc),
+                retryable=True,
+                headers={"Retry-After": str(exc.retry_after_seconds)},
+            ) from exc
+        pc = RTCPeerConnection(self._rtc_configuration)
+        track = PacedVideoTrack(buffer, fps=sampling.fps)
+        peer = PeerSession(
+            pc=pc,
+            track=track,
+            sink=sink,
+            controller=controller,
+            peer_timeout_s=self._config.webrtc.peer_timeout_seconds,
+            connect_timeout_s=self._config.webrtc.connect_timeout_seconds,
+            max_message_bytes=self._config.server.max_message_bytes,
+        )
+        peer_box.append(peer)
+        sink.label = f"session {controller.session.short_id}"
+        try:
+            answer = await self._negotiate(pc, track, offer.sdp)
+        except HttpError:
+            await controller.client_left()
+            raise
+        self._peers[peer.session_id] = peer
+        peer.wire()
+        if init is not None:
+            controller.start(init.model_copy(update={"stream_mode": "webrtc"}))
+        return {"sdp": answer.sdp, "type": answer.type, "session_id": peer.session_id}
+
+    async def _negotiate(self, pc: RTCPeerConnection, track: PacedVideoTrack, sdp: str) -> RTCSessionDescription:
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:  # aiortc raises assorted errors for malformed SDP
+            raise HttpError(400, "invalid_message", f"invalid SDP offer: {exc}") from exc
+        video = [t for t in pc.getTransceivers() if t.kind == "video"]
+        if not video:
+            raise HttpError(400, "invalid_message", "the offer has no video media section to receive the stream")
+        if pc.sctp is None:
+            raise HttpError(400, "invalid_message", "the offer has no data channel (expected one labelled 'control')")
+        pc.addTrack(track)
+        addresses = self._config.webrtc.ice_host_addresses
+        if addresses is not None:
+            restrict_host_candidates(pc, addresses)
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            raise HttpError(400, "invalid_message", f"cannot answer this offer: {exc}") from exc
+        return pc.localDescription
+
+    async def _close_peer(self, peer: PeerSession) -> None:
+        self._peers.pop(peer.session_id, None)
+        await peer.close()
+
+    async def close(self) -> None:
+        """Close every peer connection, one by one."""
+        for peer in list(self._peers.values()):
+            await peer.controller.shutdown()
+            await self._close_peer(peer)
+
+
+def _parse_init(raw: dict[str, Any] | None) -> SessionInitV2 | None:
+    if raw is None:
+        return None
+    try:
+        message = parse_client_message({**raw, "type": raw.get("type", "session_init_v2")})
+    except InvalidMessage as exc:
+        raise HttpError(400, "invalid_message", f"invalid session_init: {exc}") from exc
+    if not isinstance(message, SessionInitV2):
+        raise HttpError(400, "invalid_message", "session_init must be a session_init_v2 message")
+    return message
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
+
+
+def register_routes(app: web.Application, transport_key: web.AppKey[WebRTCTransport], config: ServiceConfig) -> None:
+    """Add the WebRTC signalling endpoints to ``app``."""
+
+    async def offer(request: web.Request) -> web.Response:
+        try:
+            body = await read_json_body(request, limit=config.server.max_body_bytes)
+            answer = await request.app[transport_key].answer(body)
+        except HttpError as exc:
+            return exc.response()
+        return web.json_response(answer)
+
+    async def ice_servers(request: web.Request) -> web.Response:
+        return web.json_response({"ice_servers": config.webrtc.ice_servers})
+
+    app.router.add_post("/v1/webrtc/offer", offer)
+    app.router.add_get("/v1/webrtc/ice-servers", ice_servers)

@@ -1,0 +1,104 @@
+"""The WebRTC side of a session: events to the ``control`` data channel, frames to the playout buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+from aiortc import RTCDataChannel
+
+from rtc_server.media.track import PlayoutBuffer
+from rtc_server.protocol import ServerMessage, serialize
+from rtc_server.sink import CloseReason
+
+__all__ = ["WebRTCSink"]
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_FLUSH_TIMEOUT_S = 1.0  # how long a closing session waits for queued control messages to leave
+_FLUSH_POLL_S = 0.01
+CHANNEL_SETTLE_S = 0.05  # grace after the channel buffer empties
+
+
+class WebRTCSink:
+    """Queues events until the control channel opens; look-ahead is measured in buffered frames."""
+
+    def __init__(
+        self,
+        *,
+        buffer: PlayoutBuffer,
+        lookahead_frames: int,
+        queue_limit: int,
+        on_close: Callable[[CloseReason], Awaitable[None]],
+        label: str = "",
+    ) -> None:
+        self._buffer = buffer
+        self._lookahead_frames = lookahead_frames
+        self._pending: deque[str] = deque(maxlen=queue_limit)
+        self._on_close = on_close
+        self.label = label
+        self._channel: RTCDataChannel | None = None
+        self._closed = False
+
+    @property
+    def channel(self) -> RTCDataChannel | None:
+        return self._channel
+
+    def attach_channel(self, channel: RTCDataChannel) -> None:
+        """Use ``channel`` for events; what was queued goes out as soon as it is open."""
+        self._channel = channel
+        if channel.readyState == "open":
+            self._flush_pending()
+        else:
+            channel.on("open", self._flush_pending)
+
+    def _flush_pending(self) -> None:
+        channel = self._channel
+        while self._pending and channel is not None and channel.readyState == "open":
+            channel.send(self._pending.popleft())
+
+    def send_event(self, message: ServerMessage) -> None:
+        if self._closed:
+            return
+        text = serialize(message)
+        channel = self._channel
+        if channel is not None and channel.readyState == "open" and not self._pending:
+            channel.send(text)
+            return
+        if len(self._pending) == self._pending.maxlen:
+            logger.warning("%s: control channel not open, dropping the oldest queued event", self.label)
+        self._pending.append(text)
+
+    async def wait_for_room(self) -> None:
+        await self._buffer.wait_for_room(self._lookahead_frames)
+
+    async def send_segment(self, segment_idx: int, frames: np.ndarray) -> None:
+        self._buffer.put_segment(list(frames))
+
+    async def drain(self) -> None:
+        await self._buffer.wait_empty()
+
+    async def close(self, reason: CloseReason) -> None:
+        if self._closed:
+            return
+        if reason is not CloseReason.CLIENT_LEFT:
+            await self._flush_channel()
+        self._closed = True
+        self._buffer.close()
+        await self._on_close(reason)
+
+    async def _flush_channel(self) -> None:
+        # aiortc queues data-channel sends inside SCTP; closing the peer at once would lose
+        # the last events (stream_complete, session_timeout), so give them a moment to leave.
+        channel = self._channel
+        if channel is None or channel.readyState != "open":
+            return
+        deadline = time.monotonic() + CHANNEL_FLUSH_TIMEOUT_S
+        while channel.bufferedAmount > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(_FLUSH_POLL_S)
+        # bufferedAmount drops when SCTP hands the data to DTLS, not when it arrives.
+        await asyncio.sleep(CHANNEL_SETTLE_S)

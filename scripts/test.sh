@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install what the test suite needs, then run it inside a private network namespace
+# where only loopback is up, so no test can reach any other address.
+# Extra arguments go to pytest (e.g. -m "not slow" to skip browser and load tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  command -v ffprobe >/dev/null || missing+=(ffmpeg)
+  command -v unshare >/dev/null || missing+=(util-linux)
+  command -v ip >/dev/null || missing+=(iproute2)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
+python -m pip install -q --disable-pip-version-check -e ".[test]"
+
+exec unshare --net -- sh -c 'ip link set lo up && exec python -m pytest "$@"' pytest-in-netns "$@"

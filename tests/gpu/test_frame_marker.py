@@ -1,0 +1,164 @@
+"""The frame marker: exact round trips, round trips through real lossy codecs, checksum rejection."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import av
+import numpy as np
+import pytest
+
+from gpu.frame_marker import FrameMarker, cell_size_for_width, draw_marker, marker_region, read_marker
+from gpu.generator import SegmentRequest
+from gpu.synthetic import SyntheticGenerator
+
+LOW_BITRATE_BPS = 300_000
+
+
+def _frame(width: int, height: int, fill: int = 90) -> np.ndarray:
+    return np.full((height, width, 3), fill, dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "marker"),
+    [
+        (256, 256, FrameMarker(0, 0)),
+        (512, 512, FrameMarker(65535, 2**24 - 1)),
+        (128, 64, FrameMarker(12345, 987654)),
+        (96, 64, FrameMarker(7, 123)),
+        (32, 24, FrameMarker(1, 2)),
+    ],
+)
+def test_marker_round_trips_from_rgb_and_luma(width: int, height: int, marker: FrameMarker) -> None:
+    frame = _frame(width, height)
+    draw_marker(frame, marker)
+    assert read_marker(frame) == marker
+    assert read_marker(np.ascontiguousarray(frame[:, :, 0])) == marker
+
+
+def test_marker_reads_from_luma_plane_padded_wider_than_frame() -> None:
+    frame = _frame(96, 64)  # 4-pixel cells, inside a plane padded to 128 (where 8 would be implied)
+    draw_marker(frame, FrameMarker(42, 4242))
+    plane = np.zeros((64, 128), dtype=np.uint8)
+    plane[:, :96] = frame[:, :, 1]
+    assert read_marker(plane) == FrameMarker(42, 4242)
+    assert read_marker(plane, cell_px=cell_size_for_width(96)) == FrameMarker(42, 4242)
+
+
+def test_marker_values_wrap_to_their_field_widths() -> None:
+    frame = _frame(256, 256)
+    draw_marker(frame, FrameMarker(2**16 + 5, 2**24 + 9))
+    assert read_marker(frame) == FrameMarker(5, 9)
+
+
+def test_marker_region_uses_8px_cells_from_128px_wide_and_4px_below() -> None:
+    assert marker_region(128, 128) == (64, 48)
+    assert marker_region(1920, 1080) == (64, 48)
+    assert marker_region(127, 128) == (32, 24)
+
+
+def test_draw_marker_touches_only_its_region() -> None:
+    frame = _frame(256, 200)
+    draw_marker(frame, FrameMarker(3, 4))
+    region_w, region_h = marker_region(256, 200)
+    outside = frame.copy()
+    outside[:region_h, :region_w] = 90
+    assert np.all(outside == 90)
+    assert set(np.unique(frame[:region_h, :region_w])) == {0, 255}
+
+
+def test_draw_marker_rejects_frames_smaller_than_the_marker() -> None:
+    with pytest.raises(ValueError, match="smaller than the marker"):
+        draw_marker(_frame(30, 30), FrameMarker(0, 0))
+
+
+def test_marker_values_must_be_non_negative() -> None:
+    with pytest.raises(ValueError):
+        FrameMarker(-1, 0)
+
+
+@pytest.mark.parametrize("fill", [0, 255, 128])
+def test_blank_frames_have_no_marker(fill: int) -> None:
+    assert read_marker(_frame(256, 256, fill)) is None
+
+
+def test_noise_has_no_marker() -> None:
+    rng = np.random.default_rng(7)
+    found = [read_marker(rng.integers(0, 256, (64, 128), dtype=np.uint8)) for _ in range(500)]
+    assert found == [None] * 500
+
+
+def test_checksum_rejects_a_flipped_cell() -> None:
+    frame = _frame(256, 256)
+    draw_marker(frame, FrameMarker(100, 200))
+    frame[8:16, 16:24] = 255 - frame[8:16, 16:24]  # flip cell (row 1, column 2)
+    assert read_marker(frame) is None
+
+
+def test_reading_with_the_wrong_cell_size_finds_nothing() -> None:
+    found = []
+    frame = _frame(100, 64)
+    for number in range(300):
+        draw_marker(frame, FrameMarker(number, number * 31))
+        found.append(read_marker(frame, cell_px=8))
+    assert found == [None] * 300
+
+
+def test_read_marker_takes_microseconds() -> None:
+    frame = _frame(512, 512)
+    draw_marker(frame, FrameMarker(1, 2))
+    plane = np.ascontiguousarray(frame[:, :, 0])
+    reads = 2000
+    started = time.perf_counter()
+    for _ in range(reads):
+        read_marker(plane)
+    per_read_s = (time.perf_counter() - started) / reads
+    assert per_read_s < 500e-6  # measured ~25 us; generous for loaded CI machines
+
+
+def _encode_decode_luma(frames: np.ndarray, codec: str, container_format: str) -> list[np.ndarray]:
+    """Encode RGB frames at a low bitrate in memory, decode them, return padded Y planes."""
+    height, width = frames.shape[1:3]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container_format) as output:
+        stream = output.add_stream(codec, rate=24)
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = LOW_BITRATE_BPS
+        for rgb in frames:
+            output.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        output.mux(stream.encode(None))
+    buffer.seek(0)
+    planes = []
+    with av.open(buffer, mode="r") as decoded:
+        for frame in decoded.decode(video=0):
+            luma = frame.planes[0]
+            planes.append(
+                np.frombuffer(memoryview(luma), dtype=np.uint8).reshape(-1, luma.line_size)[: frame.height]
+            )
+    return planes
+
+
+def _noisy_stream(width: int, height: int, num_frames: int) -> np.ndarray:
+    """Moving synthetic frames with heavy noise on top, so the encoder has to throw detail away."""
+    result = SyntheticGenerator().generate(
+        SegmentRequest(
+            prompt="codec torture", width=width, height=height, num_frames=num_frames, segment_idx=9
+        )
+    )
+    noise = np.random.default_rng(0).integers(-40, 41, result.frames.shape)
+    noisy: np.ndarray = np.clip(result.frames.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return noisy
+
+
+@pytest.mark.parametrize(("codec", "container_format"), [("libvpx", "webm"), ("libx264", "mp4")])
+@pytest.mark.parametrize(("width", "height"), [(256, 256), (200, 120), (96, 64)])
+def test_markers_survive_low_bitrate_lossy_compression(
+    codec: str, container_format: str, width: int, height: int
+) -> None:
+    frames = _noisy_stream(width, height, num_frames=36)
+    planes = _encode_decode_luma(frames, codec, container_format)
+    assert len(planes) == len(frames)
+    assert [read_marker(plane) for plane in planes] == [FrameMarker(9, n) for n in range(len(frames))]

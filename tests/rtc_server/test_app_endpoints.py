@@ -1,0 +1,80 @@
+"""Health, status and the page, against a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from rtc_server.health import SERVICE_NAME
+from tests.conftest import LOOPBACK, RunningServer, make_config
+
+STATUS_KEYS = {
+    "total_gpus",
+    "available_gpus",
+    "queue_size",
+    "warmup_enabled",
+    "warmup_successful_gpus",
+    "warmup_failed_gpus",
+    "gpu_status",
+}
+
+
+async def get(url: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as response:
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, await response.text()
+
+
+async def test_health_endpoints_report_a_ready_pool(server: RunningServer) -> None:
+    status, body = await get(f"{server.url}/healthz")
+    assert status == 200 and body["status"] == "ok" and body["service"] == SERVICE_NAME and body["ts"]
+    status, body = await get(f"{server.url}/readyz")
+    assert status == 200 and body["status"] == "ready" and body["ready_gpu_workers"] == 1
+    status, body = await get(f"{server.url}/health")
+    assert status == 200 and body == {"status": "ok", "sessions": 0, "stream_mode": "webrtc"}
+    status, body = await get(f"{server.url}/status")
+    assert status == 200 and STATUS_KEYS <= body.keys()
+    worker = next(iter(body["gpu_status"].values()))
+    assert worker["ready"] is True and worker["warmup_ms"] is not None
+
+
+async def test_readyz_is_503_and_offers_are_refused_while_warming() -> None:
+    from aiohttp.test_utils import TestServer
+
+    from rtc_server.app import build_app
+
+    config = make_config(generator={"backend": "synthetic", "options": {"step_delay_s": 0.5}})
+    server = TestServer(build_app(config), host=LOOPBACK, port=0)
+    await server.start_server()
+    try:
+        url = str(server.make_url("/")).rstrip("/")
+        status, body = await get(f"{url}/readyz")
+        assert status == 503 and body["status"] == "warming" and body["ready_gpu_workers"] == 0
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/v1/webrtc/offer", json={"sdp": "v=0", "type": "offer"}) as response:
+                assert response.status == 503
+                error = (await response.json())["error"]
+                assert error["code"] == "gpu_unavailable" and error["retryable"] is True
+                assert "Retry-After" in response.headers
+        for _ in range(100):
+            status, _ = await get(f"{url}/readyz")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200
+    finally:
+        await server.close()
+
+
+async def test_page_and_ice_servers_are_served(start_server: Any) -> None:
+    server = await start_server(make_config(webrtc={"ice_servers": [{"urls": "stun:127.0.0.1:3478"}]}))
+    status, body = await get(f"{server.url}/")
+    assert status == 200 and "<video" in body and "/client/app.js" in body
+    status, body = await get(f"{server.url}/client/app.js")
+    assert status == 200 and "v1/webrtc/offer" in body
+    status, body = await get(f"{server.url}/v1/webrtc/ice-servers")
+    assert body == {"ice_servers": [{"urls": "stun:127.0.0.1:3478"}]}

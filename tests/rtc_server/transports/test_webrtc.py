@@ -1,0 +1,292 @@
+"""End-to-end over loopback: a real aiortc peer against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from rtc_server.app import REGISTRY, WEBRTC
+from rtc_server.clients.webrtc_client import OfferRejected, WebRTCClient
+from tests.conftest import RunningServer, make_config
+
+REPO = Path(__file__).resolve().parents[3]
+INIT = {"type": "session_init_v2", "curated_prompts": ["a red fox running through fresh snow"]}
+
+
+async def open_client(server: RunningServer, init: dict[str, Any] | None = INIT) -> WebRTCClient:
+    client = WebRTCClient(server.url, session_init=init)
+    try:
+        await client.connect()
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def wait_until(predicate: Any, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        await asyncio.sleep(0.05)
+
+
+async def test_offer_streams_frames_at_the_configured_fps_with_a_contiguous_counter(server: RunningServer) -> None:
+    async with await open_client(server) as client:
+        await wait_until(lambda: client.first_frame_at is not None, 10, "no frame arrived")
+        start_count = client.frame_count
+        await asyncio.sleep(5.0)
+        fps = (client.frame_count - start_count) / 5.0
+        assert 24 * 0.9 <= fps <= 24 * 1.1, fps
+        readable = [(i, f.marker.frame_number) for i, f in enumerate(client.frames) if f.marker is not None]
+        assert len(readable) >= 0.95 * len(client.frames)
+        # One more per decoded frame: no frame lost, repeated or reordered. A frame whose marker
+        # is unreadable (decoder concealment after a lost packet) still counts in the position.
+        first_index, first_number = readable[0]
+        offsets = {number - first_number - (index - first_index) for index, number in readable}
+        assert offsets == {0}, f"frame counter drifts from the decoded frame count by {sorted(offsets)}"
+        assert {f.width for f in client.frames} == {256}
+
+
+async def test_events_arrive_in_protocol_order(server: RunningServer) -> None:
+    async with await open_client(server) as client:
+        await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == 1)
+        kinds = [e["type"] for e in client.events]
+        assert kinds[:3] == ["queue_status", "gpu_assigned", "ltx2_stream_start"]
+        segment_0 = kinds[3 : kinds.index("ltx2_segment_complete") + 1]
+        assert segment_0 == ["ltx2_segment_start", "step_complete", "step_complete", "ltx2_segment_complete"]
+        steps = client.events_of("step_complete")[:2]
+        assert [(s["segment_idx"], s["step"], s["total_steps"]) for s in steps] == [(0, 1, 2), (0, 2, 2)]
+        starts = [e["segment_idx"] for e in client.events_of("ltx2_segment_start")]
+        assert starts[:2] == [0, 1]
+        complete = client.events_of("ltx2_segment_complete")[0]
+        assert complete["generation_time_ms"] > 0
+
+
+def mean_thumb(client: WebRTCClient, segment_idx: int) -> np.ndarray:
+    thumbs = [f.thumb.astype(np.float32) for f in client.frames if f.marker and f.marker.segment_idx == segment_idx]
+    assert thumbs, f"no frames of segment {segment_idx}"
+    return np.mean(thumbs, axis=0)
+
+
+async def test_new_prompt_is_acknowledged_and_drives_the_next_segment(server: RunningServer) -> None:
+    async with await open_client(server) as client:
+        await client.wait_channel_open()
+        await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == 0)
+        client.send({"type": "segment_prompt_source", "prompt": "neon city skyline at night, rain", "seed": 3})
+        ack = await client.wait_for_event("prompt_received")
+        assert ack["prompt"] == ack["prompt_used"] == "neon city skyline at night, rain"
+        assert ack["source"] == "user" and ack["enhanced"] is False
+        start = await client.wait_for_event("ltx2_segment_start", lambda e: e["prompt"].startswith("neon"))
+        assert start["segment_idx"] == ack["segment_idx"]
+        new_idx = start["segment_idx"]
+        await wait_until(
+            lambda: any(f.marker and f.marker.segment_idx == new_idx + 1 for f in client.frames),
+            10,
+            "the new prompt's segment was not shown",
+        )
+        before = mean_thumb(client, new_idx - 1)
+        after = mean_thumb(client, new_idx)
+        same_prompt = np.abs(mean_thumb(client, new_idx - 1) - mean_thumb(client, new_idx - 2)).mean()
+        changed = np.abs(after - before).mean()
+        assert changed > 15 and changed > 3 * same_prompt, (changed, same_prompt)
+
+
+async def test_pause_stops_new_segments_and_resume_continues(server: RunningServer) -> None:
+    async with await open_client(server) as client:
+        await client.wait_channel_open()
+        await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == 0)
+        client.send({"type": "generation_paused_updated", "paused": True})
+        await asyncio.sleep(0.5)  # a segment already being generated may finish
+        paused_starts = len(client.events_of("ltx2_segment_start"))
+        await asyncio.sleep(2.5)
+        assert len(client.events_of("ltx2_segment_start")) == paused_starts
+        frames_while_paused = client.frame_count
+        await asyncio.sleep(0.5)
+        assert client.frame_count > frames_while_paused, "the track should hold the last frame, not stop"
+        client.send({"type": "generation_paused_updated", "paused": False})
+        await client.wait_for_event("ltx2_segment_start", lambda e: e["segment_idx"] == paused_starts, timeout=5)
+
+
+async def test_segment_cap_ends_the_stream_and_releases_the_session(start_server: Any) -> None:
+    server = await start_server(make_config(streaming={"generation_segment_cap": 2}))
+    async with await open_client(server) as client:
+        done = await client.wait_for_event("ltx2_stream_complete", timeout=15)
+        assert done["reason"] == "segment_cap"
+        assert [e["segment_idx"] for e in client.events_of("ltx2_segment_complete")] == [0, 1]
+        assert {f.marker.segment_idx for f in client.frames if f.marker} == {0, 1}
+        await wait_until(lambda: len(server.app[REGISTRY]) == 0, 5, "session not released")
+        await wait_until(lambda: len(server.app[WEBRTC]) == 0, 5, "peer not released")
+
+
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        ("{this is not json", "not valid JSON"),
+        ('{"type": "teleport"}', "unknown message type"),
+        ('{"type": "segment_prompt_source"}', "prompt"),
+        ('{"type": "generation_paused_updated", "paused": "maybe"}', "paused"),
+        ('["type"]', "JSON object"),
+        (b"\x00\x01binary", "binary"),
+    ],
+)
+async def test_invalid_control_messages_get_an_error_and_streaming_goes_on(
+    server: RunningServer, message: str | bytes, fragment: str
+) -> None:
+    async with await open_client(server) as client:
+        await client.wait_channel_open()
+        await client.wait_for_event("ltx2_segment_start")
+        client.send(message)
+        error = await client.wait_for_event("error")
+        assert error["code"] == "invalid_message" and fragment in error["message"]
+        assert error["retryable"] is False
+        frames_then = client.frame_count
+        await asyncio.sleep(1.0)
+        assert client.frame_count > frames_then + 15
+
+
+async def test_second_session_init_is_refused_without_ending_the_session(server: RunningServer) -> None:
+    async with await open_client(server) as client:
+        await client.wait_channel_open()
+        client.send({"type": "session_init_v2"})
+        error = await client.wait_for_event("error")
+        assert "already" in error["message"]
+        await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == 1)
+
+
+async def test_session_init_over_the_data_channel_starts_the_stream(server: RunningServer) -> None:
+    async with await open_client(server, init=None) as client:
+        await client.wait_channel_open()
+        client.send({"type": "segment_prompt_source", "prompt": "too early"})
+        error = await client.wait_for_event("error")
+        assert "session_init_v2" in error["message"]
+        client.send({"type": "session_init_v2", "curated_prompts": ["desert dunes at dawn"]})
+        start = await client.wait_for_event("ltx2_segment_start")
+        assert start["prompt"] == "desert dunes at dawn"
+
+
+async def post_offer(server: RunningServer, data: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.url}/v1/webrtc/offer", data=data, headers=headers or {}) as response:
+            assert response.content_type == "application/json"
+            return response.status, await response.json(), response.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{nope", 400, "not valid JSON"),
+        (b'{"type": "offer"}', 400, "sdp"),
+        (b'{"sdp": "v=0", "type": "answer"}', 400, "type"),
+        (b'{"sdp": "this is not sdp", "type": "offer"}', 400, "video"),
+        (b'{"sdp": "v=0\\r\\nm=video notaport RTP/AVP 96\\r\\n", "type": "offer"}', 400, "SDP"),
+        (b'{"sdp": "x", "type": "offer", "session_init": {"stream_mode": 5}}', 400, "session_init"),
+    ],
+)
+async def test_bad_offers_get_a_json_400(server: RunningServer, body: bytes, status: int, fragment: str) -> None:
+    got, payload, _ = await post_offer(server, body, {"Content-Type": "application/json"})
+    assert got == status
+    assert payload["error"]["code"] == "invalid_message" and fragment in payload["error"]["message"]
+    assert len(server.app[REGISTRY]) == 0 and len(server.app[WEBRTC]) == 0
+
+
+async def test_oversized_offer_gets_413(start_server: Any) -> None:
+    server = await start_server(make_config(server={"max_body_bytes": 4096}))
+    status, payload, _ = await post_offer(server, b'{"sdp": "' + b"a" * 5000 + b'", "type": "offer"}')
+    assert status == 413 and payload["error"]["code"] == "invalid_message"
+
+
+async def test_full_server_answers_503_with_retry_after(start_server: Any) -> None:
+    server = await start_server(make_config(streaming={"max_sessions": 1}))
+    async with await open_client(server) as first:
+        await wait_until(lambda: first.frame_count > 0, 10, "no frame")
+        with pytest.raises(OfferRejected) as info:
+            await open_client(server)
+        assert info.value.status == 503
+        assert info.value.body["error"]["code"] == "session_rejected"
+        assert info.value.body["error"]["retryable"] is True
+        assert int(info.value.headers["Retry-After"]) > 0
+    await wait_until(lambda: len(server.app[REGISTRY]) == 0, 5, "session not released")
+
+
+async def test_delete_ends_a_session_with_stop_requested(server: RunningServer) -> None:
+    async with await open_client(server) as client:
+        await client.wait_for_event("ltx2_segment_start")
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(f"{server.url}/v1/sessions/{client.session_id}") as response:
+                assert response.status == 200
+            async with http.delete(f"{server.url}/v1/sessions/{client.session_id}") as response:
+                assert response.status == 404
+                assert (await response.json())["error"]["code"] == "invalid_message"
+        done = await client.wait_for_event("ltx2_stream_complete")
+        assert done["reason"] == "stop_requested"
+    assert len(server.app[REGISTRY]) == 0
+
+
+async def test_idle_session_gets_session_timeout_then_ends(start_server: Any) -> None:
+    server = await start_server(make_config(streaming={"session_timeout_seconds": 1}))
+    async with await open_client(server) as client:
+        await client.wait_channel_open()
+        client.send({"type": "generation_paused_updated", "paused": True})
+        timeout = await client.wait_for_event("session_timeout", timeout=10)
+        assert timeout["timeout_seconds"] == 1
+        await wait_until(lambda: len(server.app[REGISTRY]) == 0, 5, "timed-out session not released")
+
+
+async def test_connect_disconnect_cycles_leave_nothing_behind(server: RunningServer) -> None:
+    async def cycle() -> None:
+        async with await open_client(server) as client:
+            await wait_until(lambda: client.frame_count > 0, 10, "no frame")
+
+    await cycle()
+    await wait_until(lambda: len(server.app[REGISTRY]) == 0, 10, "first session not released")
+    await asyncio.sleep(0.5)
+    baseline = len(asyncio.all_tasks())
+    for _ in range(20):
+        await cycle()
+    await wait_until(
+        lambda: len(server.app[REGISTRY]) == 0 and len(server.app[WEBRTC]) == 0, 10, "sessions or peers left over"
+    )
+    await asyncio.sleep(1.0)
+    assert len(asyncio.all_tasks()) <= baseline
+
+
+async def test_a_peer_that_never_connects_is_released(start_server: Any) -> None:
+    server = await start_server(make_config(webrtc={"connect_timeout_seconds": 1.0}))
+    client = WebRTCClient(server.url, session_init=INIT)
+    # An offer whose peer vanishes before ICE completes: the answer is never applied.
+    client.pc.addTransceiver("video", direction="recvonly")
+    await client.pc.setLocalDescription(await client.pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        body = {"sdp": client.pc.localDescription.sdp, "type": "offer", "session_init": INIT}
+        async with http.post(f"{server.url}/v1/webrtc/offer", json=body) as response:
+            assert response.status == 200
+    await client.close()
+    assert len(server.app[REGISTRY]) == 1
+    await wait_until(lambda: len(server.app[REGISTRY]) == 0 and len(server.app[WEBRTC]) == 0, 5, "not released")
+
+
+async def test_a_client_killed_without_closing_is_released_within_10s(server: RunningServer) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.rtc_server.transports.vanishing_client", server.url,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        session_id = line.decode().strip()
+        assert server.app[REGISTRY].get(session_id) is not None
+    finally:
+        process.kill()
+        await process.wait()
+    killed_at = time.monotonic()
+    await wait_until(lambda: len(server.app[REGISTRY]) == 0 and len(server.app[WEBRTC]) == 0, 10, "not released")
+    assert time.monotonic() - killed_at < 10
