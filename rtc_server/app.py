@@ -1,8 +1,9 @@
 """The aiohttp application: shared objects under typed keys, routes, and ordered teardown.
 
 Startup order: pool (warm-up runs in the background so /readyz can say
-"warming"), session registry, WebRTC transport. Cleanup runs in reverse:
-peers first, then remaining sessions, then the pool.
+"warming"), session registry, WebRTC transport, WebSocket transport. At
+shutdown every session is ended first (on_shutdown), then the cleanup
+contexts run in reverse: transports, registry, pool.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from rtc_server.config import ServiceConfig
 from rtc_server.health import healthz_payload, readyz_payload
 from rtc_server.http_errors import json_error
 from rtc_server.registry import SessionRegistry
-from rtc_server.transports import webrtc
+from rtc_server.transports import webrtc, websocket
 from rtc_server.transports.ice import apply_bitrate_bounds
 
-__all__ = ["CONFIG", "POOL", "REGISTRY", "WEBRTC", "build_app"]
+__all__ = ["CONFIG", "POOL", "REGISTRY", "WEBRTC", "WEBSOCKET", "build_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ CONFIG = web.AppKey("config", ServiceConfig)
 POOL = web.AppKey("pool", GpuPool)  # type: ignore[type-abstract]
 REGISTRY = web.AppKey("registry", SessionRegistry)
 WEBRTC = web.AppKey("webrtc", webrtc.WebRTCTransport)
+WEBSOCKET = web.AppKey("websocket", websocket.WebSocketTransport)
 
 WARMUP_SIZE_PX = 64  # warm-up segments are tiny: they prove the path works, not the throughput
 DEFAULT_WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
@@ -94,6 +96,19 @@ async def _webrtc_ctx(app: web.Application) -> AsyncIterator[None]:
     await transport.close()
 
 
+async def _websocket_ctx(app: web.Application) -> AsyncIterator[None]:
+    transport = websocket.WebSocketTransport(config=app[CONFIG], registry=app[REGISTRY])
+    app[WEBSOCKET] = transport
+    yield
+    await transport.close()
+
+
+async def _end_sessions(app: web.Application) -> None:
+    # on_shutdown runs before aiohttp waits for handlers: ending sessions here closes the
+    # long-lived WebSocket handlers and peers instead of waiting out the shutdown timeout.
+    await app[REGISTRY].close()
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response(healthz_payload())
 
@@ -104,7 +119,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "sessions": len(request.app[REGISTRY]), "stream_mode": "webrtc"})
+    return web.json_response({"status": "ok", "sessions": len(request.app[REGISTRY]), "stream_mode": "av_fmp4", "transports": ["webrtc", "websocket"]})
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -137,13 +152,15 @@ def build_app(config: ServiceConfig) -> web.Application:
     """The service as an aiohttp application; shared objects live in its cleanup contexts."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
-    app.cleanup_ctx.extend([_pool_ctx, _registry_ctx, _webrtc_ctx])
+    app.cleanup_ctx.extend([_pool_ctx, _registry_ctx, _webrtc_ctx, _websocket_ctx])
+    app.on_shutdown.append(_end_sessions)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/health", _health)
     app.router.add_get("/status", _status)
     app.router.add_delete("/v1/sessions/{session_id}", _delete_session)
     webrtc.register_routes(app, WEBRTC, config)
+    websocket.register_routes(app, WEBSOCKET)
     web_dir = Path(config.server.web_client_dir) if config.server.web_client_dir else DEFAULT_WEB_CLIENT_DIR
     _add_web_client(app, web_dir)
     return app

@@ -23,6 +23,7 @@ __all__ = [
     "ServiceConfig",
     "StreamingConfig",
     "WebRTCConfig",
+    "WebSocketConfig",
     "load_config",
 ]
 
@@ -113,6 +114,23 @@ class WebRTCConfig(_Section):
         return self
 
 
+class WebSocketConfig(_Section):
+    """The WebSocket/fMP4 fallback transport."""
+
+    max_pending_segments: int = Field(
+        3, ge=1, description="Encoded segments queued for a slow client before whole segments are skipped."
+    )
+    init_timeout_seconds: float = Field(10.0, gt=0, description="Time allowed for the first message.")
+    send_buffer_bytes: int | None = Field(
+        128 * 1024,
+        ge=4096,
+        description="Kernel send buffer per socket; small enough that a stalled reader is noticed in seconds.",
+    )
+    crf: int = Field(23, ge=1, le=51, description="x264 constant rate factor")
+    preset: str = "ultrafast"
+    profile: Literal["baseline", "main"] = "baseline"
+
+
 class ServiceConfig(_Section):
     """The whole service configuration."""
 
@@ -122,6 +140,7 @@ class ServiceConfig(_Section):
     default_request: DefaultRequestConfig = Field(default_factory=DefaultRequestConfig)
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig)
+    websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
 
 
 class ConfigError(ValueError):

@@ -250,6 +250,14 @@ class MediaSegmentComplete(_ServerModel):
     pts_base_ms: float | None = None
 
 
+class MediaSegmentSkipped(_ServerModel):
+    """(new) A segment the server did not send because the client fell behind; media stays gap-free."""
+
+    type: Literal["media_segment_skipped"] = "media_segment_skipped"
+    segment_idx: int
+    stream_id: str | None = None
+
+
 class SegmentComplete(_ServerModel):
     type: Literal["ltx2_segment_complete"] = "ltx2_segment_complete"
     segment_idx: int
@@ -319,6 +327,7 @@ ServerMessage: TypeAlias = (
     | StepComplete
     | MediaInit
     | MediaSegmentComplete
+    | MediaSegmentSkipped
     | SegmentComplete
     | StreamComplete
     | SessionTimeout

@@ -79,7 +79,7 @@ class SessionRegistry:
                     logger.exception("session %s: expiring failed", session.short_id)
 
     async def close(self) -> None:
-        """Stop the reaper, then end every session one by one."""
+        """Stop the reaper, then end every session one by one. Idempotent."""
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
 from gpu.frame_marker import FrameMarker, read_marker
+from rtc_server.clients.events import EventLog
 from rtc_server.transports.ice import build_rtc_configuration, restrict_host_candidates
 
 __all__ = ["OfferRejected", "ReceivedFrame", "WebRTCClient"]
@@ -58,7 +59,7 @@ def luma_plane(frame: VideoFrame) -> np.ndarray:
     return rows[:, : frame.width]
 
 
-class WebRTCClient:
+class WebRTCClient(EventLog):
     """One session over WebRTC: offer/answer over HTTP, frames over RTP, events over ``control``."""
 
     def __init__(
@@ -75,15 +76,14 @@ class WebRTCClient:
         self._host_addresses = host_addresses if host_addresses is not None else ["127.0.0.1"]
         self._on_frame = on_frame
         self._keep_frames = keep_frames
+        super().__init__()
         self.pc = RTCPeerConnection(build_rtc_configuration([]))
         self.channel = self.pc.createDataChannel("control")
-        self.events: list[dict[str, Any]] = []
         self.frames: list[ReceivedFrame] = []
         self.frame_count = 0
         self.session_id: str | None = None
         self.offer_posted_at: float | None = None
         self.first_frame_at: float | None = None
-        self._event_added = asyncio.Event()
         self._channel_open = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self.channel.on("open", self._channel_open.set)
@@ -113,13 +113,12 @@ class WebRTCClient:
     async def wait_channel_open(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self._channel_open.wait(), timeout)
 
-    def send(self, message: dict[str, Any] | str | bytes) -> None:
+    async def send(self, message: dict[str, Any] | str | bytes) -> None:
         """Send a control message (a dict is JSON-encoded; text and bytes go as they are)."""
         self.channel.send(json.dumps(message) if isinstance(message, dict) else message)
 
     def _on_message(self, data: str | bytes) -> None:
-        self.events.append(json.loads(data))
-        self._event_added.set()
+        self.record_event(json.loads(data))
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "video" and self._reader is None:
@@ -145,27 +144,6 @@ class WebRTCClient:
                     self.frames.append(received)
                 if self._on_frame is not None:
                     self._on_frame(received)
-
-    def events_of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("type") == kind]
-
-    async def wait_for_event(
-        self, kind: str, predicate: Callable[[dict[str, Any]], bool] | None = None, timeout: float = 10.0
-    ) -> dict[str, Any]:
-        """The first event of ``kind`` (matching ``predicate``), waiting up to ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for event in self.events[seen:]:
-                if event.get("type") == kind and (predicate is None or predicate(event)):
-                    return event
-            seen = len(self.events)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no {kind!r} event within {timeout}s; got {[e.get('type') for e in self.events]}")
-            self._event_added.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event_added.wait(), remaining)
 
     async def close(self) -> None:
         await self.pc.close()

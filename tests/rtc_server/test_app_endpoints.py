@@ -35,7 +35,7 @@ async def test_health_endpoints_report_a_ready_pool(server: RunningServer) -> No
     status, body = await get(f"{server.url}/readyz")
     assert status == 200 and body["status"] == "ready" and body["ready_gpu_workers"] == 1
     status, body = await get(f"{server.url}/health")
-    assert status == 200 and body == {"status": "ok", "sessions": 0, "stream_mode": "webrtc"}
+    assert status == 200 and body == {"status": "ok", "sessions": 0, "stream_mode": "av_fmp4", "transports": ["webrtc", "websocket"]}
     status, body = await get(f"{server.url}/status")
     assert status == 200 and STATUS_KEYS <= body.keys()
     worker = next(iter(body["gpu_status"].values()))

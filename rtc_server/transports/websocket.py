@@ -1,0 +1,162 @@
+"""WebSocket transport: ``GET /v1/stream``, the same control protocol, video as fMP4 for MSE players.
+
+Close codes (protocol.md): 1000 normal end, 1003 invalid first message, 1011
+internal failure, 1013 server full; 1009 for a frame over twice the message
+limit (aiohttp refuses to read it). A frame over the limit but under twice it
+gets ``error{invalid_message}`` and the session goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from rtc_server.config import ServiceConfig
+from rtc_server.controller import SessionController
+from rtc_server.media.fmp4 import Fmp4Encoder
+from rtc_server.protocol import ErrorMessage, InvalidMessage, SessionInitV2, parse_client_text, serialize
+from rtc_server.registry import SessionRegistry
+from rtc_server.session import SessionRejected
+from rtc_server.transports.websocket_sink import WebSocketSink
+
+__all__ = ["WebSocketTransport", "register_routes"]
+
+logger = logging.getLogger(__name__)
+
+HARD_LIMIT_FACTOR = 2  # frames above limit x this are not even read
+
+
+class WebSocketTransport:
+    """Serves ``/v1/stream`` sessions and closes them all at shutdown."""
+
+    def __init__(self, *, config: ServiceConfig, registry: SessionRegistry) -> None:
+        self._config = config
+        self._registry = registry
+        self._sockets: set[web.WebSocketResponse] = set()
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def _make_encoder(self) -> Fmp4Encoder:
+        sampling = self._config.default_request.sampling
+        settings = self._config.websocket
+        return Fmp4Encoder(
+            width=sampling.width,
+            height=sampling.height,
+            fps=sampling.fps,
+            crf=settings.crf,
+            preset=settings.preset,
+            profile=settings.profile,
+        )
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        limit = self._config.server.max_message_bytes
+        ws = web.WebSocketResponse(max_msg_size=limit * HARD_LIMIT_FACTOR)
+        await ws.prepare(request)
+        _limit_send_buffer(request, self._config.websocket.send_buffer_bytes)
+        sink = WebSocketSink(
+            ws,
+            encoder_factory=self._make_encoder,
+            lookahead_segments=self._config.streaming.lookahead_segments,
+            max_pending_segments=self._config.websocket.max_pending_segments,
+        )
+        try:
+            controller = self._registry.open(transport="websocket", sink=sink)
+        except SessionRejected as exc:
+            await _refuse(ws, ErrorMessage(code=exc.code, message=str(exc), retryable=True), WSCloseCode.TRY_AGAIN_LATER)
+            return ws
+        sink.label = f"session {controller.session.short_id}"
+        sink.start()
+        self._sockets.add(ws)
+        try:
+            if await self._receive_init(ws, controller, limit):
+                await self._receive_forever(ws, controller, limit)
+        finally:
+            self._sockets.discard(ws)
+            await controller.client_left()
+        return ws
+
+    async def _receive_init(self, ws: web.WebSocketResponse, controller: SessionController, limit: int) -> bool:
+        try:
+            message = await ws.receive(timeout=self._config.websocket.init_timeout_seconds)
+        except TimeoutError:
+            await _refuse(
+                ws,
+                ErrorMessage(code="invalid_message", message="no session_init_v2 received in time"),
+                WSCloseCode.UNSUPPORTED_DATA,
+            )
+            return False
+        if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return False
+        problem: str | None = None
+        init: Any = None
+        if message.type != WSMsgType.TEXT:
+            problem = "the first message must be a session_init_v2 text frame"
+        elif len(message.data) > limit:
+            problem = f"message of {len(message.data)} bytes exceeds the {limit} byte limit"
+        else:
+            try:
+                init = parse_client_text(message.data)
+            except InvalidMessage as exc:
+                problem = str(exc)
+            if problem is None and not isinstance(init, SessionInitV2):
+                problem = f"the first message must be session_init_v2, got {init.type}"
+        if problem is not None:
+            await _refuse(ws, ErrorMessage(code="invalid_message", message=problem), WSCloseCode.UNSUPPORTED_DATA)
+            return False
+        controller.start(init)
+        return True
+
+    async def _receive_forever(self, ws: web.WebSocketResponse, controller: SessionController, limit: int) -> None:
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                if len(message.data) > limit:
+                    controller.report_error(
+                        "invalid_message", f"message of {len(message.data)} bytes exceeds the {limit} byte limit"
+                    )
+                    continue
+                try:
+                    parsed = parse_client_text(message.data)
+                except InvalidMessage as exc:
+                    controller.report_error("invalid_message", str(exc))
+                    continue
+                controller.handle(parsed)
+            elif message.type == WSMsgType.BINARY:
+                controller.report_error("invalid_message", "binary frames are not accepted from clients")
+            elif message.type == WSMsgType.ERROR:
+                logger.info("session %s: websocket error: %s", controller.session.short_id, ws.exception())
+                return
+
+    async def close(self) -> None:
+        """Close every open socket (the read loops then end their sessions)."""
+        for ws in list(self._sockets):
+            with contextlib.suppress(ConnectionResetError, RuntimeError):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+def _limit_send_buffer(request: web.Request, size: int | None) -> None:
+    # Linux autotunes the send buffer up to megabytes; with it, a client that stops reading
+    # is only noticed (and its segments skipped) after many seconds of queued video.
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if size is not None and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+async def _refuse(ws: web.WebSocketResponse, error: ErrorMessage, code: int) -> None:
+    with contextlib.suppress(ConnectionResetError, RuntimeError):
+        await ws.send_str(serialize(error))
+        await ws.close(code=code)
+
+
+def register_routes(app: web.Application, transport_key: web.AppKey[WebSocketTransport]) -> None:
+    """Add ``GET /v1/stream``."""
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        return await request.app[transport_key].handle(request)
+
+    app.router.add_get("/v1/stream", stream)
+
