@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from aiohttp import WSCloseCode, web
 
-from rtc_server.media.fmp4 import Fmp4Encoder, Fmp4Segment
+from rtc_server.media.fmp4 import Fmp4Encoder
 from rtc_server.protocol import MediaInit, MediaSegmentComplete, MediaSegmentSkipped, ServerMessage, serialize
 from rtc_server.sink import CloseReason
 
@@ -44,12 +44,13 @@ def close_code_for(reason: CloseReason) -> int:
 
 
 @dataclass(frozen=True)
-class _Media:
+class _SegmentSent:
+    """Queue marker: every byte of one segment has been handed to the socket."""
+
     segment_idx: int
-    segment: Fmp4Segment
 
 
-_Item = str | _Media
+_Item = str | bytes | _SegmentSent
 
 
 class WebSocketSink:
@@ -118,13 +119,30 @@ class WebSocketSink:
         loop = asyncio.get_running_loop()
         if self._encoder is None:
             self._encoder = await loop.run_in_executor(None, self._encoder_factory)
-        segment = await loop.run_in_executor(None, self._encoder.encode_segment, frames)
+        stream = self._encoder.encode_segment_iter(frames)
         if self._anchor is None:
             self._anchor = self._clock()
-        self._media_end_ms = segment.pts_base_ms + segment.duration_ms
-        self._segment_ms = segment.duration_ms
+        self._media_end_ms = stream.pts_base_ms + stream.duration_ms
+        self._segment_ms = stream.duration_ms
         self._pending_segments += 1
-        self._enqueue(_Media(segment_idx, segment))
+        # Fragments go out as the encoder produces them, so the first bytes of a segment
+        # leave after one frame's encoding rather than the whole segment's.
+        self._enqueue(serialize(MediaInit(segment_idx=segment_idx, mime=stream.mime, stream_id=self.stream_id)))
+        with stream:
+            while (chunk := await loop.run_in_executor(None, next, stream, None)) is not None:
+                self._enqueue(chunk)
+        self._enqueue(
+            serialize(
+                MediaSegmentComplete(
+                    segment_idx=segment_idx,
+                    stream_id=self.stream_id,
+                    chunks=stream.media_chunks,
+                    duration_ms=round(stream.duration_ms, 3),
+                    pts_base_ms=round(stream.pts_base_ms, 3),
+                )
+            )
+        )
+        self._enqueue(_SegmentSent(segment_idx))
 
     async def drain(self) -> None:
         while self._queue and not self._closed:
@@ -175,8 +193,9 @@ class WebSocketSink:
                 item = self._queue[0]
                 if isinstance(item, str):
                     await self._ws.send_str(item)
+                elif isinstance(item, bytes):
+                    await self._ws.send_bytes(item)
                 else:
-                    await self._send_media(item)
                     self._pending_segments -= 1
                     self.segments_sent += 1
                 self._queue.popleft()
@@ -185,25 +204,3 @@ class WebSocketSink:
             logger.info("%s: writer stopped: %s", self.label, exc)
         finally:
             self._idle.set()
-
-    async def _send_media(self, media: _Media) -> None:
-        segment = media.segment
-        await self._ws.send_str(
-            serialize(
-                MediaInit(segment_idx=media.segment_idx, mime=segment.mime, stream_id=self.stream_id)
-            )
-        )
-        await self._ws.send_bytes(segment.init)
-        for fragment in segment.fragments:
-            await self._ws.send_bytes(fragment)
-        await self._ws.send_str(
-            serialize(
-                MediaSegmentComplete(
-                    segment_idx=media.segment_idx,
-                    stream_id=self.stream_id,
-                    chunks=len(segment.fragments),
-                    duration_ms=round(segment.duration_ms, 3),
-                    pts_base_ms=round(segment.pts_base_ms, 3),
-                )
-            )
-        )
