@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
-from gpu.generator import Generator, GeneratorError, SegmentRequest, SegmentResult, StepCallback
+from gpu.generator import ContinuationState, Generator, GeneratorError, SegmentRequest, SegmentResult, StepCallback
 
 __all__ = [
     "DEFAULT_WARMUP_REQUEST",
@@ -81,6 +81,9 @@ class GpuPool(Protocol):
 
     async def release(self, session_id: str) -> None:
         """Unbind ``session_id``; releasing an unbound session does nothing."""
+
+    async def check_state(self, state: ContinuationState) -> None:
+        """Raise IncompatibleStateError if the pool's generator cannot continue from ``state``."""
 
     async def shutdown(self) -> None:
         """Stop every worker; idempotent and safe when callers race."""
@@ -234,6 +237,11 @@ class InProcessGpuPool:
         if self._state is not _State.READY or self._generator is None or self._executor is None:
             raise PoolUnavailableError(f"pool {self._worker_id} is {self._state.value}, not ready")
         return self._generator, self._executor
+
+    async def check_state(self, state: ContinuationState) -> None:
+        """Validate a continuation state against the generator (off the loop: payloads can be large)."""
+        generator, executor = self._require_ready()
+        await asyncio.get_running_loop().run_in_executor(executor, generator.check_state, state)
 
     async def release(self, session_id: str) -> None:
         """Unbind ``session_id``; idempotent."""

@@ -241,6 +241,10 @@ class SyntheticGenerator:
                 on_step(step + 1, total)
         return SegmentResult(frames=frames, continuation=self._next_state(cursor, motion, request.num_frames))
 
+    def check_state(self, state: ContinuationState) -> None:
+        """Raise IncompatibleStateError unless ``state`` is a well-formed synthetic.v1 state."""
+        self._parse_state(state)
+
     def _check_request(self, request: SegmentRequest) -> None:
         region_w, region_h = marker_region(request.width, request.height)
         if not (

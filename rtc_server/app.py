@@ -1,7 +1,8 @@
 """The aiohttp application: shared objects under typed keys, routes, and ordered teardown.
 
 Startup order: pool (warm-up runs in the background so /readyz can say
-"warming"), session registry, WebRTC transport, WebSocket transport. At
+"warming"), session store, session logs and the init-image directory,
+session registry, WebRTC transport, WebSocket transport. At
 shutdown every session is ended first (on_shutdown), then the cleanup
 contexts run in reverse: transports, registry, pool.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,19 +22,26 @@ from aiohttp import web
 from gpu.factory import build_generator
 from gpu.generator import Generator, SegmentRequest
 from gpu.pool import GpuPool, InProcessGpuPool
-from rtc_server.config import ServiceConfig
+from gpu.state_store import InMemoryBlobStore, InMemorySessionStore, SessionStore
+from rtc_server.admission import AdmissionQueue
+from rtc_server.config import ServiceConfig, StoreConfig
+from rtc_server.controller import SessionServices
 from rtc_server.health import healthz_payload, readyz_payload
 from rtc_server.http_errors import json_error
 from rtc_server.registry import SessionRegistry
+from rtc_server.session_log import SessionLogger
 from rtc_server.transports import webrtc, websocket
 from rtc_server.transports.ice import apply_bitrate_bounds
 
-__all__ = ["CONFIG", "POOL", "REGISTRY", "WEBRTC", "WEBSOCKET", "build_app"]
+__all__ = ["CONFIG", "IMAGE_DIR", "POOL", "REGISTRY", "SESSION_LOG", "STORE", "WEBRTC", "WEBSOCKET", "build_app"]
 
 logger = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", ServiceConfig)
 POOL = web.AppKey("pool", GpuPool)  # type: ignore[type-abstract]
+STORE = web.AppKey("store", SessionStore)  # type: ignore[type-abstract]
+SESSION_LOG = web.AppKey("session_log", SessionLogger)
+IMAGE_DIR = web.AppKey("image_dir", Path)
 REGISTRY = web.AppKey("registry", SessionRegistry)
 WEBRTC = web.AppKey("webrtc", webrtc.WebRTCTransport)
 WEBSOCKET = web.AppKey("websocket", websocket.WebSocketTransport)
@@ -77,8 +87,60 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.shutdown()
 
 
+async def open_store(config: StoreConfig) -> SessionStore:
+    """The session store selected by ``store.backend``."""
+    if config.backend == "redis":
+        from gpu.redis_store import open_redis_stores  # redis is an optional dependency
+
+        assert config.redis_url is not None
+        store, _ = await open_redis_stores(
+            config.redis_url,
+            key_prefix=config.key_prefix,
+            inline_limit_bytes=config.inline_limit_bytes,
+            snapshot_ttl_s=config.snapshot_ttl_seconds,
+            state_ttl_s=config.state_ttl_seconds,
+        )
+        return store
+    return InMemorySessionStore(
+        InMemoryBlobStore(),
+        inline_limit_bytes=config.inline_limit_bytes,
+        snapshot_ttl_s=config.snapshot_ttl_seconds,
+    )
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = await open_store(app[CONFIG].store)
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _session_files_ctx(app: web.Application) -> AsyncIterator[None]:
+    streaming = app[CONFIG].streaming
+    session_log = SessionLogger(streaming.session_log_dir)
+    app[SESSION_LOG] = session_log
+    own_dir = streaming.init_image_dir is None
+    image_dir = Path(tempfile.mkdtemp(prefix="rtc-init-images-")) if own_dir else Path(streaming.init_image_dir or "")
+    image_dir.mkdir(parents=True, exist_ok=True)
+    app[IMAGE_DIR] = image_dir
+    yield
+    await asyncio.to_thread(session_log.close)
+    if own_dir:
+        await asyncio.to_thread(shutil.rmtree, image_dir, True)
+
+
 async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
-    registry = SessionRegistry(config=app[CONFIG], pool=app[POOL])
+    config = app[CONFIG]
+    services = SessionServices(
+        pool=app[POOL],
+        store=app[STORE],
+        admission=AdmissionQueue(slots=config.streaming.max_sessions),
+        log=app[SESSION_LOG],
+        streaming=config.streaming,
+        defaults=config.default_request,
+        image_dir=app[IMAGE_DIR],
+    )
+    registry = SessionRegistry(config=config, services=services)
     app[REGISTRY] = registry
     registry.start_reaper()
     yield
@@ -152,7 +214,7 @@ def build_app(config: ServiceConfig) -> web.Application:
     """The service as an aiohttp application; shared objects live in its cleanup contexts."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
-    app.cleanup_ctx.extend([_pool_ctx, _registry_ctx, _webrtc_ctx, _websocket_ctx])
+    app.cleanup_ctx.extend([_pool_ctx, _store_ctx, _session_files_ctx, _registry_ctx, _webrtc_ctx, _websocket_ctx])
     app.on_shutdown.append(_end_sessions)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -21,6 +21,7 @@ __all__ = [
     "SamplingConfig",
     "ServerConfig",
     "ServiceConfig",
+    "StoreConfig",
     "StreamingConfig",
     "WebRTCConfig",
     "WebSocketConfig",
@@ -84,9 +85,13 @@ class StreamingConfig(_Section):
 
     session_timeout_seconds: int = Field(300, ge=1, description="Idle time before a session is closed.")
     generation_segment_cap: int = Field(0, ge=0, description="Segments per session; 0 means no cap.")
-    max_sessions: int = Field(8, ge=1)
+    max_sessions: int = Field(8, ge=1, description="Sessions streaming at once (active slots).")
+    max_queue: int = Field(16, ge=0, description="Sessions waiting for a slot; beyond it new sessions are rejected.")
     lookahead_segments: int = Field(1, ge=0, le=8)
     reaper_interval_seconds: float = Field(1.0, gt=0)
+    session_log_dir: str | None = Field(None, description="One JSONL log per session here; off when unset.")
+    init_image_dir: str | None = Field(None, description="Where initial images are kept; a private temp dir when unset.")
+    max_init_image_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Decoded size limit of initial images.")
 
 
 class WebRTCConfig(_Section):
@@ -131,6 +136,23 @@ class WebSocketConfig(_Section):
     profile: Literal["baseline", "main"] = "baseline"
 
 
+class StoreConfig(_Section):
+    """Where continuation state lives: in memory, or in Redis to survive restarts and share across replicas."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None
+    key_prefix: str = "rtcvs:"
+    inline_limit_bytes: int = Field(64 * 1024, ge=0, description="Payload parts larger than this go to the blob store.")
+    snapshot_ttl_seconds: float = Field(3600.0, gt=0)
+    state_ttl_seconds: float = Field(86400.0, gt=0, description="Live states expire if a server dies holding them.")
+
+    @model_validator(mode="after")
+    def _check_redis_url(self) -> StoreConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("backend redis needs redis_url")
+        return self
+
+
 class ServiceConfig(_Section):
     """The whole service configuration."""
 
@@ -141,6 +163,7 @@ class ServiceConfig(_Section):
     streaming: StreamingConfig = Field(default_factory=StreamingConfig)
     webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig)
     websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
 
 class ConfigError(ValueError):

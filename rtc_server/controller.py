@@ -11,11 +11,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from gpu.generator import ContinuationState, GeneratorError, IncompatibleStateError, SegmentRequest
 from gpu.pool import GpuPool, PoolError, PoolUnavailableError
+from gpu.state_store import InvalidStateError, SessionStore, StoreError
+from rtc_server.admission import AdmissionQueue
 from rtc_server.config import DefaultRequestConfig, StreamingConfig
+from rtc_server.init_image import InitImageError, decode_init_image, discard_init_image, persist_init_image
 from rtc_server.prompt_schedule import PromptChoice, PromptOrigin, PromptSchedule
 from rtc_server.protocol import (
     AutoExtensionUpdated,
@@ -42,11 +48,40 @@ from rtc_server.protocol import (
     StreamStart,
 )
 from rtc_server.session import InvalidSessionTransition, Session, SessionState
+from rtc_server.session_log import SessionLogger
 from rtc_server.sink import CloseReason, SessionSink
 
-__all__ = ["SessionController"]
+__all__ = ["SessionController", "SessionServices"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionServices:
+    """What every session of a server shares."""
+
+    pool: GpuPool
+    store: SessionStore
+    admission: AdmissionQueue
+    log: SessionLogger
+    streaming: StreamingConfig
+    defaults: DefaultRequestConfig
+    image_dir: Path
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it; a failure while it unwinds is logged, never raised."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        logger.exception("%s failed while being cancelled", task.get_name())
+
+
+class _ResumeRefused(Exception):
+    """A continuation_state that cannot be continued from."""
 
 
 class SessionController:
@@ -56,19 +91,21 @@ class SessionController:
         self,
         *,
         session: Session,
-        pool: GpuPool,
+        services: SessionServices,
         sink: SessionSink,
-        streaming: StreamingConfig,
-        defaults: DefaultRequestConfig,
         on_closed: Callable[[SessionController], None] | None = None,
     ) -> None:
         self._session = session
-        self._pool = pool
+        self._services = services
+        self._pool = services.pool
+        self._store = services.store
         self._sink = sink
-        self._streaming = streaming
-        self._defaults = defaults
+        self._streaming = services.streaming
+        self._defaults = services.defaults
         self._on_closed = on_closed
-        self._schedule = PromptSchedule(default_prompt=defaults.prompt)
+        self._image_path: Path | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._schedule = PromptSchedule(default_prompt=services.defaults.prompt)
         self._init: SessionInitV2 | None = None
         self._paused = False
         self._single_clip = False
@@ -115,12 +152,26 @@ class SessionController:
         self._schedule.auto_extension_enabled = init.auto_extension_enabled
         self._enhancement = init.enhancement_enabled
         self._single_clip = init.single_clip_mode
-        if init.continuation_state is not None:
-            self._state = ContinuationState(init.continuation_state.kind, init.continuation_state.payload)
-            resumed_idx = init.continuation_state.payload.get("segment_idx")
-            if isinstance(resumed_idx, int) and resumed_idx >= 0:
-                self._segment_idx = resumed_idx
+        self._log(
+            "init",
+            transport=self._session.transport,
+            client_id=init.client_id,
+            curated_prompts=len(init.curated_prompts),
+            loop_generation=init.loop_generation_enabled,
+            single_clip=init.single_clip_mode,
+            initial_image=init.initial_image is not None,
+            resume_kind=init.continuation_state.kind if init.continuation_state else None,
+        )
         self._task = asyncio.create_task(self._run(), name=f"session-{self._session.short_id}")
+
+    def _log(self, event: str, **fields: Any) -> None:
+        self._services.log.event(self._session.id, event, **fields)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run message work that must await (store I/O); the controller cancels it at the end."""
+        task = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def handle(self, message: ClientMessage) -> None:
         """Apply one parsed client message."""
@@ -149,13 +200,14 @@ class SessionController:
         elif isinstance(message, GenerationPausedUpdated):
             self._paused = message.paused
         elif isinstance(message, SnapshotState):
-            self._send_snapshot()
+            self._spawn(self._send_snapshot())
         elif isinstance(message, RewriteSeedPrompts):
             self.report_error("invalid_message", "prompt rewriting is not enabled on this server")
         self._changed.set()
 
     def report_error(self, code: ErrorCode, message: str, *, retryable: bool = False) -> None:
         """Tell the client about a problem without ending the session."""
+        self._log("error", code=code, message=message)
         self._sink.send_event(ErrorMessage(code=code, message=message, retryable=retryable))
 
     def _accept_prompt(self, message: SegmentPromptSource) -> None:
@@ -169,6 +221,7 @@ class SessionController:
         )
         self._schedule.submit_user(choice)
         next_idx = self._segment_idx + (1 if self._generating else 0)
+        self._log("prompt_received", prompt=message.prompt, source=message.source, segment_idx=next_idx)
         self._sink.send_event(
             PromptReceived(
                 prompt=message.prompt,
@@ -179,11 +232,18 @@ class SessionController:
             )
         )
 
-    def _send_snapshot(self) -> None:
-        if self._state is None:
+    async def _send_snapshot(self) -> None:
+        try:
+            state = await self._store.snapshot(self._session.id)
+        except StoreError as exc:
+            logger.error("session %s: snapshot failed: %s", self._session.short_id, exc)
+            self.report_error("internal_error", f"snapshot failed: {exc}", retryable=True)
+            return
+        if state is None:
             self.report_error("invalid_message", "no segment has been generated yet; nothing to snapshot")
             return
-        self._sink.send_event(ContinuationStateSnapshot(state=self._state.to_wire()))
+        self._log("snapshot", kind=state.kind)
+        self._sink.send_event(ContinuationStateSnapshot(state=state.to_wire()))
 
     # -- ending ----------------------------------------------------------
 
@@ -219,22 +279,33 @@ class SessionController:
             return
         self._finishing = True
         try:
-            task = self._task
-            if task is not None and task is not asyncio.current_task() and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for task in [self._task, *self._side_tasks]:
+                if task is not None and task is not asyncio.current_task() and not task.done():
+                    await _cancel_and_wait(task)
             self._enter_terminal(target)
-            try:
-                await self._pool.release(self._session.id)
-            except PoolError:
-                logger.exception("session %s: releasing the pool binding failed", self._session.short_id)
+            self._services.admission.leave(self._session.id)
+            await self._release_resources()
             await self._sink.close(reason)
         finally:
             self._closed.set()
             if self._on_closed is not None:
                 self._on_closed(self)
+            self._log("end", state=self._session.state.value, reason=reason.value, segments=self._segments_done)
             logger.info("session %s: ended as %s (%s)", self._session.short_id, self._session.state.value, reason.value)
+
+    async def _release_resources(self) -> None:
+        # One by one, each failure logged: a broken store must not keep the GPU binding or the image.
+        try:
+            await self._pool.release(self._session.id)
+        except PoolError:
+            logger.exception("session %s: releasing the pool binding failed", self._session.short_id)
+        try:
+            await self._store.drop(self._session.id)
+        except StoreError:
+            logger.exception("session %s: dropping the stored state failed", self._session.short_id)
+        if self._image_path is not None:
+            await asyncio.to_thread(discard_init_image, self._image_path)
+            self._image_path = None
 
     def _enter_terminal(self, target: SessionState) -> None:
         state = self._session.state
@@ -251,10 +322,19 @@ class SessionController:
 
     async def _run(self) -> None:
         try:
+            await self._prepare()
+            await self._admit()
             await self._bind()
             await self._stream()
         except asyncio.CancelledError:
             raise
+        except InitImageError as exc:
+            await self._fail("invalid_message", str(exc), retryable=False)
+        except _ResumeRefused as exc:
+            await self._fail("invalid_message", str(exc), retryable=False)
+        except StoreError as exc:
+            logger.error("session %s: session store failed: %s", self._session.short_id, exc)
+            await self._fail("internal_error", f"session store failed: {exc}", retryable=True)
         except PoolUnavailableError as exc:
             await self._fail("gpu_unavailable", str(exc), retryable=True)
         except IncompatibleStateError as exc:
@@ -269,13 +349,70 @@ class SessionController:
     async def _fail(self, code: ErrorCode, message: str, *, retryable: bool) -> None:
         self.report_error(code, message, retryable=retryable)
         self._sink.send_event(StreamComplete(reason="error"))
-        await self._finish(SessionState.ERROR, CloseReason.ERROR)
+        await self._finish(SessionState.ERROR, CloseReason.INVALID if code == "invalid_message" else CloseReason.ERROR)
+
+    async def _prepare(self) -> None:
+        """Persist the initial image and install a resumed state, before taking a slot."""
+        assert self._init is not None
+        if self._init.initial_image is not None:
+            image = await asyncio.to_thread(
+                decode_init_image, self._init.initial_image, max_bytes=self._streaming.max_init_image_bytes
+            )
+            if image is not None:
+                self._image_path = await asyncio.to_thread(persist_init_image, image, self._services.image_dir)
+                self._log("initial_image", name=image.display_name, mime=image.mime, bytes=len(image.data))
+        wire = self._init.continuation_state
+        if wire is None:
+            return
+        try:
+            await self._resume(ContinuationState(wire.kind, wire.payload))
+        except _ResumeRefused as exc:
+            if self._init.continuation_fallback != "fresh":
+                raise
+            self.report_error("invalid_message", f"{exc}; starting a fresh stream as asked", retryable=False)
+            self._state = None
+            self._segment_idx = 0
+
+    async def _resume(self, wire_state: ContinuationState) -> None:
+        try:
+            await self._store.hydrate(wire_state, session_id=self._session.id)
+            state = await self._store.load(self._session.id)
+            if state is None:
+                raise _ResumeRefused("continuation_state refused: it vanished from the store")
+            await self._pool.check_state(state)
+        except IncompatibleStateError as exc:
+            await self._store.drop(self._session.id)
+            raise _ResumeRefused(f"continuation_state refused: {exc}") from exc
+        except InvalidStateError as exc:
+            raise _ResumeRefused(f"continuation_state refused: {exc}") from exc
+        self._state = state
+        resumed_idx = state.payload.get("segment_idx")
+        if isinstance(resumed_idx, int) and resumed_idx >= 0:
+            self._segment_idx = resumed_idx
+        self._log("resumed", kind=state.kind, segment_idx=self._segment_idx)
+
+    async def _admit(self) -> None:
+        admission = self._services.admission
+        if admission.try_enter(self._session.id):
+            self._session.transition(SessionState.GPU_BINDING)
+            self._sink.send_event(QueueStatus(position=0, queue_depth=admission.depth))
+            self._log("queue", position=0, queue_depth=admission.depth)
+            return
+        self._session.transition(SessionState.QUEUED)
+
+        def on_position(position: int, depth: int) -> None:
+            self._log("queue", position=position, queue_depth=depth)
+            self._sink.send_event(QueueStatus(position=position, queue_depth=depth))
+
+        await admission.wait(self._session.id, on_position)
+        self._session.transition(SessionState.GPU_BINDING)
+        self._sink.send_event(QueueStatus(position=0, queue_depth=admission.depth))
+        self._log("queue", position=0, queue_depth=admission.depth)
 
     async def _bind(self) -> None:
-        self._session.transition(SessionState.GPU_BINDING)
-        self._sink.send_event(QueueStatus(position=0, queue_depth=0))
         assignment = await self._pool.acquire(self._session.id)
         self._session.transition(SessionState.ACTIVE)
+        self._log("gpu_assigned", gpu_id=assignment.gpu_id, worker_id=assignment.worker_id)
         logger.info("session %s: bound to %s", self._session.short_id, assignment.worker_id)
         sampling = self._defaults.sampling
         assert self._init is not None
@@ -332,6 +469,7 @@ class SessionController:
             num_frames=sampling.num_frames,
             fps=sampling.fps,
             segment_idx=idx,
+            init_image_path=str(self._image_path) if self._image_path and self._state is None else None,
             continuation=self._state,
         )
         sink = self._sink
@@ -348,13 +486,19 @@ class SessionController:
             self._generating = False
         generation_ms = (time.monotonic() - started) * 1000.0
         self._state = result.continuation
+        await self._store.store(self._session.id, result.continuation)
         await sink.send_segment(idx, result.frames)
+        e2e_ms = (time.monotonic() - started) * 1000.0
         sink.send_event(
-            SegmentComplete(
-                segment_idx=idx,
-                generation_time_ms=round(generation_ms, 2),
-                e2e_latency_ms=round((time.monotonic() - started) * 1000.0, 2),
-            )
+            SegmentComplete(segment_idx=idx, generation_time_ms=round(generation_ms, 2), e2e_latency_ms=round(e2e_ms, 2))
+        )
+        self._log(
+            "segment",
+            segment_idx=idx,
+            prompt=choice.text,
+            origin=choice.origin.value,
+            generation_ms=round(generation_ms, 2),
+            e2e_ms=round(e2e_ms, 2),
         )
         self._segment_idx = idx + 1
         self._segments_done += 1

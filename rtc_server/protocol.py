@@ -72,6 +72,9 @@ class SessionInitV2(_ClientModel):
     single_clip_mode: StrictBool = False
     stream_mode: Literal["av_fmp4", "legacy_jpeg", "webrtc"] = "av_fmp4"
     continuation_state: ContinuationStateModel | None = None
+    # (new) What to do when continuation_state cannot be used: "error" ends the session with an
+    # error; "fresh" reports the error and starts a new stream instead.
+    continuation_fallback: Literal["error", "fresh"] = "error"
 
 
 class SegmentPromptSource(_ClientModel):

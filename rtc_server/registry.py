@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 
-from gpu.pool import GpuPool
 from rtc_server.config import ServiceConfig
-from rtc_server.controller import SessionController
+from rtc_server.controller import SessionController, SessionServices
 from rtc_server.session import SessionManager, SessionRejected
 from rtc_server.sink import SessionSink
 
@@ -20,11 +19,12 @@ logger = logging.getLogger(__name__)
 class SessionRegistry:
     """Owns every SessionController of the server and the task that expires idle ones."""
 
-    def __init__(self, *, config: ServiceConfig, pool: GpuPool) -> None:
+    def __init__(self, *, config: ServiceConfig, services: SessionServices) -> None:
         self._config = config
-        self._pool = pool
+        self._services = services
+        # Streaming sessions plus those waiting in the admission queue; beyond that, reject.
         self._manager = SessionManager(
-            max_sessions=config.streaming.max_sessions,
+            max_sessions=config.streaming.max_sessions + config.streaming.max_queue,
             session_timeout_seconds=config.streaming.session_timeout_seconds,
         )
         self._controllers: dict[str, SessionController] = {}
@@ -39,17 +39,10 @@ class SessionRegistry:
 
     def open(self, *, transport: str, sink: SessionSink) -> SessionController:
         """Admit a session for ``sink``; raises SessionRejected when the server is full or not ready."""
-        if not self._pool.ready:
+        if not self._services.pool.ready:
             raise SessionRejected("no GPU worker is ready yet", code="gpu_unavailable")
         session = self._manager.create(transport=transport)
-        controller = SessionController(
-            session=session,
-            pool=self._pool,
-            sink=sink,
-            streaming=self._config.streaming,
-            defaults=self._config.default_request,
-            on_closed=self._forget,
-        )
+        controller = SessionController(session=session, services=self._services, sink=sink, on_closed=self._forget)
         self._controllers[session.id] = controller
         logger.info("session %s: opened over %s (%d live)", session.short_id, transport, len(self._controllers))
         return controller

@@ -133,7 +133,7 @@ class SessionManager:
     def create(self, *, transport: str, client_id: str | None = None) -> Session:
         """Admit a new session or raise SessionRejected when the server is full."""
         if len(self._sessions) >= self._max_sessions:
-            raise SessionRejected(f"server is at its limit of {self._max_sessions} sessions")
+            raise SessionRejected(f"server is full: {self._max_sessions} sessions are streaming or waiting")
         session = Session(clock=self._clock, transport=transport, client_id=client_id)
         self._sessions[session.id] = session
         return session

@@ -19,6 +19,7 @@ class CloseReason(enum.Enum):
     ERROR = "error"
     TIMEOUT = "timeout"
     REJECTED = "rejected"
+    INVALID = "invalid"
     CLIENT_LEFT = "client_left"
     SHUTDOWN = "shutdown"
 

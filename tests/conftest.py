@@ -13,6 +13,8 @@ from aiohttp.test_utils import TestServer
 from rtc_server.app import POOL, build_app
 from rtc_server.config import ServiceConfig
 
+pytest_plugins = ["tests.redis_fixture"]
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -25,7 +27,7 @@ def make_config(**sections: dict[str, Any]) -> ServiceConfig:
             "prompt": "a red fox running through fresh snow",
             "sampling": {"width": 256, "height": 256, "fps": 24, "num_frames": 24, "num_inference_steps": 2},
         },
-        "streaming": {"session_timeout_seconds": 60, "max_sessions": 4, "reaper_interval_seconds": 0.2},
+        "streaming": {"session_timeout_seconds": 60, "max_sessions": 4, "max_queue": 0, "reaper_interval_seconds": 0.2},
         "webrtc": {"ice_host_addresses": [LOOPBACK], "peer_timeout_seconds": 3.0},
     }
     for name, values in sections.items():

@@ -33,6 +33,7 @@ _CLOSE_CODES: dict[CloseReason, int] = {
     CloseReason.TIMEOUT: WSCloseCode.OK,
     CloseReason.ERROR: WSCloseCode.INTERNAL_ERROR,
     CloseReason.REJECTED: WSCloseCode.TRY_AGAIN_LATER,
+    CloseReason.INVALID: WSCloseCode.UNSUPPORTED_DATA,
     CloseReason.SHUTDOWN: WSCloseCode.GOING_AWAY,
     CloseReason.CLIENT_LEFT: WSCloseCode.OK,
 }
@@ -125,12 +126,19 @@ class WebSocketSink:
         self._media_end_ms = stream.pts_base_ms + stream.duration_ms
         self._segment_ms = stream.duration_ms
         self._pending_segments += 1
-        # Fragments go out as the encoder produces them, so the first bytes of a segment
-        # leave after one frame's encoding rather than the whole segment's.
         self._enqueue(serialize(MediaInit(segment_idx=segment_idx, mime=stream.mime, stream_id=self.stream_id)))
-        with stream:
-            while (chunk := await loop.run_in_executor(None, next, stream, None)) is not None:
-                self._enqueue(chunk)
+
+        def produce() -> None:
+            # Runs in a worker thread. Fragments go out as the encoder makes them, so a segment's
+            # first bytes leave after one frame's encoding rather than the whole segment's. The
+            # thread owns the stream start to finish: a cancelled session cannot close it mid-frame.
+            with stream:
+                for chunk in stream:
+                    if self._closed:
+                        return
+                    loop.call_soon_threadsafe(self._enqueue, chunk)
+
+        await loop.run_in_executor(None, produce)
         self._enqueue(
             serialize(
                 MediaSegmentComplete(
