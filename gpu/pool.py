@@ -4,6 +4,7 @@ Exceptions::
 
     PoolError (RuntimeError)
     ├── PoolUnavailableError   not started, shut down, or no ready worker
+    ├── WorkerFailedError      a worker died or hung mid-segment (retryable elsewhere)
     └── SessionNotBoundError   run() for a session that has not acquired a worker
 
 Generator failures surface as ``gpu.generator.GeneratorError``.
@@ -32,6 +33,7 @@ __all__ = [
     "PoolError",
     "PoolUnavailableError",
     "SessionNotBoundError",
+    "WorkerFailedError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,10 @@ class PoolError(RuntimeError):
 
 class PoolUnavailableError(PoolError):
     """The pool is not started, is shut down, or has no ready worker."""
+
+
+class WorkerFailedError(PoolError):
+    """The worker died or hung mid-segment; the segment can be retried on another worker."""
 
 
 class SessionNotBoundError(PoolError):

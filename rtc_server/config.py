@@ -131,6 +131,9 @@ class WebSocketConfig(_Section):
         ge=4096,
         description="Kernel send buffer per socket; small enough that a stalled reader is noticed in seconds.",
     )
+    stalled_client_timeout_seconds: float = Field(
+        30.0, gt=0, description="A client that accepts no data for this long is disconnected (close 1008)."
+    )
     crf: int = Field(23, ge=1, le=51, description="x264 constant rate factor")
     preset: str = "ultrafast"
     profile: Literal["baseline", "main"] = "baseline"

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpu.generator import ContinuationState, GeneratorError, IncompatibleStateError, SegmentRequest
-from gpu.pool import GpuPool, PoolError, PoolUnavailableError
+from gpu.generator import ContinuationState, GeneratorError, IncompatibleStateError, SegmentRequest, SegmentResult
+from gpu.pool import GpuPool, PoolError, PoolUnavailableError, WorkerFailedError
 from gpu.state_store import InvalidStateError, SessionStore, StoreError
 from rtc_server.admission import AdmissionQueue
 from rtc_server.config import DefaultRequestConfig, StreamingConfig
@@ -54,6 +54,8 @@ from rtc_server.sink import CloseReason, SessionSink
 __all__ = ["SessionController", "SessionServices"]
 
 logger = logging.getLogger(__name__)
+
+MAX_SEGMENT_ATTEMPTS = 3  # a segment whose worker dies is retried on another worker this many times in all
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,7 +115,7 @@ class SessionController:
         self._state: ContinuationState | None = None
         self._segment_idx = 0
         self._segments_done = 0
-        self._generating = False
+        self._in_segment = False
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._finishing = False
@@ -220,7 +222,7 @@ class SessionController:
             guidance_scale=message.guidance_scale,
         )
         self._schedule.submit_user(choice)
-        next_idx = self._segment_idx + (1 if self._generating else 0)
+        next_idx = self._segment_idx + (1 if self._in_segment else 0)
         self._log("prompt_received", prompt=message.prompt, source=message.source, segment_idx=next_idx)
         self._sink.send_event(
             PromptReceived(
@@ -337,6 +339,8 @@ class SessionController:
             await self._fail("internal_error", f"session store failed: {exc}", retryable=True)
         except PoolUnavailableError as exc:
             await self._fail("gpu_unavailable", str(exc), retryable=True)
+        except WorkerFailedError as exc:
+            await self._fail("worker_failed", str(exc), retryable=True)
         except IncompatibleStateError as exc:
             await self._fail("invalid_message", f"continuation_state refused: {exc}", retryable=False)
         except (GeneratorError, PoolError) as exc:
@@ -454,11 +458,9 @@ class SessionController:
             self._changed.clear()
             await self._changed.wait()
 
-    async def _generate(self, choice: PromptChoice) -> None:
-        idx = self._segment_idx
+    def _request(self, idx: int, choice: PromptChoice, steps: int) -> SegmentRequest:
         sampling = self._defaults.sampling
-        steps = choice.num_inference_steps or sampling.num_inference_steps
-        request = SegmentRequest(
+        return SegmentRequest(
             prompt=choice.text,
             negative_prompt=choice.negative_prompt or self._defaults.negative_prompt,
             seed=sampling.seed if choice.seed is None else choice.seed,
@@ -472,22 +474,51 @@ class SessionController:
             init_image_path=str(self._image_path) if self._image_path and self._state is None else None,
             continuation=self._state,
         )
+
+    async def _run_segment(self, idx: int, choice: PromptChoice, steps: int) -> tuple[SegmentResult, float]:
+        """Generate segment ``idx``; when its worker dies, tell the client and go on elsewhere."""
         sink = self._sink
 
         def on_step(step: int, total: int) -> None:
             sink.send_event(StepComplete(segment_idx=idx, step=step, total_steps=total))
 
-        sink.send_event(SegmentStart(segment_idx=idx, prompt=choice.text, total_steps=steps))
+        for attempt in range(1, MAX_SEGMENT_ATTEMPTS + 1):
+            sink.send_event(SegmentStart(segment_idx=idx, prompt=choice.text, total_steps=steps))
+            started = time.monotonic()
+            try:
+                result = await self._pool.run(self._session.id, self._request(idx, choice, steps), on_step)
+            except WorkerFailedError as exc:
+                if attempt == MAX_SEGMENT_ATTEMPTS:
+                    raise
+                self.report_error("worker_failed", f"{exc}; continuing on another worker", retryable=True)
+                await self._rebind()
+                continue
+            return result, (time.monotonic() - started) * 1000.0
+        raise AssertionError("unreachable")
+
+    async def _rebind(self) -> None:
+        """Move to a healthy worker, continuing from the last state the store holds."""
+        await self._pool.release(self._session.id)
+        self._state = await self._store.load(self._session.id)
+        assignment = await self._pool.acquire(self._session.id)
+        self._log("gpu_assigned", gpu_id=assignment.gpu_id, worker_id=assignment.worker_id, after="worker_failed")
+        self._sink.send_event(
+            GpuAssigned(gpu_id=assignment.gpu_id, session_timeout=self._streaming.session_timeout_seconds)
+        )
+
+    async def _generate(self, choice: PromptChoice) -> None:
+        idx = self._segment_idx
+        steps = choice.num_inference_steps or self._defaults.sampling.num_inference_steps
+        sink = self._sink
         started = time.monotonic()
-        self._generating = True
+        self._in_segment = True
         try:
-            result = await self._pool.run(self._session.id, request, on_step)
+            result, generation_ms = await self._run_segment(idx, choice, steps)
+            self._state = result.continuation
+            await self._store.store(self._session.id, result.continuation)
+            await sink.send_segment(idx, result.frames)
         finally:
-            self._generating = False
-        generation_ms = (time.monotonic() - started) * 1000.0
-        self._state = result.continuation
-        await self._store.store(self._session.id, result.continuation)
-        await sink.send_segment(idx, result.frames)
+            self._in_segment = False
         e2e_ms = (time.monotonic() - started) * 1000.0
         sink.send_event(
             SegmentComplete(segment_idx=idx, generation_time_ms=round(generation_ms, 2), e2e_latency_ms=round(e2e_ms, 2))

@@ -8,6 +8,7 @@ gets ``error{invalid_message}`` and the session goes on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -63,6 +64,8 @@ class WebSocketTransport:
             encoder_factory=self._make_encoder,
             lookahead_segments=self._config.streaming.lookahead_segments,
             max_pending_segments=self._config.websocket.max_pending_segments,
+            stalled_client_timeout_s=self._config.websocket.stalled_client_timeout_seconds,
+            transport=request.transport if isinstance(request.transport, asyncio.Transport) else None,
         )
         try:
             controller = self._registry.open(transport="websocket", sink=sink)

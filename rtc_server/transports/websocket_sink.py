@@ -38,6 +38,7 @@ _CLOSE_CODES: dict[CloseReason, int] = {
     CloseReason.CLIENT_LEFT: WSCloseCode.OK,
 }
 MAX_PACING_SLEEP_S = 0.25  # re-check the pacing estimate at least this often
+CLOSE_DRAIN_TIMEOUT_S = 2.0  # how long a closing session waits for queued data to leave
 
 
 def close_code_for(reason: CloseReason) -> int:
@@ -64,6 +65,8 @@ class WebSocketSink:
         encoder_factory: Callable[[], Fmp4Encoder],
         lookahead_segments: int,
         max_pending_segments: int,
+        stalled_client_timeout_s: float = 30.0,
+        transport: asyncio.Transport | None = None,
         label: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -72,6 +75,10 @@ class WebSocketSink:
         self._encoder: Fmp4Encoder | None = None
         self._lookahead_segments = lookahead_segments
         self._max_pending = max_pending_segments
+        self._stall_timeout_s = stalled_client_timeout_s
+        self._transport = transport
+        self._bytes_written = 0  # payload bytes handed to the transport
+        self._watchdog: asyncio.Task[None] | None = None
         self.label = label
         self._clock = clock
         self.stream_id = uuid.uuid4().hex
@@ -83,19 +90,28 @@ class WebSocketSink:
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
         self._anchor: float | None = None  # wall time at which the client's playback was at media time 0
-        self._media_end_ms = 0.0
+        self._paced_end_ms = 0.0  # media the client would have by now, counting skipped segments
         self._segment_ms = 0.0
+        self._open_segment = False
+        self._parked: list[str] = []  # events held back while a segment's media is being queued
         self.segments_sent = 0
         self.segments_skipped = 0
 
     def start(self) -> None:
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_forever(), name=f"ws-writer-{self.label}")
+        if self._watchdog is None and self._transport is not None:
+            self._watchdog = asyncio.create_task(self._watch_progress(), name=f"ws-watchdog-{self.label}")
 
     # -- SessionSink ----------------------------------------------------
 
     def send_event(self, message: ServerMessage) -> None:
-        self._enqueue(serialize(message))
+        # A segment's media goes out contiguously (media_init, init, fragments, complete);
+        # events that arrive meanwhile follow it.
+        if self._open_segment:
+            self._parked.append(serialize(message))
+        else:
+            self._enqueue(serialize(message))
 
     async def wait_for_room(self) -> None:
         """Wait until the client's estimated buffer holds at most ``lookahead_segments`` segments."""
@@ -114,6 +130,7 @@ class WebSocketSink:
             # The client is not reading: skip the whole segment rather than grow memory.
             # The encoder timeline does not advance, so the client's media stays gap-free.
             self.segments_skipped += 1
+            self._paced_end_ms += self._segment_ms  # keep generating at the stream's pace, not faster
             logger.info("%s: client behind by %d segments, skipping segment %d", self.label, self._pending_segments, segment_idx)
             self._enqueue(serialize(MediaSegmentSkipped(segment_idx=segment_idx, stream_id=self.stream_id)))
             return
@@ -123,10 +140,11 @@ class WebSocketSink:
         stream = self._encoder.encode_segment_iter(frames)
         if self._anchor is None:
             self._anchor = self._clock()
-        self._media_end_ms = stream.pts_base_ms + stream.duration_ms
+        self._paced_end_ms += stream.duration_ms
         self._segment_ms = stream.duration_ms
         self._pending_segments += 1
         self._enqueue(serialize(MediaInit(segment_idx=segment_idx, mime=stream.mime, stream_id=self.stream_id)))
+        self._open_segment = True
 
         def produce() -> None:
             # Runs in a worker thread. Fragments go out as the encoder makes them, so a segment's
@@ -138,19 +156,25 @@ class WebSocketSink:
                         return
                     loop.call_soon_threadsafe(self._enqueue, chunk)
 
-        await loop.run_in_executor(None, produce)
-        self._enqueue(
-            serialize(
-                MediaSegmentComplete(
-                    segment_idx=segment_idx,
-                    stream_id=self.stream_id,
-                    chunks=stream.media_chunks,
-                    duration_ms=round(stream.duration_ms, 3),
-                    pts_base_ms=round(stream.pts_base_ms, 3),
+        try:
+            await loop.run_in_executor(None, produce)
+            self._enqueue(
+                serialize(
+                    MediaSegmentComplete(
+                        segment_idx=segment_idx,
+                        stream_id=self.stream_id,
+                        chunks=stream.media_chunks,
+                        duration_ms=round(stream.duration_ms, 3),
+                        pts_base_ms=round(stream.pts_base_ms, 3),
+                    )
                 )
             )
-        )
-        self._enqueue(_SegmentSent(segment_idx))
+            self._enqueue(_SegmentSent(segment_idx))
+        finally:
+            self._open_segment = False
+            parked, self._parked = self._parked, []
+            for text in parked:
+                self._enqueue(text)
 
     async def drain(self) -> None:
         while self._queue and not self._closed:
@@ -161,15 +185,18 @@ class WebSocketSink:
         if self._closed:
             return
         if reason is not CloseReason.CLIENT_LEFT:
-            await self.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drain(), CLOSE_DRAIN_TIMEOUT_S)
         self._closed = True
         self._wakeup.set()
-        if self._writer is not None and self._writer is not asyncio.current_task():
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        for task in (self._watchdog, self._writer):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if not self._ws.closed:
-            await self._ws.close(code=close_code_for(reason))
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._ws.close(code=close_code_for(reason))
 
     # -- internals -------------------------------------------------------
 
@@ -177,12 +204,31 @@ class WebSocketSink:
         if self._anchor is None:
             return 0.0
         played_ms = (self._clock() - self._anchor) * 1000.0
-        if played_ms > self._media_end_ms:
+        if played_ms > self._paced_end_ms:
             # The client ran dry (paused stream, slow generation) and waits at the end of its
             # buffer; playback resumes from there, so move the anchor with it.
-            self._anchor = self._clock() - self._media_end_ms / 1000.0
-            played_ms = self._media_end_ms
-        return self._media_end_ms - played_ms
+            self._anchor = self._clock() - self._paced_end_ms / 1000.0
+            played_ms = self._paced_end_ms
+        return self._paced_end_ms - played_ms
+
+    async def _watch_progress(self) -> None:
+        """Drop a client that has accepted no data for the stall timeout while data waits for it."""
+        assert self._transport is not None
+        transport = self._transport
+        flushed = 0
+        last_progress = self._clock()
+        while not transport.is_closing():
+            await asyncio.sleep(min(1.0, self._stall_timeout_s / 4))
+            waiting = transport.get_write_buffer_size()
+            now_flushed = self._bytes_written - waiting
+            if waiting == 0 or now_flushed > flushed:
+                flushed, last_progress = now_flushed, self._clock()
+            elif self._clock() - last_progress > self._stall_timeout_s:
+                logger.info("%s: client accepted nothing for %.0fs, disconnecting", self.label, self._stall_timeout_s)
+                # Not even a close frame would get through: drop the TCP connection, so the
+                # read loop ends and the session is released.
+                transport.abort()
+                return
 
     def _enqueue(self, item: _Item) -> None:
         if self._closed:
@@ -201,13 +247,15 @@ class WebSocketSink:
                 item = self._queue[0]
                 if isinstance(item, str):
                     await self._ws.send_str(item)
+                    self._bytes_written += len(item)
                 elif isinstance(item, bytes):
                     await self._ws.send_bytes(item)
+                    self._bytes_written += len(item)
                 else:
                     self._pending_segments -= 1
                     self.segments_sent += 1
                 self._queue.popleft()
-        except (ConnectionResetError, RuntimeError) as exc:
+        except (ConnectionError, RuntimeError) as exc:
             # The socket went away under us; the read loop sees the close and ends the session.
             logger.info("%s: writer stopped: %s", self.label, exc)
         finally:
