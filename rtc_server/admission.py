@@ -33,6 +33,10 @@ class AdmissionQueue:
         self._waiting: list[_Waiter] = []
 
     @property
+    def slots(self) -> int:
+        return self._slots
+
+    @property
     def active(self) -> int:
         return len(self._active)
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from gpu.factory import build_generator
 from gpu.generator import Generator, SegmentRequest
 from gpu.pool import GpuPool, InProcessGpuPool
+from gpu.subprocess_pool import SubprocessGpuPool, WorkerSettings
 from gpu.state_store import InMemoryBlobStore, InMemorySessionStore, SessionStore
 from rtc_server.admission import AdmissionQueue
 from rtc_server.config import ServiceConfig, StoreConfig
@@ -67,12 +68,37 @@ def build_pool(config: ServiceConfig) -> GpuPool:
         num_inference_steps=min(sampling.num_inference_steps, 2),
         seed=sampling.seed,
     )
+    pool_config = config.pool
+    if pool_config.backend == "subprocess":
+        return SubprocessGpuPool(
+            WorkerSettings(
+                backend=generator_config.backend,
+                options=generator_config.options,
+                per_worker_options=pool_config.worker_options,
+                num_workers=pool_config.num_workers,
+                gpu_ids=tuple(pool_config.gpu_ids) if pool_config.gpu_ids else None,
+                sessions_per_worker=pool_config.sessions_per_worker,
+                max_frame_bytes=sampling.width * sampling.height * 3 * sampling.num_frames,
+                warmup=pool_config.warmup,
+                warmup_request=warmup_request,
+                boot_timeout_s=pool_config.boot_timeout_seconds,
+                segment_timeout_s=pool_config.segment_timeout_seconds,
+                restart_delay_s=pool_config.restart_delay_seconds,
+            )
+        )
     return InProcessGpuPool(
         make_generator,
-        max_parallel=config.pool.max_parallel,
-        warmup=config.pool.warmup,
+        max_parallel=pool_config.max_parallel,
+        warmup=pool_config.warmup,
         warmup_request=warmup_request,
     )
+
+
+def admission_slots(config: ServiceConfig) -> int:
+    """Sessions streaming at once: the configured limit, and no more than the workers can hold."""
+    if config.pool.backend == "subprocess":
+        return min(config.streaming.max_sessions, config.pool.num_workers * config.pool.sessions_per_worker)
+    return config.streaming.max_sessions
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -134,7 +160,7 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
     services = SessionServices(
         pool=app[POOL],
         store=app[STORE],
-        admission=AdmissionQueue(slots=config.streaming.max_sessions),
+        admission=AdmissionQueue(slots=admission_slots(config)),
         log=app[SESSION_LOG],
         streaming=config.streaming,
         defaults=config.default_request,

@@ -55,9 +55,24 @@ class GeneratorConfig(_Section):
 class PoolConfig(_Section):
     """How generation is scheduled onto workers."""
 
-    backend: Literal["inprocess"] = "inprocess"
-    max_parallel: int = Field(2, ge=1, description="Segments generated at once by the in-process pool.")
+    backend: Literal["inprocess", "subprocess"] = "inprocess"
+    max_parallel: int = Field(2, ge=1, description="inprocess: segments generated at once.")
     warmup: bool = True
+    num_workers: int = Field(1, ge=1, description="subprocess: worker processes, one per GPU.")
+    gpu_ids: list[int] | None = Field(None, description="subprocess: CUDA device of each worker; 0..n-1 when unset.")
+    sessions_per_worker: int = Field(1, ge=1, description="subprocess: sessions one worker serves, round-robin.")
+    segment_timeout_seconds: float = Field(120.0, gt=0, description="subprocess: a segment running longer kills its worker.")
+    boot_timeout_seconds: float = Field(300.0, gt=0, description="subprocess: time to build and warm up a worker.")
+    restart_delay_seconds: float = Field(1.0, ge=0)
+    worker_options: dict[int, dict[str, Any]] = Field(
+        default_factory=dict, description="subprocess: generator option overrides per worker index."
+    )
+
+    @model_validator(mode="after")
+    def _check_gpu_ids(self) -> PoolConfig:
+        if self.gpu_ids is not None and len(self.gpu_ids) != self.num_workers:
+            raise ValueError(f"gpu_ids lists {len(self.gpu_ids)} devices for {self.num_workers} workers")
+        return self
 
 
 class SamplingConfig(_Section):

@@ -24,7 +24,7 @@ class SessionRegistry:
         self._services = services
         # Streaming sessions plus those waiting in the admission queue; beyond that, reject.
         self._manager = SessionManager(
-            max_sessions=config.streaming.max_sessions + config.streaming.max_queue,
+            max_sessions=services.admission.slots + config.streaming.max_queue,
             session_timeout_seconds=config.streaming.session_timeout_seconds,
         )
         self._controllers: dict[str, SessionController] = {}

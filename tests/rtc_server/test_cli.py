@@ -79,3 +79,38 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "streaming.lookahead_segments" in result.stderr
     assert str(config) in result.stderr
+
+
+def test_sigterm_with_worker_processes_leaves_none_behind(tmp_path: Path) -> None:
+    config = tmp_path / "subprocess.yaml"
+    config.write_text("pool:\n  backend: subprocess\n  num_workers: 2\n")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rtc_server", "--config", str(config), "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status = get_json(f"http://127.0.0.1:{port}/status")[1]
+                if status["warmup_successful_gpus"] == 2:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert time.monotonic() < deadline, "workers did not come up"
+            time.sleep(0.1)
+        pids = [worker["pid"] for worker in status["gpu_status"].values()]
+        assert all(pids)
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=10)
+        assert process.returncode == 0, errors
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

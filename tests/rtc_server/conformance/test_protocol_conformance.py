@@ -15,6 +15,7 @@ from rtc_server.clients.ws_client import WebSocketClient
 from tests.conftest import RunningServer, make_config
 
 TRANSPORTS = ["webrtc", "websocket"]
+POOLS = ["inprocess", "subprocess"]
 INIT = {"curated_prompts": ["a red fox running through fresh snow"]}
 
 
@@ -33,6 +34,12 @@ class ProtocolClient(Protocol):
 
 
 Opener = Callable[..., Awaitable[ProtocolClient]]
+
+
+@pytest.fixture(params=POOLS)
+async def server(request: pytest.FixtureRequest, start_server: Callable[..., Any]) -> RunningServer:
+    """The scenarios run on both pool backends too: worker processes must not change the protocol."""
+    return await start_server(make_config(pool={"backend": request.param, "num_workers": 1, "sessions_per_worker": 4}))
 
 
 @pytest.fixture(params=TRANSPORTS)

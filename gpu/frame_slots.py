@@ -1,0 +1,93 @@
+"""Shared-memory slots for moving frames from a worker process to the server without pickling.
+
+The server creates the slots (and owns them: it unlinks them at shutdown); a worker
+attaches by name, writes a segment's frames into a free slot and sends only the
+slot index and shape over its pipe; the server copies the frames out and hands
+the slot back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+
+import numpy as np
+
+__all__ = ["FrameSlots", "SlotRef"]
+
+
+@dataclass(frozen=True)
+class SlotRef:
+    """Where a segment's frames lie: slot index and the array shape (uint8)."""
+
+    index: int
+    shape: tuple[int, ...]
+
+
+class FrameSlots:
+    """A fixed set of equally sized shared-memory blocks."""
+
+    def __init__(self, blocks: list[shared_memory.SharedMemory], *, owner: bool) -> None:
+        self._blocks = blocks
+        self._owner = owner
+        self._closed = False
+
+    @classmethod
+    def create(cls, *, count: int, slot_bytes: int) -> FrameSlots:
+        """Allocate ``count`` blocks of ``slot_bytes`` (server side)."""
+        blocks: list[shared_memory.SharedMemory] = []
+        try:
+            for _ in range(count):
+                blocks.append(shared_memory.SharedMemory(create=True, size=max(1, slot_bytes)))
+        except BaseException:
+            for block in blocks:
+                block.close()
+                block.unlink()
+            raise
+        return cls(blocks, owner=True)
+
+    @classmethod
+    def attach(cls, names: list[str]) -> FrameSlots:
+        """Open blocks created by another process (worker side)."""
+        # Attaching registers the block with the resource tracker again, but spawned workers
+        # share the server's tracker, so that is the same entry: the server's unlink clears it.
+        return cls([shared_memory.SharedMemory(name=name) for name in names], owner=False)
+
+    @property
+    def names(self) -> list[str]:
+        return [block.name for block in self._blocks]
+
+    @property
+    def count(self) -> int:
+        return len(self._blocks)
+
+    @property
+    def slot_bytes(self) -> int:
+        return self._blocks[0].size if self._blocks else 0
+
+    def write(self, index: int, frames: np.ndarray) -> SlotRef:
+        """Copy ``frames`` (uint8) into slot ``index``."""
+        if frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8, got {frames.dtype}")
+        if frames.nbytes > self._blocks[index].size:
+            raise ValueError(f"{frames.nbytes} bytes of frames do not fit a {self._blocks[index].size} byte slot")
+        view = np.ndarray(frames.shape, dtype=np.uint8, buffer=self._blocks[index].buf)
+        view[...] = frames
+        return SlotRef(index=index, shape=tuple(frames.shape))
+
+    def read(self, ref: SlotRef) -> np.ndarray:
+        """A private copy of the frames in ``ref``'s slot (the slot may be reused right after)."""
+        view = np.ndarray(ref.shape, dtype=np.uint8, buffer=self._blocks[ref.index].buf)
+        return view.copy()
+
+    def close(self) -> None:
+        """Detach; the owner also unlinks. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for block in self._blocks:
+            block.close()
+            if self._owner:
+                with contextlib.suppress(FileNotFoundError):
+                    block.unlink()
