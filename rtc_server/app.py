@@ -29,12 +29,24 @@ from rtc_server.config import ServiceConfig, StoreConfig
 from rtc_server.controller import SessionServices
 from rtc_server.health import healthz_payload, readyz_payload
 from rtc_server.http_errors import json_error
+from rtc_server.metrics import CONTENT_TYPE, LiveCounts, ServiceMetrics
 from rtc_server.registry import SessionRegistry
 from rtc_server.session_log import SessionLogger
 from rtc_server.transports import webrtc, websocket
 from rtc_server.transports.ice import apply_bitrate_bounds
 
-__all__ = ["CONFIG", "IMAGE_DIR", "POOL", "REGISTRY", "SESSION_LOG", "STORE", "WEBRTC", "WEBSOCKET", "build_app"]
+__all__ = [
+    "CONFIG",
+    "IMAGE_DIR",
+    "METRICS",
+    "POOL",
+    "REGISTRY",
+    "SESSION_LOG",
+    "STORE",
+    "WEBRTC",
+    "WEBSOCKET",
+    "build_app",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +56,7 @@ STORE = web.AppKey("store", SessionStore)  # type: ignore[type-abstract]
 SESSION_LOG = web.AppKey("session_log", SessionLogger)
 IMAGE_DIR = web.AppKey("image_dir", Path)
 REGISTRY = web.AppKey("registry", SessionRegistry)
+METRICS = web.AppKey("metrics", ServiceMetrics)
 WEBRTC = web.AppKey("webrtc", webrtc.WebRTCTransport)
 WEBSOCKET = web.AppKey("websocket", websocket.WebSocketTransport)
 
@@ -157,11 +170,27 @@ async def _session_files_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    admission = AdmissionQueue(slots=admission_slots(config))
+    pool = app[POOL]
+    metrics = app[METRICS]
+
+    def live_counts() -> LiveCounts:
+        workers = pool.status().get("gpu_status", {}).values()
+        return LiveCounts(
+            sessions_active=admission.active,
+            sessions_queued=admission.depth,
+            workers_total=len(workers),
+            workers_ready=sum(1 for w in workers if w.get("ready")),
+            workers_busy=sum(1 for w in workers if w.get("running", 0) > 0),
+        )
+
+    metrics.watch(live_counts)
     services = SessionServices(
-        pool=app[POOL],
+        pool=pool,
         store=app[STORE],
-        admission=AdmissionQueue(slots=admission_slots(config)),
+        admission=admission,
         log=app[SESSION_LOG],
+        metrics=metrics,
         streaming=config.streaming,
         defaults=config.default_request,
         image_dir=app[IMAGE_DIR],
@@ -214,6 +243,18 @@ async def _status(request: web.Request) -> web.Response:
     return web.json_response(request.app[POOL].status())
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _session_frames(request: web.Request) -> web.Response:
+    session_id = request.match_info["session_id"]
+    controller = request.app[REGISTRY].get(session_id)
+    if controller is None:
+        return json_error(404, "invalid_message", f"no live session {session_id!r}")
+    return web.json_response({"session_id": session_id, "frames": controller.delivery.recent()})
+
+
 async def _delete_session(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     controller = request.app[REGISTRY].get(session_id)
@@ -240,12 +281,15 @@ def build_app(config: ServiceConfig) -> web.Application:
     """The service as an aiohttp application; shared objects live in its cleanup contexts."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
+    app[METRICS] = ServiceMetrics()
     app.cleanup_ctx.extend([_pool_ctx, _store_ctx, _session_files_ctx, _registry_ctx, _webrtc_ctx, _websocket_ctx])
     app.on_shutdown.append(_end_sessions)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/health", _health)
     app.router.add_get("/status", _status)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/v1/sessions/{session_id}/frames", _session_frames)
     app.router.add_delete("/v1/sessions/{session_id}", _delete_session)
     webrtc.register_routes(app, WEBRTC, config)
     websocket.register_routes(app, WEBSOCKET)

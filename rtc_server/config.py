@@ -107,6 +107,9 @@ class StreamingConfig(_Section):
     session_log_dir: str | None = Field(None, description="One JSONL log per session here; off when unset.")
     init_image_dir: str | None = Field(None, description="Where initial images are kept; a private temp dir when unset.")
     max_init_image_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Decoded size limit of initial images.")
+    frame_log_size: int = Field(
+        2000, ge=0, description="Release times of this many recent frames per session, for latency probes; 0 = off."
+    )
 
 
 class WebRTCConfig(_Section):

@@ -21,6 +21,8 @@ from gpu.pool import GpuPool, PoolError, PoolUnavailableError, WorkerFailedError
 from gpu.state_store import InvalidStateError, SessionStore, StoreError
 from rtc_server.admission import AdmissionQueue
 from rtc_server.config import DefaultRequestConfig, StreamingConfig
+from rtc_server.delivery import DeliveryLog
+from rtc_server.metrics import ServiceMetrics
 from rtc_server.init_image import InitImageError, decode_init_image, discard_init_image, persist_init_image
 from rtc_server.prompt_schedule import PromptChoice, PromptOrigin, PromptSchedule
 from rtc_server.protocol import (
@@ -66,6 +68,7 @@ class SessionServices:
     store: SessionStore
     admission: AdmissionQueue
     log: SessionLogger
+    metrics: ServiceMetrics
     streaming: StreamingConfig
     defaults: DefaultRequestConfig
     image_dir: Path
@@ -95,9 +98,11 @@ class SessionController:
         session: Session,
         services: SessionServices,
         sink: SessionSink,
+        delivery: DeliveryLog,
         on_closed: Callable[[SessionController], None] | None = None,
     ) -> None:
         self._session = session
+        self.delivery = delivery
         self._services = services
         self._pool = services.pool
         self._store = services.store
@@ -180,6 +185,7 @@ class SessionController:
         if self._finishing:
             return
         self._session.touch()
+        self._services.metrics.control_messages.labels(type=message.type).inc()
         if isinstance(message, SessionInitV2):
             if self._init is not None:
                 self.report_error("invalid_message", "session_init_v2 was already received for this session")
@@ -210,6 +216,7 @@ class SessionController:
     def report_error(self, code: ErrorCode, message: str, *, retryable: bool = False) -> None:
         """Tell the client about a problem without ending the session."""
         self._log("error", code=code, message=message)
+        self._services.metrics.errors.labels(code=code).inc()
         self._sink.send_event(ErrorMessage(code=code, message=message, retryable=retryable))
 
     def _accept_prompt(self, message: SegmentPromptSource) -> None:
@@ -520,6 +527,9 @@ class SessionController:
         finally:
             self._in_segment = False
         e2e_ms = (time.monotonic() - started) * 1000.0
+        metrics = self._services.metrics
+        metrics.segments.labels(transport=self._session.transport).inc()
+        metrics.generation_seconds.observe(generation_ms / 1000.0)
         sink.send_event(
             SegmentComplete(segment_idx=idx, generation_time_ms=round(generation_ms, 2), e2e_latency_ms=round(e2e_ms, 2))
         )

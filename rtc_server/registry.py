@@ -8,6 +8,7 @@ import logging
 
 from rtc_server.config import ServiceConfig
 from rtc_server.controller import SessionController, SessionServices
+from rtc_server.delivery import DeliveryLog
 from rtc_server.session import SessionManager, SessionRejected
 from rtc_server.sink import SessionSink
 
@@ -39,13 +40,28 @@ class SessionRegistry:
 
     def open(self, *, transport: str, sink: SessionSink) -> SessionController:
         """Admit a session for ``sink``; raises SessionRejected when the server is full or not ready."""
+        metrics = self._services.metrics
         if not self._services.pool.ready:
+            metrics.admission_rejections.labels(reason="warming").inc()
             raise SessionRejected("no GPU worker is ready yet", code="gpu_unavailable")
-        session = self._manager.create(transport=transport)
-        controller = SessionController(session=session, services=self._services, sink=sink, on_closed=self._forget)
+        try:
+            session = self._manager.create(transport=transport)
+        except SessionRejected:
+            metrics.admission_rejections.labels(reason="full").inc()
+            raise
+        delivery = DeliveryLog(
+            transport=transport, metrics=metrics, keep_frames=self._config.streaming.frame_log_size
+        )
+        controller = SessionController(
+            session=session, services=self._services, sink=sink, delivery=delivery, on_closed=self._forget
+        )
         self._controllers[session.id] = controller
         logger.info("session %s: opened over %s (%d live)", session.short_id, transport, len(self._controllers))
         return controller
+
+    @property
+    def services(self) -> SessionServices:
+        return self._services
 
     def get(self, session_id: str) -> SessionController | None:
         return self._controllers.get(session_id)

@@ -17,6 +17,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
-python -m pip install -q --disable-pip-version-check -e ".[test]"
+python -m pip install -q --disable-pip-version-check -e ".[test,safety]"
 
 exec unshare --net -- sh -c 'ip link set lo up && exec python -m pytest "$@"' pytest-in-netns "$@"

@@ -20,8 +20,8 @@ __all__ = ["PacedVideoTrack", "PlayoutBuffer", "PlayoutStats"]
 
 _TIME_BASE = fractions.Fraction(1, RTP_VIDEO_CLOCK_HZ)
 
-ReleaseCallback = Callable[[np.ndarray, float], None]
-"""Called as ``on_release(frame, monotonic_time)`` for each fresh frame handed to the encoder."""
+ReleaseCallback = Callable[[np.ndarray], None]
+"""Called as ``on_release(frame)`` for each fresh frame handed to the encoder."""
 
 
 class PlayoutBuffer:
@@ -95,12 +95,14 @@ class PacedVideoTrack(MediaStreamTrack):
         *,
         fps: int,
         on_release: ReleaseCallback | None = None,
+        on_stall: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self._buffer = buffer
         self._pacer = PlayoutClock(fps)
         self._on_release = on_release
+        self._on_stall = on_stall
         self._clock = clock
         self._last: VideoFrame | None = None
         self._stalled = False
@@ -133,11 +135,13 @@ class PacedVideoTrack(MediaStreamTrack):
             if not self._stalled:
                 self.stats.stalls += 1
                 self._stalled = True
+                if self._on_stall is not None:
+                    self._on_stall()
             return self._last
         self._stalled = False
         self.stats.frames_released += 1
         if self._on_release is not None:
-            self._on_release(pixels, self._clock())
+            self._on_release(pixels)
         self._last = VideoFrame.from_ndarray(pixels, format="rgb24")
         return self._last
 

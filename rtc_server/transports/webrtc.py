@@ -213,7 +213,10 @@ class WebRTCTransport:
                 headers={"Retry-After": str(exc.retry_after_seconds)},
             ) from exc
         pc = RTCPeerConnection(self._rtc_configuration)
-        track = PacedVideoTrack(buffer, fps=sampling.fps)
+        delivery = controller.delivery
+        track = PacedVideoTrack(
+            buffer, fps=sampling.fps, on_release=delivery.frame_released, on_stall=delivery.stalled
+        )
         peer = PeerSession(
             pc=pc,
             track=track,

@@ -73,6 +73,8 @@ class WebSocketTransport:
             await _refuse(ws, ErrorMessage(code=exc.code, message=str(exc), retryable=True), WSCloseCode.TRY_AGAIN_LATER)
             return ws
         sink.label = f"session {controller.session.short_id}"
+        sink.on_segment_sent = controller.delivery.segment_sent
+        sink.on_encoded = self._registry.services.metrics.encode_seconds.observe
         sink.start()
         self._sockets.add(ws)
         try:

@@ -50,6 +50,7 @@ class _SegmentSent:
     """Queue marker: every byte of one segment has been handed to the socket."""
 
     segment_idx: int
+    frames: int
 
 
 _Item = str | bytes | _SegmentSent
@@ -67,6 +68,8 @@ class WebSocketSink:
         max_pending_segments: int,
         stalled_client_timeout_s: float = 30.0,
         transport: asyncio.Transport | None = None,
+        on_segment_sent: Callable[[int], None] | None = None,
+        on_encoded: Callable[[float], None] | None = None,
         label: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -77,6 +80,8 @@ class WebSocketSink:
         self._max_pending = max_pending_segments
         self._stall_timeout_s = stalled_client_timeout_s
         self._transport = transport
+        self.on_segment_sent = on_segment_sent
+        self.on_encoded = on_encoded
         self._bytes_written = 0  # payload bytes handed to the transport
         self._watchdog: asyncio.Task[None] | None = None
         self.label = label
@@ -146,18 +151,22 @@ class WebSocketSink:
         self._enqueue(serialize(MediaInit(segment_idx=segment_idx, mime=stream.mime, stream_id=self.stream_id)))
         self._open_segment = True
 
-        def produce() -> None:
+        def produce() -> float:
             # Runs in a worker thread. Fragments go out as the encoder makes them, so a segment's
             # first bytes leave after one frame's encoding rather than the whole segment's. The
             # thread owns the stream start to finish: a cancelled session cannot close it mid-frame.
+            started = time.perf_counter()
             with stream:
                 for chunk in stream:
                     if self._closed:
-                        return
+                        break
                     loop.call_soon_threadsafe(self._enqueue, chunk)
+            return time.perf_counter() - started
 
         try:
-            await loop.run_in_executor(None, produce)
+            encode_s = await loop.run_in_executor(None, produce)
+            if self.on_encoded is not None:
+                self.on_encoded(encode_s)
             self._enqueue(
                 serialize(
                     MediaSegmentComplete(
@@ -169,7 +178,7 @@ class WebSocketSink:
                     )
                 )
             )
-            self._enqueue(_SegmentSent(segment_idx))
+            self._enqueue(_SegmentSent(segment_idx, stream.num_frames))
         finally:
             self._open_segment = False
             parked, self._parked = self._parked, []
@@ -254,6 +263,8 @@ class WebSocketSink:
                 else:
                     self._pending_segments -= 1
                     self.segments_sent += 1
+                    if self.on_segment_sent is not None:
+                        self.on_segment_sent(item.frames)
                 self._queue.popleft()
         except (ConnectionError, RuntimeError) as exc:
             # The socket went away under us; the read loop sees the close and ends the session.
