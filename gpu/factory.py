@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from gpu.diffusers_backend import DiffusersGenerator
 from gpu.generator import Generator, GeneratorError
 from gpu.synthetic import SyntheticGenerator
 
@@ -15,7 +16,22 @@ __all__ = ["BACKENDS", "build_generator"]
 _SYNTHETIC_OPTIONS: Mapping[str, tuple[type, ...]] = MappingProxyType(
     {"step_delay_s": (int, float), "fail_on_start": (bool,), "shapes": (int,)}
 )
-BACKENDS: tuple[str, ...] = ("synthetic",)
+_DIFFUSERS_OPTIONS: Mapping[str, tuple[type, ...]] = MappingProxyType(
+    {
+        "model_path": (str,),
+        "device": (str,),
+        "dtype": (str,),
+        "enable_model_cpu_offload": (bool,),
+        "enable_vae_tiling": (bool,),
+        "conditioning_frames": (int,),
+        "conditioning_strength": (int, float),
+        "decode_timestep": (int, float),
+        "decode_noise_scale": (int, float),
+        "max_sequence_length": (int,),
+    }
+)
+_DIFFUSERS_REQUIRED = ("model_path",)
+BACKENDS: tuple[str, ...] = ("synthetic", "diffusers")
 
 
 def _check_options(backend: str, options: Mapping[str, Any], allowed: Mapping[str, tuple[type, ...]]) -> None:
@@ -38,6 +54,15 @@ def build_generator(backend: str, options: Mapping[str, Any]) -> Generator:
         _check_options(backend, options, _SYNTHETIC_OPTIONS)
         try:
             return SyntheticGenerator(**options)
+        except ValueError as exc:
+            raise GeneratorError(f"backend {backend!r}: {exc}") from exc
+    if backend == "diffusers":
+        _check_options(backend, options, _DIFFUSERS_OPTIONS)
+        missing = [key for key in _DIFFUSERS_REQUIRED if key not in options]
+        if missing:
+            raise GeneratorError(f"backend {backend!r} needs option(s) {', '.join(map(repr, missing))}")
+        try:
+            return DiffusersGenerator(**options)
         except ValueError as exc:
             raise GeneratorError(f"backend {backend!r}: {exc}") from exc
     raise GeneratorError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")

@@ -24,12 +24,15 @@ from gpu.generator import Generator, SegmentRequest
 from gpu.pool import GpuPool, InProcessGpuPool
 from gpu.subprocess_pool import SubprocessGpuPool, WorkerSettings
 from gpu.state_store import InMemoryBlobStore, InMemorySessionStore, SessionStore
+from prompt import PromptEnhancer, open_providers
+from prompt.safety import PromptSafetyFilter
 from rtc_server.admission import AdmissionQueue
 from rtc_server.config import ServiceConfig, StoreConfig
 from rtc_server.controller import SessionServices
 from rtc_server.health import healthz_payload, readyz_payload
 from rtc_server.http_errors import json_error
 from rtc_server.metrics import CONTENT_TYPE, LiveCounts, ServiceMetrics
+from rtc_server.prompt_pipeline import PromptPipeline
 from rtc_server.registry import SessionRegistry
 from rtc_server.session_log import SessionLogger
 from rtc_server.transports import webrtc, websocket
@@ -40,6 +43,7 @@ __all__ = [
     "IMAGE_DIR",
     "METRICS",
     "POOL",
+    "PROMPTS",
     "REGISTRY",
     "SESSION_LOG",
     "STORE",
@@ -57,6 +61,7 @@ SESSION_LOG = web.AppKey("session_log", SessionLogger)
 IMAGE_DIR = web.AppKey("image_dir", Path)
 REGISTRY = web.AppKey("registry", SessionRegistry)
 METRICS = web.AppKey("metrics", ServiceMetrics)
+PROMPTS = web.AppKey("prompts", PromptPipeline)
 WEBRTC = web.AppKey("webrtc", webrtc.WebRTCTransport)
 WEBSOCKET = web.AppKey("websocket", websocket.WebSocketTransport)
 
@@ -168,6 +173,34 @@ async def _session_files_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(shutil.rmtree, image_dir, True)
 
 
+async def _prompt_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[CONFIG].streaming.prompt
+    safety_settings = app[CONFIG].streaming.safety
+    safety = PromptSafetyFilter(
+        classifier_path=safety_settings.classifier_path,
+        enabled=safety_settings.enabled,
+        block_threshold=safety_settings.block_threshold,
+    )
+    if safety.enabled:
+        await asyncio.to_thread(safety.load)  # load once now, not on the first user's prompt
+    async with contextlib.AsyncExitStack() as stack:
+        enhancer = None
+        if settings.providers:
+            providers = await stack.enter_async_context(
+                open_providers(settings.providers, timeout_s=settings.timeout_ms / 1000.0)
+            )
+            enhancer = PromptEnhancer(
+                providers=providers,
+                model=settings.model,
+                timeout_ms=settings.timeout_ms,
+                temperature=settings.temperature,
+                max_tokens=settings.max_tokens,
+                system_prompt_dir=settings.system_prompt_dir,
+            )
+        app[PROMPTS] = PromptPipeline(enhancer=enhancer, safety=safety, deadline_s=settings.deadline_ms / 1000.0)
+        yield
+
+
 async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     admission = AdmissionQueue(slots=admission_slots(config))
@@ -191,6 +224,7 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
         admission=admission,
         log=app[SESSION_LOG],
         metrics=metrics,
+        prompts=app[PROMPTS],
         streaming=config.streaming,
         defaults=config.default_request,
         image_dir=app[IMAGE_DIR],
@@ -255,6 +289,15 @@ async def _session_frames(request: web.Request) -> web.Response:
     return web.json_response({"session_id": session_id, "frames": controller.delivery.recent()})
 
 
+async def _reload_prompts(request: web.Request) -> web.Response:
+    token = request.app[CONFIG].server.admin_token
+    if token is not None and request.headers.get("Authorization") != f"Bearer {token}":
+        return json_error(401, "invalid_message", "admin endpoints need the configured bearer token")
+    if not await request.app[PROMPTS].reload_system_prompts():
+        return json_error(409, "invalid_message", "no prompt enhancer is configured (streaming.prompt.providers)")
+    return web.json_response({"reloaded": True})
+
+
 async def _delete_session(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     controller = request.app[REGISTRY].get(session_id)
@@ -282,13 +325,16 @@ def build_app(config: ServiceConfig) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = ServiceMetrics()
-    app.cleanup_ctx.extend([_pool_ctx, _store_ctx, _session_files_ctx, _registry_ctx, _webrtc_ctx, _websocket_ctx])
+    app.cleanup_ctx.extend(
+        [_pool_ctx, _store_ctx, _session_files_ctx, _prompt_ctx, _registry_ctx, _webrtc_ctx, _websocket_ctx]
+    )
     app.on_shutdown.append(_end_sessions)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/health", _health)
     app.router.add_get("/status", _status)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_post("/v1/admin/prompts/reload", _reload_prompts)
     app.router.add_get("/v1/sessions/{session_id}/frames", _session_frames)
     app.router.add_delete("/v1/sessions/{session_id}", _delete_session)
     webrtc.register_routes(app, WEBRTC, config)

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from prompt import ProviderSpec
+
 __all__ = [
     "ConfigError",
     "DefaultRequestConfig",
@@ -39,6 +41,7 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest offer body accepted (bytes).")
+    admin_token: str | None = Field(None, description="Bearer token required by /v1/admin endpoints; open when unset.")
     max_message_bytes: int = Field(
         48 * 1024 * 1024, gt=0, description="Largest control message accepted (bytes); fits a 32 MiB image in base64."
     )
@@ -95,6 +98,33 @@ class DefaultRequestConfig(_Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
 
+class PromptConfig(_Section):
+    """LLM prompt enhancement, auto-extension and rewrite; off while ``providers`` is empty."""
+
+    providers: list[ProviderSpec] = Field(default_factory=list, description="Tried in this order.")
+    model: str | None = None
+    timeout_ms: int = Field(3000, gt=0, description="Per provider call.")
+    deadline_ms: int = Field(5000, gt=0, description="Whole fallback chain; past it the raw prompt is used.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(256, gt=0)
+    system_prompt_dir: str | None = None
+    history: int = Field(4, ge=1, le=32, description="Recent prompts given to auto-extension.")
+
+
+class SafetyConfig(_Section):
+    """The fastText safety filter every prompt passes before it reaches a GPU."""
+
+    enabled: bool = False
+    classifier_path: str | None = None
+    block_threshold: float = Field(0.5, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check_path(self) -> SafetyConfig:
+        if self.enabled and not self.classifier_path:
+            raise ValueError("safety enabled needs classifier_path (train one with python -m prompt.safety train)")
+        return self
+
+
 class StreamingConfig(_Section):
     """Session limits and pacing."""
 
@@ -107,6 +137,8 @@ class StreamingConfig(_Section):
     session_log_dir: str | None = Field(None, description="One JSONL log per session here; off when unset.")
     init_image_dir: str | None = Field(None, description="Where initial images are kept; a private temp dir when unset.")
     max_init_image_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Decoded size limit of initial images.")
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
     frame_log_size: int = Field(
         2000, ge=0, description="Release times of this many recent frames per session, for latency probes; 0 = off."
     )

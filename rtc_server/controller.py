@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from rtc_server.admission import AdmissionQueue
 from rtc_server.config import DefaultRequestConfig, StreamingConfig
 from rtc_server.delivery import DeliveryLog
 from rtc_server.metrics import ServiceMetrics
+from rtc_server.prompt_pipeline import PromptPipeline, PromptUnavailable
 from rtc_server.init_image import InitImageError, decode_init_image, discard_init_image, persist_init_image
 from rtc_server.prompt_schedule import PromptChoice, PromptOrigin, PromptSchedule
 from rtc_server.protocol import (
@@ -36,8 +38,11 @@ from rtc_server.protocol import (
     GpuAssigned,
     LoopGenerationUpdated,
     PromptReceived,
+    PromptRejected,
     QueueStatus,
     RewriteSeedPrompts,
+    RewriteSeedPromptsComplete,
+    RewriteSeedPromptsStarted,
     SeedPromptsUpdated,
     SegmentComplete,
     SegmentPromptSource,
@@ -69,6 +74,7 @@ class SessionServices:
     admission: AdmissionQueue
     log: SessionLogger
     metrics: ServiceMetrics
+    prompts: PromptPipeline
     streaming: StreamingConfig
     defaults: DefaultRequestConfig
     image_dir: Path
@@ -112,6 +118,10 @@ class SessionController:
         self._on_closed = on_closed
         self._image_path: Path | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
+        self._prompt_lock = asyncio.Lock()
+        self._last_used: PromptChoice | None = None
+        self._recent_prompts: deque[str] = deque(maxlen=services.streaming.prompt.history)
+        self._awaiting_user_prompt = False
         self._schedule = PromptSchedule(default_prompt=services.defaults.prompt)
         self._init: SessionInitV2 | None = None
         self._paused = False
@@ -196,7 +206,7 @@ class SessionController:
             self.report_error("invalid_message", f"send session_init_v2 before {message.type}")
             return
         if isinstance(message, SegmentPromptSource):
-            self._accept_prompt(message)
+            self._spawn(self._accept_prompt(message))
         elif isinstance(message, SeedPromptsUpdated):
             self._schedule.set_curated(message.seed_prompts)
         elif isinstance(message, EnhancementUpdated):
@@ -210,7 +220,7 @@ class SessionController:
         elif isinstance(message, SnapshotState):
             self._spawn(self._send_snapshot())
         elif isinstance(message, RewriteSeedPrompts):
-            self.report_error("invalid_message", "prompt rewriting is not enabled on this server")
+            self._spawn(self._rewrite(message))
         self._changed.set()
 
     def report_error(self, code: ErrorCode, message: str, *, retryable: bool = False) -> None:
@@ -219,25 +229,66 @@ class SessionController:
         self._services.metrics.errors.labels(code=code).inc()
         self._sink.send_event(ErrorMessage(code=code, message=message, retryable=retryable))
 
-    def _accept_prompt(self, message: SegmentPromptSource) -> None:
-        choice = PromptChoice(
-            text=message.prompt,
-            origin=PromptOrigin.USER,
-            negative_prompt=message.negative_prompt,
-            seed=message.seed,
-            num_inference_steps=message.num_inference_steps,
-            guidance_scale=message.guidance_scale,
-        )
-        self._schedule.submit_user(choice)
-        next_idx = self._segment_idx + (1 if self._in_segment else 0)
-        self._log("prompt_received", prompt=message.prompt, source=message.source, segment_idx=next_idx)
+    async def _accept_prompt(self, message: SegmentPromptSource) -> None:
+        """Safety, then (when on) enhancement, then the schedule; prompts are handled in arrival order."""
+        prompts = self._services.prompts
+        async with self._prompt_lock:
+            if await self._rejected(message.prompt):
+                return
+            used = await prompts.enhance(message.prompt) if self._enhancement else None
+            if used is not None and used.enhanced and await self._rejected(used.text):
+                return
+            text = used.text if used is not None else message.prompt
+            choice = PromptChoice(
+                text=text,
+                origin=PromptOrigin.USER,
+                negative_prompt=message.negative_prompt,
+                seed=message.seed,
+                num_inference_steps=message.num_inference_steps,
+                guidance_scale=message.guidance_scale,
+            )
+            self._schedule.submit_user(choice)
+            next_idx = self._segment_idx + (1 if self._in_segment else 0)
+            enhanced = used is not None and used.enhanced
+            self._log("prompt_received", prompt=message.prompt, prompt_used=text, enhanced=enhanced, segment_idx=next_idx)
+            self._sink.send_event(
+                PromptReceived(
+                    prompt=message.prompt, prompt_used=text, source=message.source, enhanced=enhanced, segment_idx=next_idx
+                )
+            )
+            self._changed.set()
+
+    async def _rejected(self, text: str) -> bool:
+        """True (and the client told) when the safety filter blocks ``text``."""
+        blocked = await self._services.prompts.check(text)
+        if blocked is None:
+            return False
+        self._log("prompt_rejected", prompt=text, score=blocked.unsafe_score)
+        self._services.metrics.errors.labels(code="prompt_rejected").inc()
         self._sink.send_event(
-            PromptReceived(
-                prompt=message.prompt,
-                prompt_used=message.prompt,
-                source=message.source,
-                enhanced=False,
-                segment_idx=next_idx,
+            PromptRejected(prompt=text, reason="blocked by the safety filter", label="unsafe", score=blocked.unsafe_score)
+        )
+        return True
+
+    async def _rewrite(self, message: RewriteSeedPrompts) -> None:
+        prompts = self._services.prompts
+        if not prompts.can_enhance:
+            self.report_error("invalid_message", "prompt rewriting is not enabled on this server")
+            return
+        self._sink.send_event(RewriteSeedPromptsStarted(seed_prompt=message.seed_prompt))
+        try:
+            result = await prompts.rewrite(message.seed_prompt, message.count)
+        except PromptUnavailable as exc:
+            self.report_error("upstream_timeout", str(exc), retryable=True)
+            return
+        self._sink.send_event(
+            RewriteSeedPromptsComplete(
+                seed_prompt=message.seed_prompt,
+                alternatives=list(result.alternatives),
+                provider=result.provider,
+                model=result.model,
+                latency_ms=round(result.latency_ms, 2),
+                fallback_used=result.fallback_used,
             )
         )
 
@@ -451,9 +502,44 @@ class SessionController:
             await self._wait_for_permission()
             await self._sink.wait_for_room()
             await self._wait_for_permission()
-            await self._generate(self._schedule.next())
+            choice = await self._next_prompt()
+            if choice is None:
+                continue
+            await self._generate(choice)
+            self._last_used = choice
+            self._recent_prompts.append(choice.text)
+
+    async def _next_prompt(self) -> PromptChoice | None:
+        """The schedule's next prompt, auto-extended and enhanced as asked, and checked by the safety filter.
+
+        A blocked prompt is reported and the stream continues with the last prompt it used;
+        with none, it waits for the user's next prompt.
+        """
+        prompts = self._services.prompts
+        choice: PromptChoice | None = None
+        if self._schedule.wants_auto_extension and prompts.can_enhance:
+            text = await prompts.auto_extend(list(self._recent_prompts))
+            if text is not None:
+                choice = self._schedule.accept_auto_extension(text)
+        if choice is None:
+            choice = self._schedule.next()
+        if choice.origin in (PromptOrigin.USER, PromptOrigin.REPEAT):
+            return choice  # user prompts were checked (and enhanced) on arrival, repeats when first used
+        if self._enhancement and choice.origin in (PromptOrigin.CURATED, PromptOrigin.DEFAULT):
+            enhanced = await prompts.enhance(choice.text, cached=True)
+            choice = replace(choice, text=enhanced.text)
+        if not await self._rejected(choice.text):
+            return choice
+        if self._last_used is not None:
+            return replace(self._last_used, origin=PromptOrigin.REPEAT)
+        self._awaiting_user_prompt = True
+        return None
 
     def _may_generate(self) -> bool:
+        if self._awaiting_user_prompt:
+            if not self._schedule.has_pending_user_prompt:
+                return False
+            self._awaiting_user_prompt = False
         if self._paused:
             return False
         if self._single_clip:

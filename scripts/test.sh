@@ -17,6 +17,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
-python -m pip install -q --disable-pip-version-check -e ".[test,safety]"
+# torch first and pinned: it is a local CPU wheel; an unpinned resolve would pull CUDA builds.
+python -m pip install -q --disable-pip-version-check torch==2.13.0
+python -m pip install -q --disable-pip-version-check -e ".[test,safety,diffusers]"
 
 exec unshare --net -- sh -c 'ip link set lo up && exec python -m pytest "$@"' pytest-in-netns "$@"

@@ -18,8 +18,8 @@ def test_synthetic_backend_builds_with_options() -> None:
 
 
 def test_unknown_backend_is_named() -> None:
-    with pytest.raises(GeneratorError, match="unknown backend 'diffusers'"):
-        build_generator("diffusers", {})
+    with pytest.raises(GeneratorError, match="unknown backend 'nope'"):
+        build_generator("nope", {})
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,557 @@
+"""The ``diffusers`` backend: LTX-Video through ``LTXConditionPipeline``, continued segment to segment.
+
+The pipeline is loaded once, with ``from_pretrained``, from a local directory (never the hub). Each
+segment is one pipeline call. The first is conditioned on the prompt, and on the initial image at
+frame 0 when there is one; every later one on the last K frames of the stream so far, placed at frame
+0 as a video condition, so the model re-draws those K frames and carries on from them. The redrawn
+frames are dropped and only ``request.num_frames`` new frames are returned.
+
+LTX's VAE compresses time 8x (``temporal_ratio``): a conditioning clip and a generated video must be
+``8n + 1`` frames long. A segment with K conditioning and N new frames therefore asks the pipeline for
+the shortest valid length of at least K + N frames and keeps frames ``K .. K+N-1``.
+
+The continuation state, kind ``ltx.v1``, is plain JSON::
+
+    {"segment_idx": 3,             # index of the next segment
+     "frame_number": 72,           # frames streamed so far
+     "conditioning_frames": 9,     # K: how many frames are in "frames" (8n + 1)
+     "width": 768, "height": 512,
+     "frames": ["iVBORw0KGgo...", ...]}   # the last K frames, oldest first, base64 PNG each
+
+Everything large sits under the one ``frames`` key, which the session store may move to its blob
+store. The noise of segment ``i`` is seeded from ``(request.seed, i)``, so a fixed seed is
+reproducible without every segment starting from the same noise.
+
+torch and diffusers are imported when a generator is built, never at module import, so this module
+(and the factory) loads where the ``diffusers`` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from gpu.frames import (
+    FrameFormatError,
+    decode_png,
+    encode_png,
+    tensor_to_uint8_frames,
+    to_pil_frames,
+)
+from gpu.generator import (
+    ContinuationState,
+    GeneratorError,
+    IncompatibleStateError,
+    SegmentRequest,
+    SegmentResult,
+    StepCallback,
+)
+
+__all__ = [
+    "DEFAULT_CONDITIONING_FRAMES",
+    "STATE_KIND",
+    "DiffusersGenerator",
+    "is_valid_length",
+    "kept_conditioning_frames",
+    "pipeline_num_frames",
+    "segment_seed",
+    "validate_conditioning_frames",
+]
+
+logger = logging.getLogger(__name__)
+
+STATE_KIND = "ltx.v1"
+DEFAULT_CONDITIONING_FRAMES = 9  # one latent frame of context beyond the first: 8 * 1 + 1
+DEFAULT_DECODE_TIMESTEP = 0.05  # LTX-Video 0.9.5+ recommendations; unused by VAEs without timestep input
+DEFAULT_DECODE_NOISE_SCALE = 0.025
+DEFAULT_MAX_SEQUENCE_LENGTH = 256  # prompt tokens; the pipeline's own default
+MAX_FRAME_EDGE_PX = 4096
+MAX_FRAMES_PER_SEGMENT = 1024
+MAX_STEPS = 1000
+TIMESTEP_SCALE = 1000  # the pipeline's timesteps are sigmas times this
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+_MODEL_INDEX = "model_index.json"
+_PAYLOAD_KEYS = ("segment_idx", "frame_number", "conditioning_frames", "width", "height", "frames")
+# What from_pretrained raises for a directory it cannot use (bad JSON, missing files or classes).
+_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, RuntimeError)
+# What a pipeline call raises for inputs or a device it cannot handle (CUDA OOM is a RuntimeError).
+_CALL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
+
+_SCHEDULER_LOGGER = "diffusers.schedulers.scheduling_flow_match_euler_discrete"
+_SCHEDULER_NOISE = "`timesteps` were passed without `sigmas`"
+
+
+def is_valid_length(frames: int, temporal_ratio: int) -> bool:
+    """Whether a clip of ``frames`` frames suits a VAE compressing time ``temporal_ratio`` times."""
+    return frames >= 1 and (frames - 1) % temporal_ratio == 0
+
+
+def validate_conditioning_frames(frames: object, temporal_ratio: int) -> int:
+    """``frames`` if it is a valid conditioning length (``temporal_ratio * n + 1``), else ValueError."""
+    if not isinstance(frames, int) or isinstance(frames, bool) or not is_valid_length(frames, temporal_ratio):
+        raise ValueError(
+            f"conditioning_frames must be {temporal_ratio}*n+1 (1, {temporal_ratio + 1}, "
+            f"{2 * temporal_ratio + 1}, ...) for this VAE, got {frames!r}"
+        )
+    return frames
+
+
+def kept_conditioning_frames(configured: int, available: int, temporal_ratio: int) -> int:
+    """How many trailing frames to keep: the longest valid length within ``configured`` and ``available``.
+
+    A stream shorter than K frames (a first segment of fewer than K frames) keeps what it can.
+    """
+    if available < 1:
+        raise ValueError(f"need at least one frame to continue from, got {available}")
+    limit = min(configured, available)
+    return (limit - 1) // temporal_ratio * temporal_ratio + 1
+
+
+def pipeline_num_frames(conditioning: int, new: int, temporal_ratio: int) -> int:
+    """The shortest valid video length that holds ``conditioning`` redrawn and ``new`` fresh frames."""
+    if conditioning < 0 or new < 1:
+        raise ValueError(f"need conditioning >= 0 and new >= 1 frames, got {conditioning} and {new}")
+    return math.ceil((conditioning + new - 1) / temporal_ratio) * temporal_ratio + 1
+
+
+def segment_seed(seed: int, segment_idx: int) -> int:
+    """The torch seed for one segment: a stable 63-bit hash of the request seed and the index."""
+    digest = hashlib.blake2b(repr((seed, segment_idx)).encode("ascii"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_edge(value: object, ratio: int) -> bool:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return False
+    return ratio <= value <= MAX_FRAME_EDGE_PX and value % ratio == 0
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    """Where the stream stands before a segment: its index, frames so far and the frames to continue."""
+
+    segment_idx: int
+    frame_number: int
+    history: np.ndarray | None  # (K, H, W, 3) uint8, oldest first; None for a fresh stream
+
+
+class _DropSchedulerNoise(logging.Filter):
+    """Drops the scheduler's per-call note that the LTX pipeline passes timesteps and no sigmas.
+
+    LTXConditionPipeline always does (its own schedule), so the note fires on every segment and says
+    nothing a caller can act on.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_SCHEDULER_NOISE)
+
+
+def _quiet_scheduler_logger() -> None:
+    scheduler_logger = logging.getLogger(_SCHEDULER_LOGGER)
+    if not any(isinstance(existing, _DropSchedulerNoise) for existing in scheduler_logger.filters):
+        scheduler_logger.addFilter(_DropSchedulerNoise())
+
+
+class _StepReporter:
+    """The pipeline's ``callback_on_step_end``: reports 1-based steps to ``on_step``."""
+
+    def __init__(self, on_step: StepCallback | None, total: int) -> None:
+        self._on_step = on_step
+        self._total = total
+
+    def __call__(self, pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if self._on_step is not None:
+            self._on_step(index + 1, self._total)
+        return {}  # nothing replaced: the pipeline keeps its latents
+
+
+class DiffusersGenerator:
+    """LTX-Video segments from a local ``LTXConditionPipeline`` directory, each continuing the last.
+
+    Options (keyword-only):
+
+    - ``model_path``: a diffusers pipeline directory (``model_index.json`` and component folders).
+    - ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    - ``dtype``: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``float16`` or ``bfloat16``.
+    - ``enable_model_cpu_offload``: keep models on the CPU and move each to the GPU while it runs
+      (needs a CUDA device; less memory, slower).
+    - ``enable_vae_tiling``: decode in spatial tiles (less memory at large sizes).
+    - ``conditioning_frames``: K, frames of the previous segment the next one continues from
+      (``8n + 1`` for LTX).
+    - ``conditioning_strength``: how hard those frames (and the initial image) hold, in ``(0, 1]``.
+    - ``decode_timestep``, ``decode_noise_scale``: VAE decode settings for timestep-aware VAEs.
+    - ``max_sequence_length``: prompt tokens given to the text encoder.
+
+    One segment runs at a time (a pipeline is not thread-safe); concurrent callers wait their turn.
+    Bad option values raise ValueError; a directory that cannot be loaded raises GeneratorError
+    naming it.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_path: str | PathLike[str],
+        device: str = "auto",
+        dtype: str = "auto",
+        enable_model_cpu_offload: bool = False,
+        enable_vae_tiling: bool = False,
+        conditioning_frames: int = DEFAULT_CONDITIONING_FRAMES,
+        conditioning_strength: float = 1.0,
+        decode_timestep: float = DEFAULT_DECODE_TIMESTEP,
+        decode_noise_scale: float = DEFAULT_DECODE_NOISE_SCALE,
+        max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
+    ) -> None:
+        if not isinstance(model_path, (str, PathLike)) or not str(model_path):
+            raise ValueError(f"model_path must be a directory path, got {model_path!r}")
+        if not isinstance(device, str) or not _DEVICE_PATTERN.fullmatch(device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if not isinstance(conditioning_frames, int) or isinstance(conditioning_frames, bool) or conditioning_frames < 1:
+            raise ValueError(f"conditioning_frames must be a positive int, got {conditioning_frames!r}")
+        if not _is_number(conditioning_strength) or not 0.0 < conditioning_strength <= 1.0:
+            raise ValueError(f"conditioning_strength must be in (0, 1], got {conditioning_strength!r}")
+        for option, value in (("decode_timestep", decode_timestep), ("decode_noise_scale", decode_noise_scale)):
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{option} must be in [0, 1], got {value!r}")
+        if not _is_count(max_sequence_length) or max_sequence_length < 1:
+            raise ValueError(f"max_sequence_length must be a positive int, got {max_sequence_length!r}")
+        self._path = Path(model_path).expanduser()
+        self._strength = float(conditioning_strength)
+        self._decode_timestep = float(decode_timestep)
+        self._decode_noise_scale = float(decode_noise_scale)
+        self._max_sequence_length = max_sequence_length
+        self._lock = threading.Lock()  # one pipeline call at a time; also guards close()
+
+        torch, pipeline_class, condition_class = _import_runtime()
+        self._torch = torch
+        self._condition_class = condition_class
+        self._device = _resolve_device(torch, device)
+        if enable_model_cpu_offload and self._device.type != "cuda":
+            raise ValueError(f"enable_model_cpu_offload needs a CUDA device, got {self._device}")
+        self._dtype = _resolve_dtype(torch, dtype, self._device)
+        started = time.perf_counter()
+        self._pipeline: Any = self._load(pipeline_class, offload=enable_model_cpu_offload)
+        self._temporal_ratio = int(self._pipeline.vae_temporal_compression_ratio)
+        self._spatial_ratio = int(self._pipeline.vae_spatial_compression_ratio)
+        try:
+            self._conditioning_frames = validate_conditioning_frames(conditioning_frames, self._temporal_ratio)
+        except ValueError:
+            self.close()  # give the device memory back now, not when the half-built object is collected
+            raise
+        if enable_vae_tiling:
+            self._pipeline.vae.enable_tiling()
+        self._pipeline.set_progress_bar_config(disable=True)
+        _quiet_scheduler_logger()
+        logger.info(
+            "diffusers: loaded %s on %s as %s in %.1f s (K=%d, %dx spatial, %dx temporal)",
+            self._path,
+            self._device,
+            str(self._dtype).removeprefix("torch."),
+            time.perf_counter() - started,
+            self._conditioning_frames,
+            self._spatial_ratio,
+            self._temporal_ratio,
+        )
+
+    @property
+    def name(self) -> str:
+        return "diffusers"
+
+    @property
+    def conditioning_frames(self) -> int:
+        """K: how many trailing frames each segment hands to the next."""
+        return self._conditioning_frames
+
+    @property
+    def temporal_ratio(self) -> int:
+        """The VAE's time compression: valid clip lengths are ``temporal_ratio * n + 1``."""
+        return self._temporal_ratio
+
+    @property
+    def spatial_ratio(self) -> int:
+        """The VAE's space compression: widths and heights are multiples of it."""
+        return self._spatial_ratio
+
+    def close(self) -> None:
+        """Drop the pipeline and free its memory; idempotent, waits for a running segment."""
+        with self._lock:
+            pipeline, self._pipeline = self._pipeline, None
+        if pipeline is None:
+            return
+        del pipeline
+        gc.collect()
+        if self._device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+    def generate(self, request: SegmentRequest, on_step: StepCallback | None = None) -> SegmentResult:
+        """Generate ``request.num_frames`` new frames, continuing ``request.continuation`` if given."""
+        self._check_request(request)
+        cursor = self._cursor(request)
+        if cursor.history is not None and cursor.history.shape[1:3] != (request.height, request.width):
+            height, width = cursor.history.shape[1:3]
+            raise IncompatibleStateError(
+                f"{STATE_KIND} state holds {width}x{height} frames but the request is "
+                f"{request.width}x{request.height}"
+            )
+        init_image = self._init_image(request) if cursor.history is None else None
+        with self._lock:
+            if self._pipeline is None:
+                raise GeneratorError("diffusers generator is closed")
+            frames = self._run_pipeline(self._pipeline, request, cursor, init_image, on_step)
+        return SegmentResult(frames=frames, continuation=self._next_state(cursor, frames))
+
+    def check_state(self, state: ContinuationState) -> None:
+        """Raise IncompatibleStateError unless ``state`` is a well-formed ``ltx.v1`` state (decodes its frames)."""
+        self._parse_state(state)
+
+    # Loading.
+
+    def _load(self, pipeline_class: Any, *, offload: bool) -> Any:
+        path = self._path
+        if not path.is_dir():
+            raise GeneratorError(f"diffusers model directory {str(path)!r} does not exist or is not a directory")
+        if not (path / _MODEL_INDEX).is_file():
+            raise GeneratorError(
+                f"diffusers model directory {str(path)!r} has no {_MODEL_INDEX}: not a saved pipeline"
+            )
+        _check_component_folders(path)
+        try:
+            pipeline = pipeline_class.from_pretrained(
+                str(path), dtype=self._dtype, local_files_only=True, use_safetensors=True
+            )
+        except _LOAD_ERRORS as exc:
+            raise GeneratorError(
+                f"cannot load an LTX pipeline from {str(path)!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        missing = sorted(name for name, component in pipeline.components.items() if component is None)
+        if missing:
+            raise GeneratorError(f"LTX pipeline in {str(path)!r} lacks components: {', '.join(missing)}")
+        try:
+            if offload:
+                pipeline.enable_model_cpu_offload(device=self._device)
+            else:
+                pipeline.to(self._device)
+        except _CALL_ERRORS as exc:
+            raise GeneratorError(
+                f"cannot place the pipeline from {str(path)!r} on {self._device}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return pipeline
+
+    # Generation.
+
+    def _check_request(self, request: SegmentRequest) -> None:
+        ratio = self._spatial_ratio
+        for edge, value in (("width", request.width), ("height", request.height)):
+            if not ratio <= value <= MAX_FRAME_EDGE_PX or value % ratio:
+                raise GeneratorError(
+                    f"frame {edge} {value} must be a multiple of {ratio} in {ratio}..{MAX_FRAME_EDGE_PX} for this model"
+                )
+        if request.segment_idx < 0:
+            raise GeneratorError(f"segment_idx must be non-negative, got {request.segment_idx}")
+        if not 1 <= request.num_frames <= MAX_FRAMES_PER_SEGMENT:
+            raise GeneratorError(f"num_frames {request.num_frames} outside 1..{MAX_FRAMES_PER_SEGMENT}")
+        if not 1 <= request.num_inference_steps <= MAX_STEPS:
+            raise GeneratorError(f"num_inference_steps {request.num_inference_steps} outside 1..{MAX_STEPS}")
+        if not _is_number(request.guidance_scale) or request.guidance_scale < 0:
+            raise GeneratorError(f"guidance_scale must be a non-negative number, got {request.guidance_scale!r}")
+
+    def _cursor(self, request: SegmentRequest) -> _Cursor:
+        if request.continuation is None:
+            return _Cursor(request.segment_idx, 0, None)
+        return self._parse_state(request.continuation)
+
+    def _init_image(self, request: SegmentRequest) -> Image.Image | None:
+        if request.init_image_path is None:
+            return None
+        try:
+            with Image.open(request.init_image_path) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise GeneratorError(f"cannot load init image {request.init_image_path!r}: {exc}") from exc
+
+    def _conditions(self, cursor: _Cursor, init_image: Image.Image | None) -> list[Any]:
+        if cursor.history is not None:
+            video = to_pil_frames(cursor.history)
+            return [self._condition_class(video=video, frame_index=0, strength=self._strength)]
+        if init_image is not None:
+            return [self._condition_class(image=init_image, frame_index=0, strength=self._strength)]
+        return []
+
+    def _run_pipeline(
+        self,
+        pipeline: Any,
+        request: SegmentRequest,
+        cursor: _Cursor,
+        init_image: Image.Image | None,
+        on_step: StepCallback | None,
+    ) -> np.ndarray:
+        torch = self._torch
+        redrawn = 0 if cursor.history is None else cursor.history.shape[0]
+        total_frames = pipeline_num_frames(redrawn, request.num_frames, self._temporal_ratio)
+        steps = request.num_inference_steps
+        conditions = self._conditions(cursor, init_image)
+        noise = torch.Generator(device=self._device).manual_seed(segment_seed(request.seed, cursor.segment_idx))
+        try:
+            output = pipeline(
+                conditions=conditions or None,
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                width=request.width,
+                height=request.height,
+                num_frames=total_frames,
+                frame_rate=request.fps,
+                num_inference_steps=steps,
+                timesteps=self._timesteps(steps),
+                guidance_scale=float(request.guidance_scale),
+                generator=noise,
+                decode_timestep=self._decode_timestep,
+                decode_noise_scale=self._decode_noise_scale,
+                max_sequence_length=self._max_sequence_length,
+                output_type="pt",
+                callback_on_step_end=_StepReporter(on_step, steps),
+            )
+            video = output.frames[0]  # (T, 3, H, W) float in [0, 1], on the device
+            return tensor_to_uint8_frames(video[redrawn : redrawn + request.num_frames])
+        except _CALL_ERRORS as exc:
+            raise GeneratorError(
+                f"LTX pipeline failed on segment {cursor.segment_idx}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _timesteps(self, steps: int) -> list[float]:
+        # The pipeline's own default schedule, handed over as a list: given none, the pipeline passes
+        # a tensor that the scheduler converts with np.array(), a DeprecationWarning under numpy 2.
+        from diffusers.pipelines.ltx.pipeline_ltx_condition import linear_quadratic_schedule
+
+        schedule: Callable[[int], Any] = linear_quadratic_schedule  # untyped upstream
+        return [float(sigma) * TIMESTEP_SCALE for sigma in schedule(steps).tolist()]
+
+    # Continuation state.
+
+    def _next_state(self, cursor: _Cursor, frames: np.ndarray) -> ContinuationState:
+        stream = frames if cursor.history is None else np.concatenate([cursor.history, frames])
+        kept = kept_conditioning_frames(self._conditioning_frames, stream.shape[0], self._temporal_ratio)
+        tail = stream[-kept:]
+        payload: dict[str, Any] = {
+            "segment_idx": cursor.segment_idx + 1,
+            "frame_number": cursor.frame_number + frames.shape[0],
+            "conditioning_frames": kept,
+            "width": int(frames.shape[2]),
+            "height": int(frames.shape[1]),
+            "frames": [encode_png(frame) for frame in tail],
+        }
+        return ContinuationState(kind=STATE_KIND, payload=payload)
+
+    def _parse_state(self, state: ContinuationState) -> _Cursor:
+        if state.kind != STATE_KIND:
+            raise IncompatibleStateError(
+                f"diffusers generator cannot continue from a {state.kind!r} state (expects {STATE_KIND!r})"
+            )
+        payload = state.payload
+        if not isinstance(payload, Mapping) or any(key not in payload for key in _PAYLOAD_KEYS):
+            raise IncompatibleStateError(f"{STATE_KIND} payload must be an object with keys {list(_PAYLOAD_KEYS)}")
+        for key in ("segment_idx", "frame_number"):
+            if not _is_count(payload[key]):
+                raise IncompatibleStateError(f"{STATE_KIND} {key} must be a non-negative int, got {payload[key]!r}")
+        width, height = payload["width"], payload["height"]
+        ratio = self._spatial_ratio
+        if not all(_is_edge(edge, ratio) for edge in (width, height)):
+            raise IncompatibleStateError(
+                f"{STATE_KIND} width and height must be multiples of {ratio} up to {MAX_FRAME_EDGE_PX}, "
+                f"got {width!r}x{height!r}"
+            )
+        history = self._parse_frames(payload["conditioning_frames"], payload["frames"], width, height)
+        kept = kept_conditioning_frames(self._conditioning_frames, history.shape[0], self._temporal_ratio)
+        return _Cursor(payload["segment_idx"], payload["frame_number"], history[-kept:])
+
+    def _parse_frames(self, count: object, frames: object, width: int, height: int) -> np.ndarray:
+        if not isinstance(count, int) or isinstance(count, bool) or not is_valid_length(count, self._temporal_ratio):
+            raise IncompatibleStateError(
+                f"{STATE_KIND} conditioning_frames must be {self._temporal_ratio}*n+1, got {count!r}"
+            )
+        if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes)) or len(frames) != count:
+            raise IncompatibleStateError(f"{STATE_KIND} frames must be a list of {count} base64 PNG frames")
+        try:
+            decoded = [decode_png(frame, width=width, height=height) for frame in frames]
+        except FrameFormatError as exc:
+            raise IncompatibleStateError(f"{STATE_KIND} frames: {exc}") from exc
+        return np.stack(decoded)
+
+
+def _check_component_folders(path: Path) -> None:
+    """GeneratorError unless every component ``model_index.json`` declares has its folder.
+
+    from_pretrained would fail on most missing folders, but transformers 5 silently builds a default
+    (unknown-token-only) tokenizer when the tokenizer folder is gone: prompts would turn to noise.
+    """
+    try:
+        index = json.loads((path / _MODEL_INDEX).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GeneratorError(f"cannot read {_MODEL_INDEX} in {str(path)!r}: {exc}") from exc
+    if not isinstance(index, dict):
+        raise GeneratorError(f"{_MODEL_INDEX} in {str(path)!r} is not a JSON object")
+    missing = sorted(
+        name
+        for name, spec in index.items()
+        if not name.startswith("_")
+        and isinstance(spec, list)
+        and None not in spec
+        and not (path / name).is_dir()
+    )
+    if missing:
+        raise GeneratorError(f"diffusers model directory {str(path)!r} lacks component folders: {', '.join(missing)}")
+
+
+def _import_runtime() -> tuple[Any, Any, Any]:
+    """torch, LTXConditionPipeline and LTXVideoCondition, or GeneratorError naming the missing extra."""
+    try:
+        import torch
+        from diffusers import LTXConditionPipeline
+        from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+    except ImportError as exc:
+        raise GeneratorError(
+            f"the diffusers backend needs torch and diffusers (pip install 'rtc-video-stream[diffusers]'): {exc}"
+        ) from exc
+    return torch, LTXConditionPipeline, LTXVideoCondition
+
+
+def _resolve_device(torch: Any, device: str) -> Any:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GeneratorError(f"device {device!r} asked for but CUDA is not available")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise GeneratorError(f"device {device!r} asked for but only {torch.cuda.device_count()} CUDA devices exist")
+    return resolved
+
+
+def _resolve_dtype(torch: Any, dtype: str, device: Any) -> Any:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
