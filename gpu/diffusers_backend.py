@@ -333,13 +333,7 @@ class DiffusersGenerator:
 
     def _load(self, pipeline_class: Any, *, offload: bool) -> Any:
         path = self._path
-        if not path.is_dir():
-            raise GeneratorError(f"diffusers model directory {str(path)!r} does not exist or is not a directory")
-        if not (path / _MODEL_INDEX).is_file():
-            raise GeneratorError(
-                f"diffusers model directory {str(path)!r} has no {_MODEL_INDEX}: not a saved pipeline"
-            )
-        _check_component_folders(path)
+        check_model_dir(path)
         try:
             pipeline = pipeline_class.from_pretrained(
                 str(path), dtype=self._dtype, local_files_only=True, use_safetensors=True
@@ -500,6 +494,16 @@ class DiffusersGenerator:
         except FrameFormatError as exc:
             raise IncompatibleStateError(f"{STATE_KIND} frames: {exc}") from exc
         return np.stack(decoded)
+
+
+def check_model_dir(path: str | Path) -> None:
+    """GeneratorError naming ``path`` unless it holds a saved pipeline (cheap: no torch, no weights read)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise GeneratorError(f"diffusers model directory {str(path)!r} does not exist or is not a directory")
+    if not (path / _MODEL_INDEX).is_file():
+        raise GeneratorError(f"diffusers model directory {str(path)!r} has no {_MODEL_INDEX}: not a saved pipeline")
+    _check_component_folders(path)
 
 
 def _check_component_folders(path: Path) -> None:

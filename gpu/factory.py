@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from gpu.diffusers_backend import DiffusersGenerator
+from gpu.diffusers_backend import DiffusersGenerator, check_model_dir
 from gpu.generator import Generator, GeneratorError
 from gpu.synthetic import SyntheticGenerator
 
@@ -46,6 +46,21 @@ def _check_options(backend: str, options: Mapping[str, Any], allowed: Mapping[st
             raise GeneratorError(
                 f"option {key!r} for backend {backend!r} must be {expected}, got {type(value).__name__}"
             )
+
+
+def preflight(backend: str, options: Mapping[str, Any]) -> None:
+    """Check a generator config without building it (no model load): options, and a model directory."""
+    if backend == "synthetic":
+        _check_options(backend, options, _SYNTHETIC_OPTIONS)
+        return
+    if backend == "diffusers":
+        _check_options(backend, options, _DIFFUSERS_OPTIONS)
+        missing = [key for key in _DIFFUSERS_REQUIRED if key not in options]
+        if missing:
+            raise GeneratorError(f"backend {backend!r} needs option(s) {', '.join(map(repr, missing))}")
+        check_model_dir(options["model_path"])
+        return
+    raise GeneratorError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
 
 
 def build_generator(backend: str, options: Mapping[str, Any]) -> Generator:

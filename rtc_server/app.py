@@ -65,7 +65,6 @@ PROMPTS = web.AppKey("prompts", PromptPipeline)
 WEBRTC = web.AppKey("webrtc", webrtc.WebRTCTransport)
 WEBSOCKET = web.AppKey("websocket", websocket.WebSocketTransport)
 
-WARMUP_SIZE_PX = 64  # warm-up segments are tiny: they prove the path works, not the throughput
 DEFAULT_WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
 
 
@@ -77,13 +76,15 @@ def build_pool(config: ServiceConfig) -> GpuPool:
         return build_generator(generator_config.backend, generator_config.options)
 
     sampling = config.default_request.sampling
+    # Warm up at the real size and step count: that is what compiles kernels and sizes caches.
     warmup_request = SegmentRequest(
         prompt=config.default_request.prompt,
-        width=WARMUP_SIZE_PX,
-        height=WARMUP_SIZE_PX,
-        num_frames=min(sampling.num_frames, 8),
+        width=sampling.width,
+        height=sampling.height,
+        num_frames=sampling.num_frames,
         fps=sampling.fps,
-        num_inference_steps=min(sampling.num_inference_steps, 2),
+        num_inference_steps=sampling.num_inference_steps,
+        guidance_scale=sampling.guidance_scale,
         seed=sampling.seed,
     )
     pool_config = config.pool

@@ -1,6 +1,7 @@
 """Command line: ``python -m rtc_server [--config PATH] [--host H] [--port P]``.
 
-Exit status: 0 after a clean shutdown on SIGINT/SIGTERM, 2 for a bad config.
+Exit status: 0 after a clean shutdown on SIGINT/SIGTERM, 2 for a bad config (including a
+generator whose model directory is missing or broken).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from gpu.factory import preflight
+from gpu.generator import GeneratorError
 from rtc_server.app import build_app
 from rtc_server.config import ConfigError, ServiceConfig, load_config
 
@@ -46,6 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     config = _with_overrides(config, args.host, args.port)
+    try:
+        preflight(config.generator.backend, config.generator.options)
+    except GeneratorError as exc:
+        print(f"error: generator: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     app = build_app(config)
     url = f"http://{config.server.host}:{config.server.port}/"
 

@@ -523,6 +523,8 @@ class SessionController:
                 choice = self._schedule.accept_auto_extension(text)
         if choice is None:
             choice = self._schedule.next()
+        if choice.origin is PromptOrigin.REPEAT and self._last_used is not None:
+            return replace(self._last_used, origin=PromptOrigin.REPEAT)  # as generated: checked and enhanced
         if choice.origin in (PromptOrigin.USER, PromptOrigin.REPEAT):
             return choice  # user prompts were checked (and enhanced) on arrival, repeats when first used
         if self._enhancement and choice.origin in (PromptOrigin.CURATED, PromptOrigin.DEFAULT):
