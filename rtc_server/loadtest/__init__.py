@@ -1,0 +1,1 @@
+"""Load testing with headless clients: python -m rtc_server.loadtest."""

@@ -1,0 +1,197 @@
+"""Load-test sessions: N headless clients, each a real session that sends prompts on a schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+
+from rtc_server.clients.webrtc_client import OfferRejected, ReceivedFrame, WebRTCClient
+from rtc_server.clients.ws_client import WebSocketClient
+
+__all__ = ["LoadSettings", "SessionRecord", "run_load"]
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = (
+    "a red fox running through fresh snow",
+    "neon city skyline at night, rain on the glass",
+    "a lighthouse in a storm, waves crashing",
+    "desert dunes at dawn, long shadows",
+    "a paper boat drifting down a gutter stream",
+)
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadSettings:
+    """What to run."""
+
+    url: str
+    sessions: int
+    duration_s: float
+    transport: str = "webrtc"
+    ramp_s: float = 0.0
+    prompt_interval_s: float = 5.0
+    host_addresses: list[str] | None = None
+
+
+@dataclass
+class SessionRecord:
+    """What one client saw: times are monotonic seconds, ``unix_ms`` wall-clock milliseconds."""
+
+    index: int
+    session_id: str | None = None
+    started_at: float = 0.0
+    first_frame_at: float | None = None
+    ended_at: float | None = None
+    fps: float | None = None
+    frame_times: list[float] = field(default_factory=list)
+    frame_numbers: list[int | None] = field(default_factory=list)
+    frame_unix_ms: list[float] = field(default_factory=list)
+    release_unix_ms: dict[int, float] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    prompts_sent: int = 0
+
+    def error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+def _default_hosts(url: str) -> list[str] | None:
+    # aioice never offers loopback candidates by itself; a server on this machine needs them pinned.
+    host = urlparse(url).hostname or ""
+    return ["127.0.0.1"] if host in LOOPBACK_HOSTS else None
+
+
+async def _prompt_schedule(client: Any, record: SessionRecord, interval_s: float, stop_at: float) -> None:
+    while time.monotonic() + interval_s < stop_at:
+        await asyncio.sleep(interval_s)
+        await client.send({"type": "segment_prompt_source", "prompt": PROMPTS[record.prompts_sent % len(PROMPTS)]})
+        record.prompts_sent += 1
+
+
+def _count_errors(record: SessionRecord, events: list[dict[str, Any]]) -> None:
+    for event in events:
+        if event.get("type") == "error":
+            record.error(str(event.get("code")))
+        elif event.get("type") == "prompt_rejected":
+            record.error("prompt_rejected")
+
+
+async def _run_webrtc(settings: LoadSettings, record: SessionRecord, http: aiohttp.ClientSession) -> None:
+    def on_frame(frame: ReceivedFrame) -> None:
+        if record.first_frame_at is None:
+            record.first_frame_at = frame.received_at
+        record.frame_times.append(frame.received_at)
+        record.frame_unix_ms.append(time.time() * 1000.0)
+        record.frame_numbers.append(frame.marker.frame_number if frame.marker else None)
+
+    hosts = settings.host_addresses if settings.host_addresses is not None else _default_hosts(settings.url)
+    client = WebRTCClient(
+        settings.url, session_init={"type": "session_init_v2"}, host_addresses=hosts, on_frame=on_frame, keep_frames=False
+    )
+    try:
+        record.session_id = await client.connect(http=http)
+        stop_at = record.started_at + settings.duration_s
+        prompts = asyncio.create_task(_prompt_schedule(client, record, settings.prompt_interval_s, stop_at))
+        with contextlib.suppress(TimeoutError):
+            start = await client.wait_for_event("ltx2_stream_start", timeout=settings.duration_s)
+            record.fps = float(start["fps"])
+        await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
+        prompts.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await prompts
+        await _fetch_release_times(settings.url, record, http)
+    except OfferRejected as exc:
+        code = exc.body.get("error", {}).get("code", f"http_{exc.status}") if isinstance(exc.body, dict) else "rejected"
+        record.error(str(code))
+    finally:
+        _count_errors(record, client.events)
+        await client.close()
+
+
+async def _fetch_release_times(url: str, record: SessionRecord, http: aiohttp.ClientSession) -> None:
+    """Ask the server when it released each frame (same clock on one machine: per-frame latency)."""
+    if record.session_id is None:
+        return
+    try:
+        async with http.get(f"{url.rstrip('/')}/v1/sessions/{record.session_id}/frames") as response:
+            if response.status != 200:
+                return
+            body = await response.json()
+    except aiohttp.ClientError:
+        return
+    record.release_unix_ms = {int(number): float(at) for number, at in body.get("frames", [])}
+
+
+async def _run_ws(settings: LoadSettings, record: SessionRecord) -> None:
+    client = WebSocketClient(settings.url, session_init={})
+    try:
+        await client.connect()
+        stop_at = record.started_at + settings.duration_s
+        prompts = asyncio.create_task(_prompt_schedule(client, record, settings.prompt_interval_s, stop_at))
+        seen = 0
+        while time.monotonic() < stop_at and not client.closed.is_set():
+            for event in client.events[seen:]:
+                kind = event.get("type")
+                if kind == "ltx2_stream_start":
+                    record.fps = float(event["fps"])
+                elif kind == "media_segment_complete":
+                    now = time.monotonic()
+                    if record.first_frame_at is None:
+                        record.first_frame_at = now
+                    # A segment's frames arrive together and an MSE player shows them over the
+                    # segment's duration: spread them so rates and stalls mean what they do for WebRTC.
+                    duration_s = float(event.get("duration_ms") or 0) / 1000.0
+                    frames = max(1, round(duration_s * (record.fps or 0)))
+                    record.frame_times.extend(now - duration_s + (i + 1) * duration_s / frames for i in range(frames))
+                    record.frame_numbers.extend([None] * frames)
+            seen = len(client.events)
+            await asyncio.sleep(0.05)
+        prompts.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await prompts
+    finally:
+        _count_errors(record, client.events)
+        if client.close_code not in (None, 1000):
+            record.error(f"close_{client.close_code}")
+        await client.close()
+
+
+async def _run_one(settings: LoadSettings, record: SessionRecord, delay_s: float, http: aiohttp.ClientSession) -> None:
+    await asyncio.sleep(delay_s)
+    record.started_at = time.monotonic()
+    try:
+        if settings.transport == "webrtc":
+            await _run_webrtc(settings, record, http)
+        else:
+            await _run_ws(settings, record)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        logger.warning("load session %d failed: %s", record.index, exc)
+        record.error(type(exc).__name__)
+    finally:
+        record.ended_at = time.monotonic()
+
+
+async def run_load(settings: LoadSettings, progress: Any = None) -> list[SessionRecord]:
+    """Run every session to the end; ``progress(records, elapsed_s)`` is called about once a second."""
+    if settings.transport not in ("webrtc", "ws"):
+        raise ValueError(f"transport must be webrtc or ws, got {settings.transport!r}")
+    records = [SessionRecord(index=i) for i in range(settings.sessions)]
+    step = settings.ramp_s / max(1, settings.sessions - 1) if settings.sessions > 1 else 0.0
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as http:
+        tasks = [asyncio.create_task(_run_one(settings, r, i * step, http)) for i, r in enumerate(records)]
+        while not all(task.done() for task in tasks):
+            await asyncio.wait(tasks, timeout=1.0)
+            if progress is not None:
+                progress(records, time.monotonic() - started)
+        for task in tasks:
+            task.result()
+    return records
