@@ -3,7 +3,9 @@
 Measures, in one run:
 - time from POSTing the offer to the first decoded frame (median and p95 over --runs sessions);
 - delivered fps of one session over --seconds of streaming;
-- server CPU seconds per second of streamed video (from /proc, server process only).
+- server CPU seconds per second of streamed video (from /proc, server process only);
+- the overhead ratio: server CPU per delivered frame / the bare VP8 encoder's CPU per frame
+  (same frames size, same encoder and bitrate, measured in this process right after).
 
 Usage: python bench/webrtc_session.py [--size 512] [--fps 24] [--runs 20] [--seconds 10] [--out FILE]
 """
@@ -31,9 +33,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.encoder_cost import frames_for, vp8_cost  # noqa: E402
 from rtc_server.clients.webrtc_client import WebRTCClient  # noqa: E402
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+START_BITRATE_BPS = 1_500_000  # the config default start bitrate, which bench/encoder_cost.py uses
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -49,12 +53,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(path: Path, *, port: int, size: int, fps: int) -> None:
+def write_config(path: Path, *, port: int, size: int, fps: int, pool: str = "inprocess") -> None:
     config = {
+        "pool": {"backend": pool},
         "server": {"host": "127.0.0.1", "port": port},
         "default_request": {"sampling": {"width": size, "height": size, "fps": fps, "num_frames": fps}},
         "streaming": {"max_sessions": 4},
-        "webrtc": {"ice_host_addresses": ["127.0.0.1"]},
+        # The encoder's bitrate pinned to the start bitrate: REMB from a loopback client would
+        # otherwise raise it (and the encoder's cost) above what the bare-encoder figure uses.
+        "webrtc": {
+            "ice_host_addresses": ["127.0.0.1"],
+            "min_bitrate": START_BITRATE_BPS,
+            "start_bitrate": START_BITRATE_BPS,
+            "max_bitrate": START_BITRATE_BPS,
+        },
     }
     path.write_text(yaml.safe_dump(config))
 
@@ -104,7 +116,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "bench.yaml"
-        write_config(config_path, port=port, size=args.size, fps=args.fps)
+        write_config(config_path, port=port, size=args.size, fps=args.fps, pool=args.pool)
         server = subprocess.Popen(
             [sys.executable, "-m", "rtc_server", "--config", str(config_path), "--log-level", "WARNING"], cwd=REPO
         )
@@ -119,7 +131,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=10)
+    bare = vp8_cost(frames_for(args.size, args.size, 4 * args.fps))
+    server_ms_per_frame = steady["server_cpu_s_per_s"] / steady["delivered_fps"] * 1000.0
     return {
+        "pool": args.pool,
         "size": f"{args.size}x{args.size}",
         "fps": args.fps,
         "runs": args.runs,
@@ -127,6 +142,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "ttff_ms_p95": percentile(ttff, 0.95) * 1000,
         "ttff_ms_all": [round(t * 1000, 1) for t in ttff],
         **steady,
+        "server_cpu_ms_per_frame": server_ms_per_frame,
+        "bare_vp8_cpu_ms_per_frame": bare["cpu_ms_per_frame"],
+        "overhead_ratio": server_ms_per_frame / bare["cpu_ms_per_frame"],
     }
 
 
@@ -136,12 +154,24 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=24)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "webrtc_session.json")
+    parser.add_argument(
+        "--pool",
+        choices=["inprocess", "subprocess"],
+        default="inprocess",
+        help="subprocess: generation runs in a worker process, so server CPU is the streaming path alone",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/webrtc_session_<pool>.json")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = REPO / "bench" / "results" / f"webrtc_session_{args.pool}.json"
     result = asyncio.run(run(args))
     print(f"time to first frame ({args.runs} runs): median {result['ttff_ms_median']:.1f} ms, p95 {result['ttff_ms_p95']:.1f} ms")
     print(f"delivered fps: {result['delivered_fps']:.2f} (target {args.fps})")
     print(f"server CPU: {result['server_cpu_s_per_s']:.3f} s per s of {result['size']}@{args.fps} video")
+    print(
+        f"overhead: {result['server_cpu_ms_per_frame']:.2f} ms server CPU per frame / "
+        f"{result['bare_vp8_cpu_ms_per_frame']:.2f} ms bare VP8 = {result['overhead_ratio']:.2f}x"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

@@ -105,6 +105,9 @@ class PromptConfig(_Section):
     model: str | None = None
     timeout_ms: int = Field(3000, gt=0, description="Per provider call.")
     deadline_ms: int = Field(5000, gt=0, description="Whole fallback chain; past it the raw prompt is used.")
+    wait_ms: int = Field(
+        250, ge=0, description="How long a segment waits for an LLM answer; later answers are used by a later segment."
+    )
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int | None = Field(256, gt=0)
     system_prompt_dir: str | None = None

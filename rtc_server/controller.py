@@ -122,6 +122,8 @@ class SessionController:
         self._last_used: PromptChoice | None = None
         self._recent_prompts: deque[str] = deque(maxlen=services.streaming.prompt.history)
         self._awaiting_user_prompt = False
+        self._extension: asyncio.Task[str | None] | None = None
+        self._enhancing: dict[str, asyncio.Task[Any]] = {}
         self._schedule = PromptSchedule(default_prompt=services.defaults.prompt)
         self._init: SessionInitV2 | None = None
         self._paused = False
@@ -184,11 +186,17 @@ class SessionController:
     def _log(self, event: str, **fields: Any) -> None:
         self._services.log.event(self._session.id, event, **fields)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run message work that must await (store I/O); the controller cancels it at the end."""
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run work that must await (store I/O, LLM calls); the controller cancels it at the end."""
         task = asyncio.create_task(coro)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
+        return task
+
+    async def _briefly(self, task: asyncio.Task[Any]) -> tuple[bool, Any]:
+        """Wait for ``task`` at most the prompt wait budget: (done, result)."""
+        done, _ = await asyncio.wait({task}, timeout=self._streaming.prompt.wait_ms / 1000.0)
+        return (True, task.result()) if done else (False, None)
 
     def handle(self, message: ClientMessage) -> None:
         """Apply one parsed client message."""
@@ -236,7 +244,7 @@ class SessionController:
             if await self._rejected(message.prompt):
                 return
             used = await prompts.enhance(message.prompt) if self._enhancement else None
-            if used is not None and used.enhanced and await self._rejected(used.text):
+            if used is not None and used.enhanced and await self._rejected(used.text, sent=message.prompt):
                 return
             text = used.text if used is not None else message.prompt
             choice = PromptChoice(
@@ -258,15 +266,20 @@ class SessionController:
             )
             self._changed.set()
 
-    async def _rejected(self, text: str) -> bool:
-        """True (and the client told) when the safety filter blocks ``text``."""
+    async def _rejected(self, text: str, *, sent: str | None = None) -> bool:
+        """True (and the client told) when the safety filter blocks ``text``.
+
+        ``sent`` is the client's own prompt when ``text`` is its enhanced version: the client
+        is told about what it sent, and the LLM's text is not echoed back.
+        """
         blocked = await self._services.prompts.check(text)
         if blocked is None:
             return False
         self._log("prompt_rejected", prompt=text, score=blocked.unsafe_score)
         self._services.metrics.errors.labels(code="prompt_rejected").inc()
+        reason = "blocked by the safety filter" if sent is None else "its enhanced version was blocked by the safety filter"
         self._sink.send_event(
-            PromptRejected(prompt=text, reason="blocked by the safety filter", label="unsafe", score=blocked.unsafe_score)
+            PromptRejected(prompt=sent or text, reason=reason, label="unsafe", score=blocked.unsafe_score)
         )
         return True
 
@@ -517,10 +530,16 @@ class SessionController:
         """
         prompts = self._services.prompts
         choice: PromptChoice | None = None
+        # LLM answers are waited for only briefly: a slow or failing provider delays nothing,
+        # its answer (asked for in the background) serves a later segment.
         if self._schedule.wants_auto_extension and prompts.can_enhance:
-            text = await prompts.auto_extend(list(self._recent_prompts))
-            if text is not None:
-                choice = self._schedule.accept_auto_extension(text)
+            if self._extension is None:
+                self._extension = self._spawn(prompts.auto_extend(list(self._recent_prompts)))
+            done, text = await self._briefly(self._extension)
+            if done:
+                self._extension = None
+                if text is not None:
+                    choice = self._schedule.accept_auto_extension(text)
         if choice is None:
             choice = self._schedule.next()
         if choice.origin is PromptOrigin.REPEAT and self._last_used is not None:
@@ -528,8 +547,13 @@ class SessionController:
         if choice.origin in (PromptOrigin.USER, PromptOrigin.REPEAT):
             return choice  # user prompts were checked (and enhanced) on arrival, repeats when first used
         if self._enhancement and choice.origin in (PromptOrigin.CURATED, PromptOrigin.DEFAULT):
-            enhanced = await prompts.enhance(choice.text, cached=True)
-            choice = replace(choice, text=enhanced.text)
+            task = self._enhancing.get(choice.text)
+            if task is None:
+                task = self._enhancing[choice.text] = self._spawn(prompts.enhance(choice.text, cached=True))
+            done, enhanced = await self._briefly(task)
+            if done:
+                del self._enhancing[choice.text]
+                choice = replace(choice, text=enhanced.text)
         if not await self._rejected(choice.text):
             return choice
         if self._last_used is not None:

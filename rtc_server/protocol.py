@@ -30,6 +30,7 @@ ErrorCode = Literal[
     "upstream_timeout",
     "internal_error",
 ]
+MAX_PROMPT_CHARS = 4000  # longer prompts are refused, as the enhancer would refuse them
 PromptSource = Literal["curated", "enhanced", "user", "auto_extension"]
 StreamCompleteReason = Literal["segment_cap", "stop_requested", "error"]
 
@@ -80,8 +81,8 @@ class SessionInitV2(_ClientModel):
 class SegmentPromptSource(_ClientModel):
     type: Literal["segment_prompt_source"] = "segment_prompt_source"
 
-    prompt: str = Field(min_length=1)
-    negative_prompt: str | None = None
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=r"\S")
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     source: PromptSource = "user"
     seed: int | None = None
     num_inference_steps: int | None = Field(None, ge=1, le=1000)
@@ -125,7 +126,7 @@ class SnapshotState(_ClientModel):
 class RewriteSeedPrompts(_ClientModel):
     type: Literal["rewrite_seed_prompts"] = "rewrite_seed_prompts"
 
-    seed_prompt: str = Field(min_length=1)
+    seed_prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=r"\S")
     count: int = Field(3, ge=1, le=10)
 
 

@@ -49,7 +49,7 @@ class RunningServer:
         self.app: web.Application = server.app  # type: ignore[assignment]
         self.url = str(server.make_url("/")).rstrip("/")
 
-    async def wait_ready(self, timeout: float = 10.0) -> None:
+    async def wait_ready(self, timeout: float = 90.0) -> None:
         pool = self.app[POOL]
         deadline = asyncio.get_running_loop().time() + timeout
         while not pool.ready:

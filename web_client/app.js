@@ -1,91 +1,707 @@
-// Entry point: picks the transport from ?transport= (webrtc, the default, or ws) and starts it.
-// WebRTC: offer with the session init, video over RTP, JSON over the "control" data channel.
-// WebSocket: see ws_player.js (fMP4 over /v1/stream into Media Source Extensions).
-import { bindPromptForm, createMessageHandler, getUi, parseMessage, showStatus, showTransport } from "./protocol.js";
-import { startWebSocketSession } from "./ws_player.js";
+// The page: picks a transport, runs one session at a time, and wires the controls.
+//
+// Transport: ?transport=webrtc|ws forces one; without it WebRTC is tried first and the page falls
+// back to the WebSocket/MSE path when WebRTC fails to connect within a few seconds, or fails later.
+// Both transports speak the same control protocol (protocol.js) and share one StreamModel.
+// Modules: webrtc_player.js (POST /v1/webrtc/offer, RTP video, data channel "control"),
+// ws_player.js (GET /v1/stream, fMP4 into Media Source Extensions), stats.js (overlay), ui.js (DOM).
 
-const TRANSPORTS = ["webrtc", "ws"];
+import {
+  IMAGE_MIME_TYPES,
+  MAX_IMAGE_BYTES,
+  StreamModel,
+  describeError,
+  describeRejection,
+  pausedMessage,
+  promptMessage,
+  rewriteMessage,
+  seedPromptsMessage,
+  sessionInit,
+  snapshotFromFile,
+  snapshotMessage,
+  toggleMessage,
+} from "./protocol.js";
+import { StatsOverlay } from "./stats.js";
+import {
+  TRANSPORT_LABELS,
+  announce,
+  getUi,
+  renderModel,
+  renderSeeds,
+  setBadge,
+  setStatus,
+  showNotice,
+  showTransport,
+} from "./ui.js";
+import { WebRtcTransport } from "./webrtc_player.js";
+import { WebSocketTransport } from "./ws_player.js";
 
-// Gathering can hang (e.g. mDNS host-name registration where multicast is unavailable); the offer
-// then goes out with what was gathered and connectivity checks find the path.
-const ICE_GATHERING_TIMEOUT_MS = 3000;
-const CONNECT_TIMEOUT_MS = 15000; // after the answer; the server drops an unconnected peer sooner
+const STORAGE_KEY = "live-video.settings.v1";
+const DEFAULT_SEEDS = [
+  "a lighthouse on a rocky coast at dusk, waves rolling in",
+  "a neon-lit city street in the rain at night",
+  "hot air balloons drifting over autumn forests",
+];
+const REQUEST_TIMEOUT_MS = 15000; // snapshot / rewrite answers
+const INFO_NOTICE_MS = 8000;
 
-async function waitForIceGathering(pc) {
-  if (pc.iceGatheringState === "complete") return;
-  await new Promise((resolve) => {
-    const timer = setTimeout(resolve, ICE_GATHERING_TIMEOUT_MS);
-    pc.addEventListener("icegatheringstatechange", () => {
-      if (pc.iceGatheringState === "complete") {
-        clearTimeout(timer);
-        resolve();
+const ui = getUi();
+const model = new StreamModel();
+
+const app = {
+  mode: "auto", // "auto" | "webrtc" | "ws"
+  settings: loadSettings(), // persisted: seeds and live toggles
+  staged: { singleClip: false, initialImage: null, continuationState: null, continuationFallback: "fresh" },
+  applied: { singleClip: false, initialImage: null }, // what the running session started with
+  paused: false,
+  session: null, // {n, kind, init, transport, connected, ended, stopping, errorNotice, fallbackNote}
+  sessions: 0,
+  startTicket: 0,
+  webrtcBroken: false, // WebRTC could not connect here: later sessions go straight to the WebSocket
+  lastUserPrompt: null,
+  pending: null, // {kind: "snapshot"|"rewrite", message, index?, timer}
+  rewrites: new Map(), // seed index -> {busy, alternatives}
+};
+
+// -- settings --------------------------------------------------------------------------------
+
+function loadSettings() {
+  const defaults = { seeds: [...DEFAULT_SEEDS], enhancement: false, autoExtension: false, loop: false };
+  try {
+    const stored = JSON.parse(localStorage.getItem(STORAGE_KEY) || "null");
+    if (stored && Array.isArray(stored.seeds)) {
+      return {
+        seeds: stored.seeds.filter((s) => typeof s === "string"),
+        enhancement: Boolean(stored.enhancement),
+        autoExtension: Boolean(stored.autoExtension),
+        loop: Boolean(stored.loop),
+      };
+    }
+  } catch {
+    // storage unavailable or corrupt: defaults
+  }
+  return defaults;
+}
+
+function saveSettings() {
+  try {
+    localStorage.setItem(STORAGE_KEY, JSON.stringify(app.settings));
+  } catch {
+    // private mode or quota: settings just do not persist
+  }
+}
+
+// -- sessions --------------------------------------------------------------------------------
+
+function isLive() {
+  return Boolean(app.session && !app.session.ended);
+}
+
+function preferredKind() {
+  if (app.mode !== "auto") return app.mode;
+  if (app.webrtcBroken || typeof RTCPeerConnection === "undefined") return "ws";
+  return "webrtc";
+}
+
+function buildInit(kind) {
+  return sessionInit(
+    {
+      curatedPrompts: app.settings.seeds,
+      enhancement: app.settings.enhancement,
+      autoExtension: app.settings.autoExtension,
+      loop: app.settings.loop,
+      singleClip: app.staged.singleClip,
+      initialImage: app.staged.initialImage,
+      continuationState: app.staged.continuationState,
+      continuationFallback: app.staged.continuationFallback,
+    },
+    kind === "webrtc" ? "webrtc" : "av_fmp4",
+  );
+}
+
+/** Ends the running session, if any, politely (the server frees its slot at once). */
+async function endSession() {
+  const session = app.session;
+  if (!session || session.ended) return;
+  session.stopping = true;
+  session.ended = true;
+  await session.transport.stop();
+}
+
+/**
+ * Starts a new session. `kind` defaults to the preferred transport; `init` reuses an init (a
+ * fallback keeps the same settings); `resend` is a prompt to send first; `note` explains the transport.
+ */
+async function startSession({ kind = preferredKind(), init = null, resend = null, note = "" } = {}) {
+  const ticket = ++app.startTicket;
+  await endSession();
+  if (ticket !== app.startTicket) return; // a later start (e.g. a second click) took over
+  const sessionInit = init ? { ...init, stream_mode: kind === "webrtc" ? "webrtc" : "av_fmp4" } : buildInit(kind);
+  if (!init) {
+    app.applied = { singleClip: app.staged.singleClip, initialImage: app.staged.initialImage };
+    app.staged.continuationState = null; // one-shot
+  }
+  const session = {
+    n: ++app.sessions,
+    kind,
+    init: sessionInit,
+    transport: null,
+    connected: false,
+    ended: false,
+    stopping: false,
+    errorNotice: null,
+    fallbackNote: note,
+  };
+  const Transport = kind === "webrtc" ? WebRtcTransport : WebSocketTransport;
+  session.transport = new Transport({
+    video: ui.video,
+    init: sessionInit,
+    onMessage: (message) => onMessage(session, message),
+    onEvent: (type, detail) => onTransportEvent(session, type, detail),
+  });
+  app.session = session;
+  model.reset();
+  clearPending();
+  app.rewrites.clear();
+  setPaused(false, { send: false });
+  showTransport(ui, kind, note);
+  setBadge(ui, "connecting", `connecting · ${TRANSPORT_LABELS[kind]}`);
+  setStatus(ui, `connecting over ${TRANSPORT_LABELS[kind]}…`);
+  ui.placeholder.hidden = false;
+  ui.placeholder.textContent = "waiting for video…";
+  if (resend) session.transport.send(promptMessage(resend));
+  render();
+  updateSessionButtons();
+  try {
+    await session.transport.start();
+  } catch (error) {
+    onTransportEvent(session, "failed", { text: `could not start: ${error.message || error}`, retryable: true });
+  }
+}
+
+function restart() {
+  startSession().catch(reportBug);
+}
+
+function onTransportEvent(session, type, detail = {}) {
+  if (session !== app.session) return; // a session already replaced
+  switch (type) {
+    case "progress":
+      if (!session.connected) setStatus(ui, `connecting over ${TRANSPORT_LABELS[session.kind]}: ${detail.text}`);
+      else setStatus(ui, detail.text);
+      break;
+    case "connected":
+      session.connected = true;
+      setBadge(ui, "connecting", `connected · ${TRANSPORT_LABELS[session.kind]}`);
+      setStatus(ui, `connected over ${TRANSPORT_LABELS[session.kind]}, waiting for the stream`);
+      announce(ui, `Connected over ${TRANSPORT_LABELS[session.kind]}.`);
+      render(); // messages may have come first
+      break;
+    case "failed":
+      onTransportFailed(session, detail);
+      break;
+    case "closed":
+      session.ended = true;
+      if (!session.stopping && model.endReason === null) {
+        setStatus(ui, `connection closed: ${detail.text}`);
+        setBadge(ui, "ended", "ended");
       }
+      updateSessionButtons();
+      break;
+    default:
+      break;
+  }
+}
+
+function onTransportFailed(session, detail) {
+  if (session.stopping) return;
+  session.ended = true;
+  if (detail.fallback && app.mode === "auto" && session.kind === "webrtc" && model.endReason === null) {
+    if (detail.connectivity) app.webrtcBroken = true;
+    const reason = detail.text;
+    console.info(`WebRTC failed (${reason}); falling back to the WebSocket/MSE path`);
+    announce(ui, "WebRTC did not work; switching to the WebSocket stream.");
+    // Mid-stream, the scene goes on with the last prompt the viewer typed.
+    const resend = session.connected ? app.lastUserPrompt : null;
+    setStatus(ui, `WebRTC failed (${reason}); switching to WebSocket…`);
+    Promise.resolve(session.transport.released)
+      .then(() => {
+        if (app.session === session) return startSession({ kind: "ws", init: session.init, resend, note: `fallback: ${reason}` });
+        return null;
+      })
+      .catch(reportBug);
+    return;
+  }
+  const described = detail.error ? describeError(detail.error) : null;
+  const retryable = detail.retryable !== false && (described ? described.retryable || detail.status >= 500 : true);
+  let text = detail.text;
+  if (session.errorNotice) {
+    // The server already said why (e.g. error{session_rejected} before close 1013): add the close to it.
+    session.errorNotice.append(detail.text);
+    const last = model.lastError;
+    if (last) text = `error (${last.code}): ${last.message}; ${detail.text}`;
+  } else {
+    const title = described ? described.title : session.connected ? "Connection lost" : "Could not connect";
+    const wait = detail.retryAfterS ? ` The server suggests retrying in ${detail.retryAfterS} s.` : "";
+    session.errorNotice = showNotice(ui, {
+      kind: "error",
+      title,
+      code: described ? described.code : null,
+      detail: `${detail.text}.${wait}`,
+      actions: retryable ? [{ label: "Retry", id: "retry", primary: true, run: restart }] : [{ label: "Restart", id: "restart", run: restart }],
     });
+  }
+  setStatus(ui, text, "error");
+  setBadge(ui, "error", "disconnected");
+  ui.placeholder.textContent = "no stream";
+  ui.placeholder.hidden = ui.video.readyState >= 2;
+  updateSessionButtons();
+}
+
+function onMessage(session, message) {
+  if (session !== app.session) return;
+  const change = model.apply(message);
+  switch (message.type) {
+    case "error":
+      onServerError(session, message);
+      break;
+    case "prompt_rejected": {
+      const { title, detail } = describeRejection(message);
+      showNotice(ui, {
+        kind: "warning",
+        title,
+        detail,
+        actions: [{ label: "Edit prompt", id: "edit", primary: true, run: () => editPrompt(message.prompt) }],
+      });
+      if (model.nextPrompt && model.nextPrompt.prompt === message.prompt) model.nextPrompt = null;
+      break;
+    }
+    case "prompt_received":
+      announce(ui, `Prompt received for segment ${message.segment_idx ?? "next"}.`);
+      break;
+    case "continuation_state_snapshot":
+      onSnapshot(message.state);
+      break;
+    case "rewrite_seed_prompts_started":
+      break;
+    case "rewrite_seed_prompts_complete":
+      onRewriteComplete(message);
+      break;
+    case "ltx2_stream_complete":
+      onStreamComplete(session, message.reason);
+      break;
+    case "session_timeout":
+      session.ended = true;
+      showNotice(ui, {
+        kind: "warning",
+        title: "Session ended",
+        detail: `No input for ${message.timeout_seconds} s, so the server closed the session.`,
+        actions: [{ label: "Restart", id: "restart", primary: true, run: restart }],
+      });
+      break;
+    default:
+      break;
+  }
+  if (change.promptChanged && model.segmentPrompt !== null) {
+    announce(ui, `Now generating: ${model.segmentPrompt}`);
+  }
+  if (message.type === "ltx2_segment_start" && message.segment_idx === 0) ui.placeholder.textContent = "first segment on its way…";
+  render();
+}
+
+function onServerError(session, message) {
+  const described = describeError(message);
+  const actions = [];
+  const pending = app.pending;
+  const forRewrite = pending && pending.kind === "rewrite" && (/rewrit/i.test(message.message) || message.code === "invalid_message");
+  const forSnapshot = pending && pending.kind === "snapshot" && /snapshot/i.test(message.message);
+  if (forRewrite) {
+    app.rewrites.delete(pending.index);
+    clearPending();
+    renderSeedList();
+  } else if (forSnapshot) {
+    clearPending();
+  }
+  if (described.retryable) {
+    const retry = forSnapshot || forRewrite ? () => sendRequest(pending.kind, pending.message, pending.index) : restart;
+    actions.push({ label: "Retry", id: "retry", primary: true, run: retry });
+  }
+  if (/continuation_state/i.test(message.message) && !described.retryable) {
+    actions.push({ label: "Start fresh", id: "fresh", primary: true, run: restart });
+  }
+  const notice = showNotice(ui, { kind: "error", title: described.title, code: described.code, detail: described.detail, actions });
+  if (!forRewrite && !forSnapshot) session.errorNotice = notice;
+}
+
+function onStreamComplete(session, reason) {
+  session.ended = true;
+  const texts = {
+    segment_cap: "stream complete: the segment limit was reached",
+    stop_requested: "stopped",
+    error: "stream ended by an error",
+  };
+  const text = texts[reason] || `stream complete: ${reason}`;
+  if (reason === "error") {
+    const last = model.lastError;
+    setStatus(ui, last ? `error (${last.code}): ${last.message}; stream ended` : text, "error");
+    setBadge(ui, "error", "ended by an error");
+  } else {
+    setStatus(ui, text);
+    setBadge(ui, "ended", reason === "stop_requested" ? "stopped" : "complete");
+  }
+  announce(ui, text);
+  updateSessionButtons();
+}
+
+// -- status ----------------------------------------------------------------------------------
+
+function render() {
+  renderModel(ui, model, { enhancement: app.settings.enhancement });
+  const session = app.session;
+  if (!session || session.ended || !session.connected) return;
+  const label = TRANSPORT_LABELS[session.kind];
+  if (model.queuePosition > 0) {
+    setStatus(ui, `waiting in the queue: position ${model.queuePosition}`);
+    setBadge(ui, "queued", `queued #${model.queuePosition}`);
+  } else if (model.segmentIdx === null) {
+    setStatus(ui, model.gpuId === null ? "admitted, starting" : `starting on GPU ${model.gpuId}`);
+    setBadge(ui, "connecting", "starting");
+  } else if (app.paused) {
+    setStatus(ui, "paused: no new segments until you resume");
+    setBadge(ui, "paused", `paused · ${label}`);
+  } else if (app.applied.singleClip && !model.generating && !model.nextPrompt) {
+    setStatus(ui, "single clip done: send a prompt for the next one");
+    setBadge(ui, "paused", `waiting · ${label}`);
+  } else {
+    setStatus(ui, `streaming over ${label}`);
+    setBadge(ui, "live", `live · ${label}`);
+  }
+}
+
+function updateSessionButtons() {
+  const live = isLive();
+  ui.stop.disabled = !live;
+  ui.snapshot.disabled = !live || (app.pending && app.pending.kind === "snapshot");
+  ui.restart.textContent = live ? "Restart" : "Start";
+  const changed = app.staged.singleClip !== app.applied.singleClip || app.staged.initialImage !== app.applied.initialImage;
+  ui.restart.classList.toggle("attention", changed);
+  ui.sessionHint.textContent = changed
+    ? "Restart to apply the changed session settings."
+    : "Single clip and the initial image apply when the session restarts.";
+}
+
+function reportBug(error) {
+  console.error(error);
+  showNotice(ui, { kind: "error", title: "Page error", detail: String(error && error.message ? error.message : error) });
+}
+
+// -- requests with answers (snapshot, rewrite) -----------------------------------------------
+
+function clearPending() {
+  if (app.pending && app.pending.timer) clearTimeout(app.pending.timer);
+  app.pending = null;
+  updateSessionButtons();
+}
+
+function send(message) {
+  const session = app.session;
+  if (!session || session.ended) return false;
+  return session.transport.send(message);
+}
+
+function sendRequest(kind, message, index = null) {
+  if (!send(message)) {
+    showNotice(ui, { kind: "warning", title: "Not connected", detail: "Start a session first.", actions: [{ label: "Start", id: "restart", run: restart }] });
+    return;
+  }
+  clearPending();
+  const timer = setTimeout(() => {
+    if (app.pending && app.pending.message === message) {
+      if (kind === "rewrite") app.rewrites.delete(index);
+      clearPending();
+      renderSeedList();
+      showNotice(ui, { kind: "warning", title: "No answer", detail: `The server did not answer the ${kind} request.` });
+    }
+  }, REQUEST_TIMEOUT_MS);
+  app.pending = { kind, message, index, timer };
+  if (kind === "rewrite") {
+    app.rewrites.set(index, { busy: true, alternatives: [] });
+    renderSeedList();
+  }
+  updateSessionButtons();
+}
+
+function onSnapshot(state) {
+  clearPending();
+  const segment = model.lastCompleteIdx;
+  const file = {
+    format: "live-video-snapshot",
+    version: 1,
+    saved_at: new Date().toISOString(),
+    segment_idx: segment,
+    prompt: model.segmentPrompt,
+    state,
+  };
+  const blob = new Blob([JSON.stringify(file, null, 2)], { type: "application/json" });
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = `snapshot-segment-${segment ?? 0}.json`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  showNotice(ui, {
+    kind: "info",
+    title: "Snapshot saved",
+    detail: `${link.download} (after segment ${segment ?? "?"}). Choose it under “Resume from a snapshot file” to continue from here later.`,
+    timeoutMs: INFO_NOTICE_MS,
   });
 }
 
-async function startWebRtcSession(ui, handleMessage) {
-  const iceResponse = await fetch("/v1/webrtc/ice-servers");
-  const { ice_servers: iceServers } = await iceResponse.json();
-  const pc = new RTCPeerConnection({ iceServers });
-  const channel = pc.createDataChannel("control");
-  pc.addTransceiver("video", { direction: "recvonly" });
-  pc.addEventListener("track", (event) => {
-    ui.video.srcObject = event.streams[0] || new MediaStream([event.track]);
-  });
-  pc.addEventListener("connectionstatechange", () => {
-    const failed = pc.connectionState === "failed";
-    showStatus(ui, `connection: ${pc.connectionState}`, failed);
-  });
-  channel.addEventListener("message", (event) => {
-    const message = parseMessage(ui, event.data);
-    if (message !== null) handleMessage(message);
-  });
-  // For debugging and tests.
-  window.peerConnection = pc;
+function onRewriteComplete(message) {
+  const pending = app.pending;
+  let index = pending && pending.kind === "rewrite" ? pending.index : -1;
+  if (app.settings.seeds[index] !== message.seed_prompt) {
+    const found = app.settings.seeds.indexOf(message.seed_prompt);
+    if (found >= 0) index = found;
+  }
+  if (pending && pending.kind === "rewrite") clearPending();
+  if (index < 0) return;
+  const alternatives = (message.alternatives || []).filter((a) => typeof a === "string" && a.trim());
+  app.rewrites.set(index, { busy: false, alternatives });
+  renderSeedList();
+  announce(ui, alternatives.length ? `${alternatives.length} variations of seed prompt ${index + 1} to choose from.` : "No variations came back.");
+}
 
-  await pc.setLocalDescription(await pc.createOffer());
-  await waitForIceGathering(pc);
-  const response = await fetch("/v1/webrtc/offer", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", session_init: { stream_mode: "webrtc" } }),
+// -- controls --------------------------------------------------------------------------------
+
+function editPrompt(text) {
+  ui.prompt.value = text;
+  ui.prompt.focus();
+  ui.prompt.select();
+}
+
+function submitPrompt(text, source = "user") {
+  const prompt = text.trim();
+  if (!prompt) return false;
+  if (source === "user") app.lastUserPrompt = prompt;
+  if (!isLive()) {
+    startSession({ resend: prompt }).catch(reportBug);
+    return true;
+  }
+  if (!send(promptMessage(prompt, source))) {
+    showNotice(ui, { kind: "warning", title: "Prompt not sent", detail: "The session is not connected.", actions: [{ label: "Restart", id: "restart", run: restart }] });
+    return false;
+  }
+  return true;
+}
+
+function setPaused(paused, { send: shouldSend = true } = {}) {
+  app.paused = paused;
+  ui.pause.checked = paused;
+  if (shouldSend) {
+    send(pausedMessage(paused));
+    announce(ui, paused ? "Generation paused." : "Generation resumed.");
+  }
+  render();
+}
+
+function setSeeds(seeds, { send: shouldSend = true } = {}) {
+  app.settings.seeds = seeds;
+  saveSettings();
+  if (shouldSend) send(seedPromptsMessage(seeds));
+  renderSeedList();
+}
+
+function renderSeedList() {
+  renderSeeds(ui, app.settings.seeds, app.rewrites, {
+    edit(i, text) {
+      const value = text.trim();
+      if (value === app.settings.seeds[i]) return;
+      const seeds = [...app.settings.seeds];
+      if (value) seeds[i] = value;
+      else seeds.splice(i, 1);
+      app.rewrites.delete(i);
+      setSeeds(seeds);
+    },
+    play(i) {
+      const text = app.settings.seeds[i];
+      if (text && submitPrompt(text, "curated")) announce(ui, `Seed prompt ${i + 1} sent.`);
+    },
+    rewrite(i) {
+      const text = app.settings.seeds[i];
+      if (text) sendRequest("rewrite", rewriteMessage(text, 3), i);
+    },
+    remove(i) {
+      const seeds = app.settings.seeds.filter((_, k) => k !== i);
+      app.rewrites.clear();
+      setSeeds(seeds);
+      const next = document.getElementById(`seed-${Math.min(i, seeds.length - 1)}`);
+      (next || ui.seedNew).focus();
+    },
+    use(i, alternative) {
+      const seeds = [...app.settings.seeds];
+      seeds[i] = alternative;
+      app.rewrites.delete(i);
+      setSeeds(seeds);
+      const input = document.getElementById(`seed-${i}`);
+      if (input) input.focus();
+      announce(ui, `Seed prompt ${i + 1} replaced.`);
+    },
   });
-  const body = await response.json();
-  if (!response.ok) {
-    const error = body.error || {};
-    showStatus(ui, `rejected (${error.code || response.status}): ${error.message || response.statusText}`, true);
-    pc.close();
+}
+
+function readAsBase64(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+    reader.onerror = () => reject(reader.error || new Error("cannot read the file"));
+    reader.readAsDataURL(file);
+  });
+}
+
+async function onImageChosen() {
+  const file = ui.initialImage.files && ui.initialImage.files[0];
+  if (!file) return;
+  if (!IMAGE_MIME_TYPES.includes(file.type)) {
+    showNotice(ui, { kind: "warning", title: "Unsupported image", detail: `${file.name}: use PNG, JPEG or WebP.` });
+    ui.initialImage.value = "";
     return;
   }
-  await pc.setRemoteDescription(body);
-  setTimeout(() => {
-    if (pc.connectionState !== "connected" && pc.connectionState !== "closed") {
-      showStatus(ui, `could not connect (ICE ${pc.iceConnectionState}); try ?transport=ws`, true);
-    }
-  }, CONNECT_TIMEOUT_MS);
-  bindPromptForm(ui, (message) => {
-    if (channel.readyState !== "open") return false;
-    channel.send(JSON.stringify(message));
-    return true;
+  if (file.size > MAX_IMAGE_BYTES) {
+    showNotice(ui, { kind: "warning", title: "Image too large", detail: `${file.name} is over 32 MiB.` });
+    ui.initialImage.value = "";
+    return;
+  }
+  const data = await readAsBase64(file);
+  app.staged.initialImage = { mime: file.type, name: file.name, data };
+  ui.imageThumb.src = `data:${file.type};base64,${data}`;
+  ui.imageThumb.alt = `Initial image ${file.name}`;
+  ui.imageName.textContent = file.name;
+  ui.imagePreview.hidden = false;
+  updateSessionButtons();
+  announce(ui, `${file.name} will start the next session. Restart to use it.`);
+}
+
+async function onResumeChosen() {
+  const file = ui.resumeFile.files && ui.resumeFile.files[0];
+  ui.resumeFile.value = ""; // the same file may be chosen again later
+  if (!file) return;
+  let state = null;
+  try {
+    state = snapshotFromFile(JSON.parse(await file.text()));
+  } catch {
+    state = null;
+  }
+  if (!state) {
+    showNotice(ui, { kind: "error", title: "Not a snapshot", detail: `${file.name} does not hold a continuation state ({kind, payload}).` });
+    return;
+  }
+  app.staged.continuationState = state;
+  app.staged.continuationFallback = ui.resumeFresh.checked ? "fresh" : "error";
+  announce(ui, `Resuming from ${file.name}.`);
+  await startSession();
+}
+
+function wireControls() {
+  ui.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (submitPrompt(ui.prompt.value)) ui.prompt.value = "";
   });
+  ui.prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") ui.prompt.value = "";
+  });
+  const toggles = [
+    [ui.enhancement, "enhancement"],
+    [ui.autoExtension, "autoExtension"],
+    [ui.loop, "loop"],
+  ];
+  for (const [input, key] of toggles) {
+    input.checked = app.settings[key];
+    input.addEventListener("change", () => {
+      app.settings[key] = input.checked;
+      saveSettings();
+      send(toggleMessage(key, input.checked));
+      render();
+    });
+  }
+  ui.pause.addEventListener("change", () => setPaused(ui.pause.checked));
+  ui.seedAdd.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = ui.seedNew.value.trim();
+    if (!text) return;
+    setSeeds([...app.settings.seeds, text]);
+    ui.seedNew.value = "";
+    announce(ui, `Seed prompt ${app.settings.seeds.length} added.`);
+  });
+  ui.stop.addEventListener("click", async () => {
+    const session = app.session;
+    if (!session || session.ended) return;
+    await endSession();
+    setStatus(ui, "stopped");
+    setBadge(ui, "ended", "stopped");
+    announce(ui, "Stream stopped.");
+    updateSessionButtons();
+    ui.restart.focus();
+  });
+  ui.restart.addEventListener("click", restart);
+  ui.snapshot.addEventListener("click", () => sendRequest("snapshot", snapshotMessage()));
+  ui.singleClip.addEventListener("change", () => {
+    app.staged.singleClip = ui.singleClip.checked;
+    updateSessionButtons();
+  });
+  ui.initialImage.addEventListener("change", () => onImageChosen().catch(reportBug));
+  ui.imageClear.addEventListener("click", () => {
+    app.staged.initialImage = null;
+    ui.initialImage.value = "";
+    ui.imagePreview.hidden = true;
+    ui.imageThumb.removeAttribute("src");
+    updateSessionButtons();
+    ui.initialImage.focus();
+  });
+  ui.resumeFile.addEventListener("change", () => onResumeChosen().catch(reportBug));
+  ui.resumeFresh.addEventListener("change", () => {
+    app.staged.continuationFallback = ui.resumeFresh.checked ? "fresh" : "error";
+  });
+  const hidePlaceholder = () => {
+    ui.placeholder.hidden = true;
+  };
+  ui.video.addEventListener("playing", hidePlaceholder);
+  ui.video.addEventListener("loadeddata", hidePlaceholder);
 }
 
 function main() {
-  const ui = getUi();
   const requested = new URLSearchParams(location.search).get("transport");
-  const transport = requested === null || requested === "" ? "webrtc" : requested.toLowerCase();
-  const handleMessage = createMessageHandler(ui);
-  if (!TRANSPORTS.includes(transport)) {
+  const mode = requested === null || requested === "" ? "auto" : requested.toLowerCase();
+  wireControls();
+  renderSeedList();
+  updateSessionButtons();
+  const stats = new StatsOverlay(document, ui.video, () => ({ model, transport: app.session ? app.session.transport : null }));
+  // For debugging and tests.
+  window.liveClient = {
+    app,
+    model,
+    frames: () => stats.counter.frames,
+    transport: () => (app.session ? app.session.kind : null),
+    // Feeds a server message to the page as if it had arrived (tests of answers this server cannot give yet).
+    inject: (message) => app.session && onMessage(app.session, message),
+  };
+  if (!["auto", "webrtc", "ws"].includes(mode)) {
     showTransport(ui, "none", `unknown transport "${requested}"`);
-    showStatus(ui, `unknown transport "${requested}": use webrtc or ws`, true);
+    setStatus(ui, `unknown transport "${requested}": use ?transport=webrtc or ?transport=ws`, "error");
+    setBadge(ui, "error", "not started");
     return;
   }
-  showTransport(ui, transport);
-  const start = transport === "ws" ? startWebSocketSession : startWebRtcSession;
-  Promise.resolve()
-    .then(() => start(ui, handleMessage))
-    .catch((error) => showStatus(ui, `failed: ${error.message || error}`, true));
+  app.mode = mode;
+  window.addEventListener("pagehide", () => {
+    const session = app.session;
+    if (session && !session.ended) {
+      session.stopping = true;
+      session.transport.leave();
+    }
+  });
+  startSession().catch(reportBug);
 }
 
 main();

@@ -1,147 +1,266 @@
-// Control protocol handling shared by both transports (WebRTC data channel and WebSocket):
-// the page's elements, the status line, dispatch of server messages, and the prompt form.
-// Message names follow shared/reference/protocol.md.
+// The JSON control protocol (shared/reference/protocol.md), shared by both transports: the WebRTC
+// data channel "control" and the WebSocket /v1/stream. Pure code, no DOM and no network:
+// client message builders, parsing, human descriptions of errors and close codes, and
+// StreamModel, which folds server messages into the state the page shows.
 
-/** The page's elements, looked up once. */
-export function getUi(doc = document) {
+/** Client message types (the contract: names and fields must not change). */
+export const CLIENT = Object.freeze({
+  init: "session_init_v2",
+  prompt: "segment_prompt_source",
+  seeds: "seed_prompts_updated",
+  enhancement: "enhancement_updated",
+  autoExtension: "auto_extension_updated",
+  loop: "loop_generation_updated",
+  paused: "generation_paused_updated",
+  snapshot: "snapshot_state",
+  rewrite: "rewrite_seed_prompts",
+});
+
+export const IMAGE_MIME_TYPES = ["image/png", "image/jpeg", "image/jpg", "image/webp"];
+export const MAX_IMAGE_BYTES = 32 * 1024 * 1024; // decoded, as the server enforces
+
+/**
+ * session_init_v2 from the page's settings.
+ * settings: {curatedPrompts, enhancement, autoExtension, loop, singleClip, initialImage, continuationState,
+ *            continuationFallback, clientId}; streamMode is "webrtc" or "av_fmp4".
+ */
+export function sessionInit(settings, streamMode) {
+  const message = {
+    type: CLIENT.init,
+    stream_mode: streamMode,
+    curated_prompts: (settings.curatedPrompts || []).filter((p) => p.trim() !== ""),
+    enhancement_enabled: Boolean(settings.enhancement),
+    auto_extension_enabled: Boolean(settings.autoExtension),
+    loop_generation_enabled: Boolean(settings.loop),
+    single_clip_mode: Boolean(settings.singleClip),
+  };
+  if (settings.clientId) message.client_id = settings.clientId;
+  if (settings.initialImage) {
+    const { mime, name, data } = settings.initialImage;
+    message.initial_image = { mime, name, data };
+  }
+  if (settings.continuationState) {
+    message.continuation_state = settings.continuationState;
+    message.continuation_fallback = settings.continuationFallback === "fresh" ? "fresh" : "error";
+  }
+  return message;
+}
+
+export function promptMessage(prompt, source = "user") {
+  return { type: CLIENT.prompt, prompt, source };
+}
+
+export function seedPromptsMessage(prompts) {
+  return { type: CLIENT.seeds, seed_prompts: prompts.filter((p) => p.trim() !== "") };
+}
+
+/** One of the boolean live settings: "enhancement", "autoExtension", "loop". */
+export function toggleMessage(setting, enabled) {
+  const type = CLIENT[setting];
+  if (!type || setting === "paused") throw new Error(`not a toggle: ${setting}`);
+  return { type, enabled: Boolean(enabled) };
+}
+
+export function pausedMessage(paused) {
+  return { type: CLIENT.paused, paused: Boolean(paused) };
+}
+
+export function snapshotMessage() {
+  return { type: CLIENT.snapshot };
+}
+
+export function rewriteMessage(seedPrompt, count = 3) {
+  return { type: CLIENT.rewrite, seed_prompt: seedPrompt, count };
+}
+
+/** Parses one text frame; null when it is not a protocol message. */
+export function parseMessage(text) {
+  try {
+    const message = JSON.parse(text);
+    if (message && typeof message === "object" && typeof message.type === "string") return message;
+  } catch {
+    // fall through
+  }
+  return null;
+}
+
+/** Parses an uploaded snapshot: our file format, a bare {kind, payload}, or the server message. */
+export function snapshotFromFile(data) {
+  const candidates = [data && data.state, data, data && data.continuation_state];
+  for (const state of candidates) {
+    if (state && typeof state.kind === "string" && state.kind && state.payload && typeof state.payload === "object" && !Array.isArray(state.payload)) {
+      return { kind: state.kind, payload: state.payload };
+    }
+  }
+  return null;
+}
+
+const ERROR_TITLES = {
+  session_rejected: "The server is full",
+  gpu_unavailable: "No GPU is available",
+  worker_failed: "A GPU worker failed",
+  upstream_timeout: "The generator timed out",
+  internal_error: "Server error",
+  preset_mismatch: "Preset mismatch",
+  invalid_message: "Request refused",
+};
+
+/** A server `error` message (or an HTTP `{error:{...}}` body) as {title, detail, code, retryable}. */
+export function describeError(error) {
+  const code = error && typeof error.code === "string" ? error.code : "internal_error";
+  const message = error && typeof error.message === "string" ? error.message : "";
+  let title = ERROR_TITLES[code] || "Error";
+  if (code === "invalid_message" && /rewrit/i.test(message)) title = "Prompt suggestions are unavailable";
+  else if (code === "invalid_message" && /continuation_state|snapshot/i.test(message)) title = "Snapshot not usable";
+  else if (code === "invalid_message" && /image/i.test(message)) title = "Initial image refused";
+  return { title, detail: message, code, retryable: Boolean(error && error.retryable) };
+}
+
+/** `prompt_rejected` as {title, detail}. */
+export function describeRejection(message) {
+  const extras = [];
+  if (message.label) extras.push(message.label);
+  if (typeof message.score === "number") extras.push(`score ${message.score.toFixed(2)}`);
+  const why = message.reason || "not accepted";
   return {
-    video: doc.getElementById("video"),
-    form: doc.getElementById("prompt-form"),
-    prompt: doc.getElementById("prompt"),
-    status: doc.getElementById("status"),
-    segment: doc.getElementById("segment"),
-    transport: doc.getElementById("transport"),
-    transportSwitch: doc.getElementById("transport-switch"),
+    title: "Prompt rejected",
+    detail: `“${message.prompt}”: ${why}${extras.length ? ` (${extras.join(", ")})` : ""}`,
   };
 }
 
-/** Shows `text` in the status line; error text is styled and kept until the next error or reset. */
-export function showStatus(ui, text, isError = false) {
-  ui.status.textContent = text;
-  ui.status.classList.toggle("error", isError);
-  ui.status.dataset.state = isError ? "error" : "ok";
-}
+const CLOSE_CODES = {
+  1000: { text: "closed normally", retryable: false },
+  1001: { text: "the server is shutting down", retryable: true },
+  1003: { text: "the server refused the session settings", retryable: false },
+  1006: { text: "connection lost", retryable: true },
+  1008: { text: "the page stopped reading fast enough", retryable: true },
+  1009: { text: "a message was too large", retryable: false },
+  1011: { text: "internal server failure", retryable: true },
+  1013: { text: "server full, try again later", retryable: true },
+};
 
-export function hasError(ui) {
-  return ui.status.dataset.state === "error";
-}
-
-/** Shows the transport in use and offers a link to the other one. */
-export function showTransport(ui, transport, note = "") {
-  ui.transport.textContent = `transport: ${transport}${note ? ` (${note})` : ""}`;
-  ui.transport.dataset.transport = transport;
-  if (ui.transportSwitch) {
-    const other = transport === "ws" ? "webrtc" : "ws";
-    ui.transportSwitch.href = `?transport=${other}`;
-    ui.transportSwitch.textContent = `switch to ${other}`;
-  }
-}
-
-/** Status text for a WebSocket close event; `null` for a normal close (code 1000). */
-export function describeClose(event) {
-  if (event.code === 1000) return null;
-  const reason = event.reason ? `: ${event.reason}` : "";
-  return `connection closed (code ${event.code}${reason})`;
+/** A WebSocket close as {code, text, retryable, normal}. */
+export function describeClose(code, reason = "") {
+  const known = CLOSE_CODES[code] || { text: "connection closed", retryable: true };
+  const text = `${known.text} (code ${code}${reason ? `: ${reason}` : ""})`;
+  return { code, text, retryable: known.retryable, normal: code === 1000 };
 }
 
 /**
- * Returns a function that applies one parsed server message to the page.
- * Media messages (media_init, media_segment_complete, media_segment_skipped) are the
- * transport's business; here they only update the segment line where useful.
+ * The session as the server describes it. `apply(message)` folds one server message in and
+ * returns what changed that the page may want to announce: {promptChanged, ended, admitted}.
  */
-export function createMessageHandler(ui) {
-  const segments = new Map(); // segment_idx -> prompt
-  let totalSteps = 0;
-
-  function showSegment(idx, suffix = "") {
-    const prompt = segments.get(idx);
-    const text = prompt === undefined ? `segment ${idx}` : `segment ${idx}: ${prompt}`;
-    ui.segment.textContent = suffix ? `${text} (${suffix})` : text;
-    ui.segment.dataset.segmentIdx = String(idx);
+export class StreamModel {
+  constructor() {
+    this.reset();
   }
 
-  return function handleMessage(message) {
+  reset() {
+    this.queuePosition = null; // 0 admitted, > 0 waiting
+    this.queueDepth = null;
+    this.gpuId = null;
+    this.sessionTimeoutS = null;
+    this.stream = null; // {width, height, fps, numFrames}
+    this.segmentIdx = null; // latest segment started
+    this.segmentPrompt = null;
+    this.step = 0;
+    this.totalSteps = 0;
+    this.generating = false;
+    this.segmentsStarted = 0;
+    this.segmentsReceived = 0;
+    this.lastCompleteIdx = null;
+    this.generationMs = null;
+    this.e2eMs = null;
+    this.nextPrompt = null; // {prompt, promptUsed, enhanced, segmentIdx}
+    this.enhancedPrompt = null; // {prompt, promptUsed, segmentIdx}: the latest enhanced prompt
+    this.prompts = new Map(); // segment_idx -> prompt, recent ones
+    this.skipped = 0;
+    this.endReason = null; // stream_complete reason or "timeout"
+    this.lastError = null;
+  }
+
+  apply(message) {
+    const change = { promptChanged: false, ended: false, admitted: false };
     switch (message.type) {
       case "queue_status":
-        showStatus(ui, `queued: position ${message.position} of ${message.queue_depth}`);
+        change.admitted = message.position === 0 && this.queuePosition !== 0;
+        this.queuePosition = message.position;
+        this.queueDepth = message.queue_depth;
         break;
       case "gpu_assigned":
-        showStatus(ui, `worker ${message.gpu_id} assigned`);
+        this.gpuId = message.gpu_id;
+        this.sessionTimeoutS = message.session_timeout;
         break;
       case "ltx2_stream_start":
-        showStatus(ui, `streaming ${message.width}x${message.height} @ ${message.fps} fps`);
+        this.stream = { width: message.width, height: message.height, fps: message.fps, numFrames: message.num_frames };
         break;
-      case "ltx2_segment_start":
-        segments.set(message.segment_idx, message.prompt);
-        totalSteps = message.total_steps;
-        // Forget prompts of segments long gone.
-        for (const idx of segments.keys()) if (idx < message.segment_idx - 8) segments.delete(idx);
-        showSegment(message.segment_idx, `generating 0/${totalSteps}`);
+      case "ltx2_segment_start": {
+        change.promptChanged = message.prompt !== this.segmentPrompt;
+        if (this.segmentIdx !== message.segment_idx) this.segmentsStarted += 1; // a retried segment starts again
+        this.segmentIdx = message.segment_idx;
+        this.segmentPrompt = message.prompt;
+        this.step = 0;
+        this.totalSteps = message.total_steps;
+        this.generating = true;
+        this.prompts.set(message.segment_idx, message.prompt);
+        for (const idx of this.prompts.keys()) if (idx < message.segment_idx - 16) this.prompts.delete(idx);
+        if (this.nextPrompt && (this.nextPrompt.segmentIdx === null || this.nextPrompt.segmentIdx <= message.segment_idx)) {
+          if (message.prompt === this.nextPrompt.promptUsed || message.prompt === this.nextPrompt.prompt) this.nextPrompt = null;
+        }
         break;
+      }
       case "step_complete":
-        showSegment(message.segment_idx, `generating ${message.step}/${message.total_steps}`);
+        if (message.segment_idx === this.segmentIdx) {
+          this.step = message.step;
+          this.totalSteps = message.total_steps;
+        }
         break;
       case "ltx2_segment_complete":
-        showSegment(message.segment_idx, `generated in ${Math.round(message.generation_time_ms)} ms`);
+        this.segmentsReceived += 1;
+        this.lastCompleteIdx = message.segment_idx;
+        this.generationMs = message.generation_time_ms;
+        if (typeof message.e2e_latency_ms === "number") this.e2eMs = message.e2e_latency_ms;
+        if (message.segment_idx === this.segmentIdx) this.generating = false;
         break;
       case "media_segment_skipped":
-        showStatus(ui, `segment ${message.segment_idx} skipped (client fell behind)`);
+        this.skipped += 1;
         break;
-      case "prompt_received":
-        if (!hasError(ui)) showStatus(ui, `prompt received: ${message.prompt_used}`);
+      case "prompt_received": {
+        const entry = {
+          prompt: message.prompt,
+          promptUsed: message.prompt_used || message.prompt,
+          enhanced: Boolean(message.enhanced),
+          source: message.source,
+          segmentIdx: typeof message.segment_idx === "number" ? message.segment_idx : null,
+        };
+        this.nextPrompt = entry;
+        if (entry.enhanced) this.enhancedPrompt = entry;
         break;
-      case "prompt_rejected":
-        showStatus(ui, `prompt rejected: ${message.reason}`, true);
+      }
+      case "ltx2_stream_complete":
+        this.endReason = message.reason;
+        this.generating = false;
+        change.ended = true;
         break;
       case "session_timeout":
-        showStatus(ui, `session timed out after ${message.timeout_seconds} s idle`, true);
+        this.endReason = "timeout";
+        this.generating = false;
+        change.ended = true;
         break;
       case "error":
-        showStatus(ui, `error (${message.code}): ${message.message}`, true);
-        break;
-      case "ltx2_stream_complete":
-        if (hasError(ui)) {
-          showStatus(ui, `${ui.status.textContent}; stream ended: ${message.reason}`, true);
-        } else {
-          showStatus(ui, `stream complete: ${message.reason}`, message.reason === "error");
-        }
+        this.lastError = message;
         break;
       default:
         break;
     }
-  };
-}
-
-/** Parses one text frame; returns null (and reports it) when it is not a protocol message. */
-export function parseMessage(ui, text) {
-  try {
-    const message = JSON.parse(text);
-    if (message && typeof message.type === "string") return message;
-  } catch {
-    // fall through
+    return change;
   }
-  console.warn("ignoring a malformed control message", text);
-  return null;
-}
 
-/** The client message for a prompt typed into the form. */
-export function promptMessage(prompt) {
-  return { type: "segment_prompt_source", prompt, source: "user" };
-}
-
-/**
- * Wires the prompt form: `send(message)` gets the message object and returns false when the
- * connection cannot take it (the prompt then stays in the input).
- */
-export function bindPromptForm(ui, send) {
-  ui.form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const prompt = ui.prompt.value.trim();
-    if (!prompt) return;
-    if (send(promptMessage(prompt))) {
-      ui.prompt.value = "";
-    } else {
-      showStatus(ui, "not connected: prompt not sent", true);
-    }
-  });
+  /** The enhanced text behind the current segment's prompt, when the server enhanced it. */
+  enhancedForCurrent() {
+    const entry = this.enhancedPrompt;
+    if (!entry || this.segmentPrompt === null) return null;
+    if (entry.promptUsed === this.segmentPrompt && entry.promptUsed !== entry.prompt) return entry;
+    return null;
+  }
 }

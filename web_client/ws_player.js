@@ -1,12 +1,13 @@
-// WebSocket fallback: JSON control messages as text frames, video as fMP4 binary frames played
-// through Media Source Extensions.
+// WebSocket transport (the fallback): JSON control messages as text frames, video as fMP4 binary
+// frames played through Media Source Extensions. Same interface as WebRtcTransport (webrtc_player.js).
 //
 // Per segment the server sends media_init{mime}, then the init segment (ftyp+moov) as the first
 // binary frame, then moof+mdat fragments, then media_segment_complete. Media timestamps continue
 // across segments, so one SourceBuffer in "segments" mode takes init + fragments of every segment
 // in order.
 
-import { bindPromptForm, describeClose, hasError, parseMessage, showStatus } from "./protocol.js";
+import { describeClose, parseMessage } from "./protocol.js";
+import { RateMeter } from "./stats.js";
 
 const KEEP_BEHIND_S = 10; // buffered media kept behind currentTime when the quota runs out
 const LIVE_EDGE_MARGIN_S = 0.1; // where a live-edge jump lands, before the buffered end
@@ -48,12 +49,32 @@ export class MsePlayer {
     this.objectUrl = URL.createObjectURL(this.mediaSource);
     video.srcObject = null;
     video.src = this.objectUrl;
-    video.addEventListener("timeupdate", () => this.keepNearLiveEdge());
-    video.addEventListener("waiting", () => { if (this.playRequested) this.stalls += 1; });
-    video.addEventListener("error", () => {
-      const error = video.error;
-      this.fail(`video error ${error ? error.code : "?"}: ${error && error.message ? error.message : "decode failed"}`);
-    });
+    // Kept so destroy() can remove them: a later player on the same <video> must not share them.
+    this.listeners = {
+      timeupdate: () => this.keepNearLiveEdge(),
+      waiting: () => { if (this.playRequested) this.stalls += 1; },
+      error: () => {
+        const error = video.error;
+        this.fail(`video error ${error ? error.code : "?"}: ${error && error.message ? error.message : "decode failed"}`);
+      },
+    };
+    for (const [name, listener] of Object.entries(this.listeners)) video.addEventListener(name, listener);
+  }
+
+  /** Detaches from the <video> (listeners, object URL); what is on screen stays until replaced. */
+  destroy() {
+    this.failed = true; // stops appends and callbacks
+    this.queue = [];
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    for (const [name, listener] of Object.entries(this.listeners)) this.video.removeEventListener(name, listener);
+    URL.revokeObjectURL(this.objectUrl);
+  }
+
+  /** Seconds of media buffered ahead of the playhead. */
+  bufferAhead() {
+    const ranges = this.video.buffered;
+    if (!ranges.length) return 0;
+    return Math.max(0, this.bufferedEnd() - this.video.currentTime);
   }
 
   /** A segment starts (media_init): creates the SourceBuffer from the first mime seen. */
@@ -205,81 +226,144 @@ export class MsePlayer {
   }
 }
 
+const CLIENT_STOP_REASON = "client stop";
+
 /**
- * Opens a WebSocket session on /v1/stream and plays it. `handleMessage` is the shared protocol
- * handler (protocol.js); media messages are consumed here first.
+ * One session over GET /v1/stream. `onMessage(message)` gets every control message (media ones
+ * included, after the player took them); `onEvent(type, detail)` gets "progress" {text},
+ * "connected", "failed" {text, retryable, code} and "closed" {text, code}.
  */
-export function startWebSocketSession(ui, handleMessage, { sessionInit = {} } = {}) {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/v1/stream`);
-  ws.binaryType = "arraybuffer";
+export class WebSocketTransport {
+  constructor({ video, init, onMessage, onEvent }) {
+    this.kind = "ws";
+    this.video = video;
+    this.init = init;
+    this.onMessage = onMessage;
+    this.onEvent = onEvent;
+    this.ws = null;
+    this.player = null;
+    this.sessionId = null; // the WebSocket protocol does not tell it
+    this.pending = []; // messages sent before the socket opened
+    this.segment = null; // {idx, chunks}: the segment whose binary frames are arriving
+    this.serverEnded = false;
+    this.closed = false;
+    this.bytes = 0;
+    this.rate = new RateMeter();
+  }
 
-  const player = new MsePlayer(ui.video, {
-    onError: (message) => {
-      showStatus(ui, `playback error: ${message}`, true);
-      if (ws.readyState === WebSocket.OPEN) ws.close(1000, "client playback error");
-    },
-    onStatus: (message) => showStatus(ui, message),
-  });
-  // For debugging and tests: the player's counters (appends, live-edge jumps).
-  window.wsPlayer = player;
+  start() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${location.host}/v1/stream`);
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    this.player = new MsePlayer(this.video, {
+      onError: (text) => {
+        if (this.closed) return;
+        this.onEvent("failed", { text: `playback error: ${text}`, retryable: true });
+        this.close();
+      },
+      onStatus: (text) => this.onEvent("progress", { text }),
+    });
+    // For debugging and tests: the player's counters (appends, live-edge jumps).
+    window.wsPlayer = this.player;
+    this.onEvent("progress", { text: "opening the WebSocket" });
 
-  let segment = null; // {idx, chunks}: the segment whose binary frames are arriving
+    ws.addEventListener("open", () => {
+      if (this.closed) return;
+      ws.send(JSON.stringify(this.init));
+      for (const text of this.pending.splice(0)) ws.send(text);
+      this.onEvent("connected");
+    });
+    ws.addEventListener("message", (event) => this.receive(event.data));
+    ws.addEventListener("close", (event) => {
+      if (this.player) this.player.end();
+      if (this.closed) return;
+      this.closed = true;
+      const close = describeClose(event.code, event.reason);
+      if (close.normal || this.serverEnded) this.onEvent("closed", { text: close.text, code: event.code });
+      else this.onEvent("failed", { text: close.text, retryable: close.retryable, code: event.code });
+    });
+    return Promise.resolve();
+  }
 
-  ws.addEventListener("open", () => {
-    showStatus(ui, "connected, waiting for the stream");
-    ws.send(JSON.stringify({ type: "session_init_v2", stream_mode: "av_fmp4", ...sessionInit }));
-  });
-
-  ws.addEventListener("message", (event) => {
-    if (typeof event.data !== "string") {
-      if (segment === null) {
+  receive(data) {
+    if (this.closed) return;
+    if (typeof data !== "string") {
+      this.bytes += data.byteLength;
+      if (this.segment === null) {
         console.warn("binary frame outside a segment ignored");
         return;
       }
-      segment.chunks += 1; // the first one is the init segment
-      player.append(event.data);
+      this.segment.chunks += 1; // the first one is the init segment
+      this.player.append(data);
       return;
     }
-    const message = parseMessage(ui, event.data);
-    if (message === null) return;
+    this.bytes += data.length;
+    const message = parseMessage(data);
+    if (message === null) {
+      console.warn("ignoring a malformed control message", data);
+      return;
+    }
     switch (message.type) {
       case "media_init":
-        segment = { idx: message.segment_idx, chunks: 0 };
-        player.beginSegment(message.mime);
+        this.segment = { idx: message.segment_idx, chunks: 0 };
+        this.player.beginSegment(message.mime);
         break;
       case "media_segment_complete":
-        if (segment && segment.chunks !== message.chunks + 1) {
-          console.warn(`segment ${message.segment_idx}: got ${segment.chunks} binary frames, expected ${message.chunks + 1}`);
+        if (this.segment && this.segment.chunks !== message.chunks + 1) {
+          console.warn(`segment ${message.segment_idx}: got ${this.segment.chunks} binary frames, expected ${message.chunks + 1}`);
         }
-        segment = null;
-        player.endSegment(message.duration_ms);
+        this.segment = null;
+        this.player.endSegment(message.duration_ms);
         break;
       case "ltx2_stream_complete":
-        player.end();
+      case "session_timeout":
+        this.serverEnded = true;
+        this.player.end();
         break;
       default:
         break;
     }
-    handleMessage(message);
-  });
+    this.onMessage(message);
+  }
 
-  ws.addEventListener("close", (event) => {
-    const problem = describeClose(event);
-    if (problem !== null) {
-      // Keep an error already shown (e.g. session_rejected before a 1013 close) in view.
-      showStatus(ui, hasError(ui) ? `${ui.status.textContent}; ${problem}` : problem, true);
-    } else if (!hasError(ui) && !ui.status.textContent.startsWith("stream complete")) {
-      showStatus(ui, "connection closed");
-    }
-    player.end();
-  });
-
-  bindPromptForm(ui, (message) => {
-    if (ws.readyState !== WebSocket.OPEN) return false;
-    ws.send(JSON.stringify(message));
+  /** Sends a control message; queued until the socket opens. False once the session is over. */
+  send(message) {
+    if (this.closed || this.serverEnded) return false;
+    const text = JSON.stringify(message);
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(text);
+    else this.pending.push(text);
     return true;
-  });
+  }
 
-  return { ws, player };
+  /** Ends the session: closing the socket releases it on the server. */
+  async stop() {
+    this.close(1000, CLIENT_STOP_REASON);
+  }
+
+  /** The page is going away. */
+  leave() {
+    this.close(1000, "page closed"); // browsers allow only 1000 and 3000-4999 here
+  }
+
+  /** Tears down without reporting anything. The last frame stays on screen. */
+  close(code = 1000, reason = "client closed") {
+    this.closed = true;
+    if (this.ws && (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING)) {
+      this.ws.close(code, reason);
+    }
+    if (this.player) this.player.destroy();
+  }
+
+  /** Transport figures for the stats overlay. */
+  async stats() {
+    const bitrateKbps = this.rate.kbps(this.bytes);
+    const player = this.player;
+    return {
+      bitrateKbps,
+      bufferS: player ? player.bufferAhead() : null,
+      liveJumps: player ? player.liveJumps : 0,
+      stalls: player ? player.stalls : 0,
+    };
+  }
 }

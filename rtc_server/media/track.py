@@ -142,7 +142,8 @@ class PacedVideoTrack(MediaStreamTrack):
         self.stats.frames_released += 1
         if self._on_release is not None:
             self._on_release(pixels)
-        self._last = VideoFrame.from_ndarray(pixels, format="rgb24")
+        # Zero-copy: the frame wraps the segment's own memory, which the frame keeps alive.
+        self._last = VideoFrame.from_numpy_buffer(np.ascontiguousarray(pixels), format="rgb24")
         return self._last
 
     def stop(self) -> None:

@@ -74,7 +74,7 @@ async def test_page_and_ice_servers_are_served(start_server: Any) -> None:
     server = await start_server(make_config(webrtc={"ice_servers": [{"urls": "stun:127.0.0.1:3478"}]}))
     status, body = await get(f"{server.url}/")
     assert status == 200 and "<video" in body and "/client/app.js" in body
-    status, body = await get(f"{server.url}/client/app.js")
+    status, body = await get(f"{server.url}/client/webrtc_player.js")
     assert status == 200 and "v1/webrtc/offer" in body
     status, body = await get(f"{server.url}/v1/webrtc/ice-servers")
     assert body == {"ice_servers": [{"urls": "stun:127.0.0.1:3478"}]}
