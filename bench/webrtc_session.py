@@ -53,12 +53,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(path: Path, *, port: int, size: int, fps: int, pool: str = "inprocess") -> None:
+def write_config(
+    path: Path, *, port: int, size: int, fps: int, pool: str = "inprocess", max_sessions: int = 4
+) -> None:
     config = {
         "pool": {"backend": pool},
         "server": {"host": "127.0.0.1", "port": port},
         "default_request": {"sampling": {"width": size, "height": size, "fps": fps, "num_frames": fps}},
-        "streaming": {"max_sessions": 4},
+        "streaming": {"max_sessions": max_sessions},
         # The encoder's bitrate pinned to the start bitrate: REMB from a loopback client would
         # otherwise raise it (and the encoder's cost) above what the bare-encoder figure uses.
         "webrtc": {
