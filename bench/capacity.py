@@ -8,7 +8,7 @@ cores / (bare VP8 encode seconds per frame x fps).
 The clients run on the same machine (aiortc decodes every frame they receive), so
 they take CPU from the server; the report says how much (client CPU per session).
 
-Usage: python bench/capacity.py [--size 512] [--fps 24] [--max-sessions 12] [--window 8] [--out FILE]
+Usage: python bench/capacity.py [--size 512] [--fps 24] [--start 1] [--step 1] [--max-sessions 24] [--window 8] [--out FILE]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         try:
             wait_ready(url)
-            for sessions in range(1, args.max_sessions + 1):
+            for sessions in range(args.start, args.max_sessions + 1, args.step):
                 step = await measure_step(url, sessions, args.fps, args.window, server.pid)
                 steps.append(step)
                 print(
@@ -113,7 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--fps", type=int, default=24)
-    parser.add_argument("--max-sessions", type=int, default=12)
+    parser.add_argument("--max-sessions", type=int, default=24)
+    parser.add_argument("--start", type=int, default=1, help="first step's session count")
+    parser.add_argument("--step", type=int, default=1, help="sessions added per step")
     parser.add_argument("--window", type=float, default=8.0, help="seconds measured per step")
     parser.add_argument("--on-time", type=float, default=0.98)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "capacity.json")

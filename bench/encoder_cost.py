@@ -34,6 +34,7 @@ from rtc_server.media.pacing import RTP_VIDEO_CLOCK_HZ  # noqa: E402
 from rtc_server.transports.ice import apply_bitrate_bounds  # noqa: E402
 
 SIZES = ((256, 256), (512, 512), (1280, 720))
+PASSES = 3  # encode the frames this many times and keep the fastest pass
 FPS = 24
 
 
@@ -63,11 +64,16 @@ def vp8_cost(frames: np.ndarray) -> dict[str, float]:
         frame.time_base = Fraction(1, RTP_VIDEO_CLOCK_HZ)
         video_frames.append(frame)
     encoder.encode(video_frames[0], False)  # codec open outside the measurement
-    cpu, wall = cpu_seconds(), time.perf_counter()
-    for frame in video_frames[1:]:
-        encoder.encode(frame, False)
     count = len(video_frames) - 1
-    return {"cpu_ms_per_frame": (cpu_seconds() - cpu) * 1000 / count, "wall_ms_per_frame": (time.perf_counter() - wall) * 1000 / count}
+    passes = []
+    for _ in range(PASSES):
+        cpu, wall = cpu_seconds(), time.perf_counter()
+        for frame in video_frames[1:]:
+            encoder.encode(frame, False)
+        passes.append(((cpu_seconds() - cpu) * 1000 / count, (time.perf_counter() - wall) * 1000 / count))
+    # The least disturbed pass: other processes on a small machine only ever add time.
+    cpu_ms, wall_ms = min(passes)
+    return {"cpu_ms_per_frame": cpu_ms, "wall_ms_per_frame": wall_ms}
 
 
 def fmp4_cost(frames: np.ndarray, settings: WebSocketConfig) -> dict[str, float]:
