@@ -53,12 +53,14 @@ from gpu.frames import (
     to_pil_frames,
 )
 from gpu.generator import (
+    MAX_FRAME_EDGE_PX,
     ContinuationState,
     GeneratorError,
     IncompatibleStateError,
     SegmentRequest,
     SegmentResult,
     StepCallback,
+    check_segment_limits,
 )
 
 __all__ = [
@@ -79,9 +81,6 @@ DEFAULT_CONDITIONING_FRAMES = 9  # one latent frame of context beyond the first:
 DEFAULT_DECODE_TIMESTEP = 0.05  # LTX-Video 0.9.5+ recommendations; unused by VAEs without timestep input
 DEFAULT_DECODE_NOISE_SCALE = 0.025
 DEFAULT_MAX_SEQUENCE_LENGTH = 256  # prompt tokens; the pipeline's own default
-MAX_FRAME_EDGE_PX = 4096
-MAX_FRAMES_PER_SEGMENT = 1024
-MAX_STEPS = 1000
 TIMESTEP_SCALE = 1000  # the pipeline's timesteps are sigmas times this
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -365,12 +364,7 @@ class DiffusersGenerator:
                 raise GeneratorError(
                     f"frame {edge} {value} must be a multiple of {ratio} in {ratio}..{MAX_FRAME_EDGE_PX} for this model"
                 )
-        if request.segment_idx < 0:
-            raise GeneratorError(f"segment_idx must be non-negative, got {request.segment_idx}")
-        if not 1 <= request.num_frames <= MAX_FRAMES_PER_SEGMENT:
-            raise GeneratorError(f"num_frames {request.num_frames} outside 1..{MAX_FRAMES_PER_SEGMENT}")
-        if not 1 <= request.num_inference_steps <= MAX_STEPS:
-            raise GeneratorError(f"num_inference_steps {request.num_inference_steps} outside 1..{MAX_STEPS}")
+        check_segment_limits(request)
         if not _is_number(request.guidance_scale) or request.guidance_scale < 0:
             raise GeneratorError(f"guidance_scale must be a non-negative number, got {request.guidance_scale!r}")
 

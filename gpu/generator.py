@@ -20,7 +20,12 @@ __all__ = [
     "SegmentRequest",
     "SegmentResult",
     "StepCallback",
+    "check_segment_limits",
 ]
+
+MAX_FRAME_EDGE_PX = 4096  # largest frame width or height any backend accepts
+MAX_FRAMES_PER_SEGMENT = 1024
+MAX_STEPS = 1000
 
 StepCallback = Callable[[int, int], None]
 """Called as ``on_step(step, total_steps)`` after each denoising step (1-based)."""
@@ -69,6 +74,16 @@ class SegmentResult:
 
     frames: np.ndarray
     continuation: ContinuationState
+
+
+def check_segment_limits(request: SegmentRequest) -> None:
+    """GeneratorError when a request's index, frame count or step count is out of range (shared by backends)."""
+    if request.segment_idx < 0:
+        raise GeneratorError(f"segment_idx must be non-negative, got {request.segment_idx}")
+    if not 1 <= request.num_frames <= MAX_FRAMES_PER_SEGMENT:
+        raise GeneratorError(f"num_frames {request.num_frames} outside 1..{MAX_FRAMES_PER_SEGMENT}")
+    if not 1 <= request.num_inference_steps <= MAX_STEPS:
+        raise GeneratorError(f"num_inference_steps {request.num_inference_steps} outside 1..{MAX_STEPS}")
 
 
 @runtime_checkable

@@ -17,9 +17,8 @@ import logging
 import multiprocessing as mp
 import queue
 import threading
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 

@@ -20,12 +20,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from gpu.frame_marker import FrameMarker, draw_marker, marker_region
 from gpu.generator import (
+    MAX_FRAME_EDGE_PX,
     ContinuationState,
     GeneratorError,
     IncompatibleStateError,
     SegmentRequest,
     SegmentResult,
     StepCallback,
+    check_segment_limits,
 )
 
 __all__ = ["STATE_KIND", "SyntheticGenerator"]
@@ -33,9 +35,6 @@ __all__ = ["STATE_KIND", "SyntheticGenerator"]
 STATE_KIND = "synthetic.v1"
 DEFAULT_SHAPES = 6
 MAX_SHAPES = 64
-MAX_FRAME_EDGE_PX = 4096
-MAX_FRAMES_PER_SEGMENT = 1024
-MAX_STEPS = 1000
 
 SHAPE_KINDS = ("circle", "square", "diamond", "ring")
 SHAPE_SIZE_RANGE = (0.08, 0.24)  # shape edge as a fraction of the play area's shorter side
@@ -254,12 +253,7 @@ class SyntheticGenerator:
                 f"frame size {request.width}x{request.height} outside {region_w}x{region_h}"
                 f"..{MAX_FRAME_EDGE_PX}x{MAX_FRAME_EDGE_PX}"
             )
-        if request.segment_idx < 0:
-            raise GeneratorError(f"segment_idx must be non-negative, got {request.segment_idx}")
-        if not 1 <= request.num_frames <= MAX_FRAMES_PER_SEGMENT:
-            raise GeneratorError(f"num_frames {request.num_frames} outside 1..{MAX_FRAMES_PER_SEGMENT}")
-        if not 1 <= request.num_inference_steps <= MAX_STEPS:
-            raise GeneratorError(f"num_inference_steps {request.num_inference_steps} outside 1..{MAX_STEPS}")
+        check_segment_limits(request)
 
     def _cursor(self, request: SegmentRequest) -> _Cursor:
         if request.continuation is not None:

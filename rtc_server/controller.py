@@ -8,7 +8,6 @@ transport's sink. Every end of a session goes through ``_finish``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque

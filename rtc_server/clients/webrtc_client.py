@@ -55,7 +55,7 @@ def luma_plane(frame: VideoFrame) -> np.ndarray:
     if frame.format.name not in ("yuv420p", "yuvj420p"):
         frame = frame.reformat(format="yuv420p")
     plane = frame.planes[0]
-    rows = np.frombuffer(plane, dtype=np.uint8).reshape(frame.height, plane.line_size)
+    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(frame.height, plane.line_size)
     return rows[:, : frame.width]
 
 
@@ -128,6 +128,7 @@ class WebRTCClient(EventLog):
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
+                assert isinstance(frame, VideoFrame)
                 now = time.monotonic()
                 luma = luma_plane(frame)
                 received = ReceivedFrame(

@@ -63,7 +63,7 @@ def apply_bitrate_bounds(*, min_bps: int, max_bps: int, start_bps: int) -> None:
     the app calls it once at startup from the config.
     """
     for codec in (vpx, h264):
-        codec.MIN_BITRATE = min_bps
-        codec.MAX_BITRATE = max_bps
-        codec.DEFAULT_BITRATE = start_bps
+        codec.MIN_BITRATE = min_bps  # type: ignore[attr-defined]
+        codec.MAX_BITRATE = max_bps  # type: ignore[attr-defined]
+        codec.DEFAULT_BITRATE = start_bps  # type: ignore[attr-defined]
     logger.info("encoder bitrate bounds: %d..%d bps, start %d bps", min_bps, max_bps, start_bps)

@@ -1,6 +1,6 @@
 """Browser fixtures for the page tests: Debian's Chromium, headless, driven by Playwright.
 
-Never run ``playwright install``: the system Chromium is used (skipped where it is missing).
+The system Chromium (Debian package) is used, never a downloaded browser; a missing one fails the tests.
 """
 
 from __future__ import annotations
