@@ -15,7 +15,7 @@ import signal
 import time
 import traceback
 from collections import deque
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -68,8 +68,6 @@ class _Worker:
             warm_started = time.perf_counter()
             first = self._generator.generate(request_from_wire(warmup_request))
             second_request = request_from_wire({**warmup_request, "segment_idx": 1})
-            from dataclasses import replace
-
             self._generator.generate(replace(second_request, continuation=first.continuation))
             warmup_ms = (time.perf_counter() - warm_started) * 1000.0
         self._conn.send(

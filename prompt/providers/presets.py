@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,56 +39,53 @@ DEFAULT_KEEPALIVE_CONNECTIONS = 8
 ProviderKind = Literal["cerebras", "groq", "openai_compatible"]
 
 
-class CerebrasProvider(OpenAICompatibleProvider):
+class _HostedPreset(OpenAICompatibleProvider):
+    """A hosted OpenAI-compatible service: fixed base URL and key variable, key required."""
+
+    BASE_URL: ClassVar[str]
+    API_KEY_ENV: ClassVar[str]
+    NAME: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        model: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        base_url: str | None = None,
+        name: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            client=client,
+            base_url=base_url or self.BASE_URL,
+            name=name or self.NAME,
+            model=model,
+            api_key=api_key,
+            api_key_env=api_key_env or self.API_KEY_ENV,
+            require_api_key=True,
+            environ=environ,
+        )
+
+
+class CerebrasProvider(_HostedPreset):
     """Cerebras inference; the key comes from ``CEREBRAS_API_KEY`` unless ``api_key`` is given."""
 
-    def __init__(
-        self,
-        *,
-        client: httpx.AsyncClient,
-        model: str | None = None,
-        api_key: str | None = None,
-        api_key_env: str = CEREBRAS_API_KEY_ENV,
-        base_url: str = CEREBRAS_BASE_URL,
-        name: str = "cerebras",
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            client=client,
-            base_url=base_url,
-            name=name,
-            model=model,
-            api_key=api_key,
-            api_key_env=api_key_env,
-            require_api_key=True,
-            environ=environ,
-        )
+    BASE_URL = CEREBRAS_BASE_URL
+    API_KEY_ENV = CEREBRAS_API_KEY_ENV
+    NAME = "cerebras"
 
 
-class GroqProvider(OpenAICompatibleProvider):
+class GroqProvider(_HostedPreset):
     """Groq inference; same wire format as Cerebras, key from ``GROQ_API_KEY``."""
 
-    def __init__(
-        self,
-        *,
-        client: httpx.AsyncClient,
-        model: str | None = None,
-        api_key: str | None = None,
-        api_key_env: str = GROQ_API_KEY_ENV,
-        base_url: str = GROQ_BASE_URL,
-        name: str = "groq",
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            client=client,
-            base_url=base_url,
-            name=name,
-            model=model,
-            api_key=api_key,
-            api_key_env=api_key_env,
-            require_api_key=True,
-            environ=environ,
-        )
+    BASE_URL = GROQ_BASE_URL
+    API_KEY_ENV = GROQ_API_KEY_ENV
+    NAME = "groq"
+
+
+_HOSTED: dict[str, type[_HostedPreset]] = {"cerebras": CerebrasProvider, "groq": GroqProvider}
 
 
 class ProviderSpec(BaseModel):
@@ -121,22 +118,14 @@ def build_provider(
 ) -> OpenAICompatibleProvider:
     """The provider described by ``spec`` (a :class:`ProviderSpec` or a plain dict) on ``client``."""
     spec = spec if isinstance(spec, ProviderSpec) else ProviderSpec.model_validate(spec)
-    if spec.kind == "cerebras":
-        return CerebrasProvider(
+    if spec.kind in _HOSTED:
+        # Unset fields fall back to the preset's own base URL, key variable and name.
+        return _HOSTED[spec.kind](
             client=client,
             model=spec.model,
-            api_key_env=spec.api_key_env or CEREBRAS_API_KEY_ENV,
-            base_url=spec.base_url or CEREBRAS_BASE_URL,
-            name=spec.name or "cerebras",
-            environ=environ,
-        )
-    if spec.kind == "groq":
-        return GroqProvider(
-            client=client,
-            model=spec.model,
-            api_key_env=spec.api_key_env or GROQ_API_KEY_ENV,
-            base_url=spec.base_url or GROQ_BASE_URL,
-            name=spec.name or "groq",
+            api_key_env=spec.api_key_env,
+            base_url=spec.base_url,
+            name=spec.name,
             environ=environ,
         )
     assert spec.base_url is not None  # guaranteed by ProviderSpec's validator
