@@ -1,16 +1,18 @@
-"""A machine-readable block pattern in a frame's top-left corner: segment index and frame number.
+"""A machine-readable block pattern in a frame's top-left corner: segment, frame number, prompt tag.
 
 The pattern is a grid of black/white square cells aligned to 8-pixel boundaries so that it
 survives lossy codecs (VP8, H.264) whose transform blocks share those boundaries. Load-test
 clients read it back from decoded frames to measure latency, loss and ordering.
 
 Layout: ``GRID_COLS x GRID_ROWS`` cells starting at (0, 0), bit ``i`` in row ``i // GRID_COLS``,
-column ``i % GRID_COLS``; bits 0-15 hold ``segment_idx``, 16-39 ``frame_number``, 40-47 a CRC-8.
-White is 1, black is 0. Values wider than their field are stored modulo ``2**bits``.
+column ``i % GRID_COLS``; bits 0-15 hold ``segment_idx``, 16-39 ``frame_number``, 40-55 the
+``prompt_tag`` (a 16-bit hash of the prompt the frame was generated from, see :func:`prompt_tag`),
+56-63 a CRC-8. White is 1, black is 0. Values wider than their field are stored modulo ``2**bits``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,15 +24,17 @@ __all__ = [
     "cell_size_for_width",
     "draw_marker",
     "marker_region",
+    "prompt_tag",
     "read_marker",
 ]
 
 GRID_COLS = 8
-GRID_ROWS = 6
+GRID_ROWS = 8
 SEGMENT_BITS = 16
 FRAME_BITS = 24
+PROMPT_TAG_BITS = 16
 CHECKSUM_BITS = 8
-_DATA_BITS = SEGMENT_BITS + FRAME_BITS
+_DATA_BITS = SEGMENT_BITS + FRAME_BITS + PROMPT_TAG_BITS
 _GRID_BYTES = GRID_COLS * GRID_ROWS // 8
 
 LARGE_CELL_PX = 8  # cell edge for frames at least LARGE_FRAME_MIN_WIDTH_PX wide
@@ -62,15 +66,22 @@ def _crc8_table() -> tuple[int, ...]:
 _CRC8_TABLE = _crc8_table()
 
 
+def prompt_tag(prompt: str) -> int:
+    """The 16-bit tag a frame generated from ``prompt`` carries: a client hashes the prompt it sent
+    (or the ``prompt_used`` it was told) the same way to tell which prompt a frame came from."""
+    return int.from_bytes(hashlib.blake2b(prompt.encode("utf-8"), digest_size=2).digest(), "little")
+
+
 @dataclass(frozen=True)
 class FrameMarker:
-    """What a frame carries: its segment index and its number within the whole stream."""
+    """What a frame carries: its segment index, its number within the whole stream, its prompt's tag."""
 
     segment_idx: int
     frame_number: int
+    prompt_tag: int = 0
 
     def __post_init__(self) -> None:
-        if self.segment_idx < 0 or self.frame_number < 0:
+        if self.segment_idx < 0 or self.frame_number < 0 or self.prompt_tag < 0:
             raise ValueError(f"marker values must be non-negative, got {self}")
 
 
@@ -94,8 +105,10 @@ def marker_region(width: int, height: int) -> tuple[int, int]:
 
 
 def _encode_bits(marker: FrameMarker) -> int:
-    data = (marker.segment_idx & ((1 << SEGMENT_BITS) - 1)) | (
-        (marker.frame_number & ((1 << FRAME_BITS) - 1)) << SEGMENT_BITS
+    data = (
+        (marker.segment_idx & ((1 << SEGMENT_BITS) - 1))
+        | ((marker.frame_number & ((1 << FRAME_BITS) - 1)) << SEGMENT_BITS)
+        | ((marker.prompt_tag & ((1 << PROMPT_TAG_BITS) - 1)) << (SEGMENT_BITS + FRAME_BITS))
     )
     return data | (_crc8(data) << _DATA_BITS)
 
@@ -145,7 +158,11 @@ def _decode(luma: np.ndarray, cell: int) -> FrameMarker | None:
     data = bits & ((1 << _DATA_BITS) - 1)
     if bits >> _DATA_BITS != _crc8(data):
         return None
-    return FrameMarker(segment_idx=data & ((1 << SEGMENT_BITS) - 1), frame_number=data >> SEGMENT_BITS)
+    return FrameMarker(
+        segment_idx=data & ((1 << SEGMENT_BITS) - 1),
+        frame_number=(data >> SEGMENT_BITS) & ((1 << FRAME_BITS) - 1),
+        prompt_tag=data >> (SEGMENT_BITS + FRAME_BITS),
+    )
 
 
 def _luma(image: np.ndarray) -> np.ndarray:

@@ -1,7 +1,9 @@
 """The generator contract: what every video backend takes and returns.
 
 Pure data types and a Protocol; no I/O. Frames are ``uint8`` arrays of shape
-``(num_frames, height, width, 3)`` in RGB order.
+``(num_frames, height, width, 3)`` in RGB order. A backend hands frames over in
+chunks as it makes them (``on_frames``), so the first frame of a segment can be
+on its way to the viewer before the last one exists.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import numpy as np
 
 __all__ = [
     "ContinuationState",
+    "FrameCallback",
     "Generator",
     "GeneratorError",
     "IncompatibleStateError",
+    "SegmentCancelled",
     "SegmentRequest",
     "SegmentResult",
     "StepCallback",
@@ -30,6 +34,11 @@ MAX_STEPS = 1000
 StepCallback = Callable[[int, int], None]
 """Called as ``on_step(step, total_steps)`` after each denoising step (1-based)."""
 
+FrameCallback = Callable[[np.ndarray], None]
+"""Called as ``on_frames(chunk)`` with ``(n, H, W, 3)`` uint8 RGB frames, in order, as they are made.
+
+The chunk may be a view into the backend's own segment array: receivers must not modify it."""
+
 
 class GeneratorError(RuntimeError):
     """A backend failed to build or to generate a segment."""
@@ -37,6 +46,10 @@ class GeneratorError(RuntimeError):
 
 class IncompatibleStateError(GeneratorError):
     """A continuation state of the wrong kind, or with a corrupt payload."""
+
+
+class SegmentCancelled(Exception):
+    """Raised by an ``on_step`` / ``on_frames`` callback to abandon the segment; backends let it through."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,17 @@ class Generator(Protocol):
     @property
     def name(self) -> str: ...
 
-    def generate(self, request: SegmentRequest, on_step: StepCallback | None = None) -> SegmentResult: ...
+    def generate(
+        self,
+        request: SegmentRequest,
+        on_step: StepCallback | None = None,
+        on_frames: FrameCallback | None = None,
+    ) -> SegmentResult:
+        """Generate one segment. With ``on_frames``, every frame of the result also goes through it
+        exactly once, in order, before ``generate`` returns: as soon as each chunk exists, or all at
+        once for a backend that only has them at the end. A callback raising SegmentCancelled ends
+        the segment early with that exception."""
+        ...
 
     def check_state(self, state: ContinuationState) -> None:
         """Raise IncompatibleStateError if ``state`` cannot be continued from (cheap: no generation)."""

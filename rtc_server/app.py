@@ -23,7 +23,7 @@ from gpu.factory import build_generator
 from gpu.generator import Generator, SegmentRequest
 from gpu.pool import GpuPool, InProcessGpuPool
 from gpu.subprocess_pool import SubprocessGpuPool, WorkerSettings
-from gpu.state_store import InMemoryBlobStore, InMemorySessionStore, SessionStore
+from rtc_server.store import InMemoryBlobStore, InMemorySessionStore, SessionStore
 from prompt import PromptEnhancer, open_providers
 from prompt.safety import PromptSafetyFilter
 from rtc_server.admission import AdmissionQueue
@@ -135,7 +135,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 async def open_store(config: StoreConfig) -> SessionStore:
     """The session store selected by ``store.backend``."""
     if config.backend == "redis":
-        from gpu.redis_store import open_redis_stores  # redis is an optional dependency
+        from rtc_server.store.redis_store import open_redis_stores  # redis is an optional dependency
 
         assert config.redis_url is not None
         store, _ = await open_redis_stores(

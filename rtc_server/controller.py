@@ -18,7 +18,7 @@ from typing import Any
 
 from gpu.generator import ContinuationState, GeneratorError, IncompatibleStateError, SegmentRequest, SegmentResult
 from gpu.pool import GpuPool, PoolError, PoolUnavailableError, WorkerFailedError
-from gpu.state_store import InvalidStateError, SessionStore, StoreError
+from rtc_server.store.base import InvalidStateError, SessionStore, StoreError
 from rtc_server.admission import AdmissionQueue
 from rtc_server.config import DefaultRequestConfig, StreamingConfig
 from rtc_server.delivery import DeliveryLog

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from gpu.frame_marker import FrameMarker, cell_size_for_width, draw_marker, marker_region, read_marker
+from gpu.frame_marker import FrameMarker, cell_size_for_width, draw_marker, marker_region, prompt_tag, read_marker
 from gpu.generator import SegmentRequest
 from gpu.synthetic import SyntheticGenerator
 
@@ -24,10 +24,10 @@ def _frame(width: int, height: int, fill: int = 90) -> np.ndarray:
     ("width", "height", "marker"),
     [
         (256, 256, FrameMarker(0, 0)),
-        (512, 512, FrameMarker(65535, 2**24 - 1)),
-        (128, 64, FrameMarker(12345, 987654)),
-        (96, 64, FrameMarker(7, 123)),
-        (32, 24, FrameMarker(1, 2)),
+        (512, 512, FrameMarker(65535, 2**24 - 1, 2**16 - 1)),
+        (128, 64, FrameMarker(12345, 987654, 4321)),
+        (96, 64, FrameMarker(7, 123, 1)),
+        (32, 32, FrameMarker(1, 2, 3)),
     ],
 )
 def test_marker_round_trips_from_rgb_and_luma(width: int, height: int, marker: FrameMarker) -> None:
@@ -48,14 +48,14 @@ def test_marker_reads_from_luma_plane_padded_wider_than_frame() -> None:
 
 def test_marker_values_wrap_to_their_field_widths() -> None:
     frame = _frame(256, 256)
-    draw_marker(frame, FrameMarker(2**16 + 5, 2**24 + 9))
-    assert read_marker(frame) == FrameMarker(5, 9)
+    draw_marker(frame, FrameMarker(2**16 + 5, 2**24 + 9, 2**16 + 11))
+    assert read_marker(frame) == FrameMarker(5, 9, 11)
 
 
 def test_marker_region_uses_8px_cells_from_128px_wide_and_4px_below() -> None:
-    assert marker_region(128, 128) == (64, 48)
-    assert marker_region(1920, 1080) == (64, 48)
-    assert marker_region(127, 128) == (32, 24)
+    assert marker_region(128, 128) == (64, 64)
+    assert marker_region(1920, 1080) == (64, 64)
+    assert marker_region(127, 128) == (32, 32)
 
 
 def test_draw_marker_touches_only_its_region() -> None:
@@ -71,6 +71,22 @@ def test_draw_marker_touches_only_its_region() -> None:
 def test_draw_marker_rejects_frames_smaller_than_the_marker() -> None:
     with pytest.raises(ValueError, match="smaller than the marker"):
         draw_marker(_frame(30, 30), FrameMarker(0, 0))
+
+
+def test_prompt_tag_is_a_stable_16_bit_hash_that_tells_prompts_apart() -> None:
+    assert prompt_tag("a red fox") == prompt_tag("a red fox")
+    assert 0 <= prompt_tag("a red fox") < 2**16
+    # 200 prompts in 2**16 tags: about 0.3 colliding pairs expected (birthday bound); more than a
+    # handful would mean a poor hash.
+    tags = {prompt_tag(f"prompt number {i}") for i in range(200)}
+    assert len(tags) >= 195
+
+
+def test_marker_carries_the_prompt_tag() -> None:
+    frame = _frame(256, 256)
+    draw_marker(frame, FrameMarker(3, 40, prompt_tag("neon city")))
+    marker = read_marker(frame)
+    assert marker is not None and marker.prompt_tag == prompt_tag("neon city")
 
 
 def test_marker_values_must_be_non_negative() -> None:

@@ -96,7 +96,7 @@ def test_every_frame_carries_its_marker(generator: SyntheticGenerator) -> None:
 
 
 def test_small_frames_carry_a_marker_and_no_caption(generator: SyntheticGenerator) -> None:
-    frames = generator.generate(_request(width=32, height=24, num_frames=2)).frames
+    frames = generator.generate(_request(width=32, height=32, num_frames=2)).frames
     assert [read_marker(frame) for frame in frames] == [FrameMarker(0, 0), FrameMarker(0, 1)]
 
 

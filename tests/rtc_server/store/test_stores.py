@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 
 from gpu.generator import ContinuationState
-from gpu.redis_store import open_redis_stores
-from gpu.state_store import (
+from rtc_server.store.memory import InMemoryBlobStore, InMemorySessionStore
+from rtc_server.store.redis_store import open_redis_stores
+from rtc_server.store.base import (
     BLOB_REF_KEY,
     BlobNotFoundError,
     BlobStore,
-    InMemoryBlobStore,
-    InMemorySessionStore,
     InvalidStateError,
     SessionStore,
     StoreError,

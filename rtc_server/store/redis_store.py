@@ -10,7 +10,7 @@ Every key written carries a TTL (SET PX): snapshot blobs ``snapshot_ttl_s``, liv
 crashed server leaves nothing behind for good. ``count()`` walks the prefix with SCAN, which is
 O(keys in the database): fine for tests and operations, not for a request path.
 
-Redis, connection and socket errors are translated into ``gpu.state_store.StoreError`` (``from exc``).
+Redis, connection and socket errors are translated into ``rtc_server.store.base.StoreError`` (``from exc``).
 The client must be created with ``decode_responses=False``.
 """
 
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gpu.state_store import (
+from rtc_server.store.base import (
     DEFAULT_INLINE_LIMIT_BYTES,
     DEFAULT_MIME,
     DEFAULT_SNAPSHOT_TTL_S,
