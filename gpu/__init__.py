@@ -4,9 +4,11 @@ from gpu.factory import build_generator
 from gpu.frame_marker import FrameMarker, draw_marker, marker_region, read_marker
 from gpu.generator import (
     ContinuationState,
+    FrameCallback,
     Generator,
     GeneratorError,
     IncompatibleStateError,
+    SegmentCancelled,
     SegmentRequest,
     SegmentResult,
     StepCallback,
@@ -19,10 +21,14 @@ from gpu.pool import (
     PoolUnavailableError,
     SessionNotBoundError,
 )
+from gpu.pool_status import PoolStatus, WorkerStatus
 from gpu.synthetic import SyntheticGenerator
+from gpu.worker_state import CrashReason, WorkerState
 
 __all__ = [
     "ContinuationState",
+    "CrashReason",
+    "FrameCallback",
     "FrameMarker",
     "Generator",
     "GeneratorError",
@@ -31,12 +37,16 @@ __all__ = [
     "IncompatibleStateError",
     "PoolAssignment",
     "PoolError",
+    "PoolStatus",
     "PoolUnavailableError",
+    "SegmentCancelled",
     "SegmentRequest",
     "SegmentResult",
     "SessionNotBoundError",
     "StepCallback",
     "SyntheticGenerator",
+    "WorkerState",
+    "WorkerStatus",
     "build_generator",
     "draw_marker",
     "marker_region",

@@ -55,8 +55,10 @@ from gpu.frames import (
 from gpu.generator import (
     MAX_FRAME_EDGE_PX,
     ContinuationState,
+    FrameCallback,
     GeneratorError,
     IncompatibleStateError,
+    SegmentCancelled,
     SegmentRequest,
     SegmentResult,
     StepCallback,
@@ -65,6 +67,7 @@ from gpu.generator import (
 
 __all__ = [
     "DEFAULT_CONDITIONING_FRAMES",
+    "FRAMES_PER_CHUNK",
     "STATE_KIND",
     "DiffusersGenerator",
     "is_valid_length",
@@ -82,6 +85,9 @@ DEFAULT_DECODE_TIMESTEP = 0.05  # LTX-Video 0.9.5+ recommendations; unused by VA
 DEFAULT_DECODE_NOISE_SCALE = 0.025
 DEFAULT_MAX_SEQUENCE_LENGTH = 256  # prompt tokens; the pipeline's own default
 TIMESTEP_SCALE = 1000  # the pipeline's timesteps are sigmas times this
+# Frames converted to uint8 and handed over at a time: the first chunk leaves before the rest of the
+# video has been quantised and copied to the host.
+FRAMES_PER_CHUNK = 8
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -307,8 +313,17 @@ class DiffusersGenerator:
         if self._device.type == "cuda":
             self._torch.cuda.empty_cache()
 
-    def generate(self, request: SegmentRequest, on_step: StepCallback | None = None) -> SegmentResult:
-        """Generate ``request.num_frames`` new frames, continuing ``request.continuation`` if given."""
+    def generate(
+        self,
+        request: SegmentRequest,
+        on_step: StepCallback | None = None,
+        on_frames: FrameCallback | None = None,
+    ) -> SegmentResult:
+        """Generate ``request.num_frames`` new frames, continuing ``request.continuation`` if given.
+
+        The pipeline decodes the whole video at once; the frames then cross to the host in chunks of
+        FRAMES_PER_CHUNK, each handed to ``on_frames`` before the next is converted.
+        """
         self._check_request(request)
         cursor = self._cursor(request)
         if cursor.history is not None and cursor.history.shape[1:3] != (request.height, request.width):
@@ -321,7 +336,10 @@ class DiffusersGenerator:
         with self._lock:
             if self._pipeline is None:
                 raise GeneratorError("diffusers generator is closed")
-            frames = self._run_pipeline(self._pipeline, request, cursor, init_image, on_step)
+            video = self._run_pipeline(self._pipeline, request, cursor, init_image, on_step)
+        # Outside the lock: the decoded video no longer needs the pipeline, and a slow receiver
+        # must not hold up the next segment's denoising.
+        frames = self._hand_over(video, cursor.segment_idx, on_frames)
         return SegmentResult(frames=frames, continuation=self._next_state(cursor, frames))
 
     def check_state(self, state: ContinuationState) -> None:
@@ -397,7 +415,8 @@ class DiffusersGenerator:
         cursor: _Cursor,
         init_image: Image.Image | None,
         on_step: StepCallback | None,
-    ) -> np.ndarray:
+    ) -> Any:
+        """The new frames as a ``(N, 3, H, W)`` float tensor in ``[0, 1]``, still on the device."""
         torch = self._torch
         redrawn = 0 if cursor.history is None else cursor.history.shape[0]
         total_frames = pipeline_num_frames(redrawn, request.num_frames, self._temporal_ratio)
@@ -423,17 +442,37 @@ class DiffusersGenerator:
                 output_type="pt",
                 callback_on_step_end=_StepReporter(on_step, steps),
             )
-            video = output.frames[0]  # (T, 3, H, W) float in [0, 1], on the device
-            return tensor_to_uint8_frames(video[redrawn : redrawn + request.num_frames])
+        except SegmentCancelled:
+            raise  # the caller's own stop signal from on_step, not a pipeline failure
         except _CALL_ERRORS as exc:
             raise GeneratorError(
                 f"LTX pipeline failed on segment {cursor.segment_idx}: {type(exc).__name__}: {exc}"
             ) from exc
+        video = output.frames[0]  # (T, 3, H, W) float in [0, 1], on the device
+        return video[redrawn : redrawn + request.num_frames]
+
+    def _hand_over(self, video: Any, segment_idx: int, on_frames: FrameCallback | None) -> np.ndarray:
+        """The frames as uint8, converted chunk by chunk, each chunk through ``on_frames`` before the next."""
+        count, _, height, width = video.shape
+        frames = np.empty((count, height, width, 3), dtype=np.uint8)
+        for start in range(0, count, FRAMES_PER_CHUNK):
+            stop = min(start + FRAMES_PER_CHUNK, count)
+            try:
+                frames[start:stop] = tensor_to_uint8_frames(video[start:stop])
+            except _CALL_ERRORS as exc:
+                raise GeneratorError(
+                    f"converting the frames of segment {segment_idx} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            if on_frames is not None:
+                on_frames(frames[start:stop])  # outside the try: a receiver's exception is its own
+        return frames
 
     def _timesteps(self, steps: int) -> list[float]:
         # The pipeline's own default schedule, handed over as a list: given none, the pipeline passes
         # a tensor that the scheduler converts with np.array(), a DeprecationWarning under numpy 2.
-        from diffusers.pipelines.ltx.pipeline_ltx_condition import linear_quadratic_schedule
+        from diffusers.pipelines.ltx.pipeline_ltx_condition import (
+            linear_quadratic_schedule,
+        )
 
         schedule: Callable[[int], Any] = linear_quadratic_schedule  # untyped upstream
         return [float(sigma) * TIMESTEP_SCALE for sigma in schedule(steps).tolist()]

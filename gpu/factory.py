@@ -14,7 +14,7 @@ __all__ = ["BACKENDS", "build_generator"]
 
 # Option name -> accepted types, per backend. bool is never accepted where a number is expected.
 _SYNTHETIC_OPTIONS: Mapping[str, tuple[type, ...]] = MappingProxyType(
-    {"step_delay_s": (int, float), "fail_on_start": (bool,), "shapes": (int,)}
+    {"step_delay_s": (int, float), "frame_delay_s": (int, float), "fail_on_start": (bool,), "shapes": (int,)}
 )
 _DIFFUSERS_OPTIONS: Mapping[str, tuple[type, ...]] = MappingProxyType(
     {

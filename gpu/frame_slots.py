@@ -1,7 +1,7 @@
 """Shared-memory slots for moving frames from a worker process to the server without pickling.
 
 The server creates the slots (and owns them: it unlinks them at shutdown); a worker
-attaches by name, writes a segment's frames into a free slot and sends only the
+attaches by name, writes a chunk of frames into a free slot and sends only the
 slot index and shape over its pipe; the server copies the frames out and hands
 the slot back.
 """
@@ -68,6 +68,7 @@ class FrameSlots:
 
     def write(self, index: int, frames: np.ndarray) -> SlotRef:
         """Copy ``frames`` (uint8) into slot ``index``."""
+        self._check_open()
         if frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8, got {frames.dtype}")
         if frames.nbytes > self._blocks[index].size:
@@ -78,8 +79,14 @@ class FrameSlots:
 
     def read(self, ref: SlotRef) -> np.ndarray:
         """A private copy of the frames in ``ref``'s slot (the slot may be reused right after)."""
+        self._check_open()
         view = np.ndarray(ref.shape, dtype=np.uint8, buffer=self._blocks[ref.index].buf)
         return view.copy()
+
+    def _check_open(self) -> None:
+        # A closed block's buffer is None, and numpy would then quietly allocate a fresh array.
+        if self._closed:
+            raise ValueError("frame slots are closed")
 
     def close(self) -> None:
         """Detach; the owner also unlinks. Idempotent."""

@@ -25,6 +25,8 @@ __all__ = [
     "SegmentResult",
     "StepCallback",
     "check_segment_limits",
+    "empty_frames",
+    "generate_streaming",
 ]
 
 MAX_FRAME_EDGE_PX = 4096  # largest frame width or height any backend accepts
@@ -37,7 +39,8 @@ StepCallback = Callable[[int, int], None]
 FrameCallback = Callable[[np.ndarray], None]
 """Called as ``on_frames(chunk)`` with ``(n, H, W, 3)`` uint8 RGB frames, in order, as they are made.
 
-The chunk may be a view into the backend's own segment array: receivers must not modify it."""
+The chunk may be a view into the backend's own segment array. Neither side modifies it afterwards:
+the backend hands over frames it is done with, so a receiver may keep the chunk without copying."""
 
 
 class GeneratorError(RuntimeError):
@@ -123,3 +126,36 @@ class Generator(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def empty_frames(request: SegmentRequest) -> np.ndarray:
+    """A ``(0, H, W, 3)`` uint8 array: the frames of a result whose frames all went through ``on_frames``."""
+    return np.empty((0, request.height, request.width, 3), dtype=np.uint8)
+
+
+def generate_streaming(
+    generator: Generator,
+    request: SegmentRequest,
+    on_step: StepCallback | None,
+    on_frames: FrameCallback,
+) -> SegmentResult:
+    """``generator.generate`` with every frame of the result handed to ``on_frames`` exactly once, in order.
+
+    Frames a backend returned without handing them over (one that only has them at the end and does
+    not call ``on_frames``) go through ``on_frames`` after it returns; more frames handed over than
+    returned is a GeneratorError.
+    """
+    handed = 0
+
+    def counting(chunk: np.ndarray) -> None:
+        nonlocal handed
+        on_frames(chunk)
+        handed += chunk.shape[0]
+
+    result = generator.generate(request, on_step, counting)
+    made = result.frames.shape[0]
+    if handed > made:
+        raise GeneratorError(f"{generator.name} handed over {handed} frames but returned {made}")
+    if handed < made:
+        on_frames(result.frames[handed:])
+    return result

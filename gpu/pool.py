@@ -7,23 +7,36 @@ Exceptions::
     ├── WorkerFailedError      a worker died or hung mid-segment (retryable elsewhere)
     └── SessionNotBoundError   run() for a session that has not acquired a worker
 
-Generator failures surface as ``gpu.generator.GeneratorError``.
+Generator failures surface as ``gpu.generator.GeneratorError``; an abandoned segment as
+``gpu.generator.SegmentCancelled``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from gpu.generator import ContinuationState, Generator, GeneratorError, SegmentRequest, SegmentResult, StepCallback
+from gpu.generator import (
+    ContinuationState,
+    FrameCallback,
+    Generator,
+    GeneratorError,
+    SegmentCancelled,
+    SegmentRequest,
+    SegmentResult,
+    StepCallback,
+    empty_frames,
+    generate_streaming,
+)
+from gpu.job_relay import JobRelay
+from gpu.pool_status import PoolStatus, WorkerStatus
+from gpu.worker_state import WorkerState, advance
 
 __all__ = [
     "DEFAULT_WARMUP_REQUEST",
@@ -81,9 +94,20 @@ class GpuPool(Protocol):
         """Bind ``session_id`` to a worker (the same one again if it is already bound)."""
 
     async def run(
-        self, session_id: str, request: SegmentRequest, on_step: StepCallback | None = None
+        self,
+        session_id: str,
+        request: SegmentRequest,
+        on_step: StepCallback | None = None,
+        on_frames: FrameCallback | None = None,
     ) -> SegmentResult:
-        """Generate one segment for a bound session; ``on_step`` is called on the event loop."""
+        """Generate one segment for a bound session; callbacks run on the event loop thread.
+
+        With ``on_frames``, the frames go through it in order as the backend makes them, all before
+        ``run`` returns, and the result's ``frames`` is empty ``(0, H, W, 3)``; without it the result
+        holds every frame. Cancelling the caller abandons the job: no callback runs after that, and
+        the backend stops at its next step or chunk. A callback raising SegmentCancelled (or
+        ``on_frames`` raising anything) abandons it too, and ``run`` raises that exception.
+        """
 
     async def release(self, session_id: str) -> None:
         """Unbind ``session_id``; releasing an unbound session does nothing."""
@@ -94,17 +118,16 @@ class GpuPool(Protocol):
     async def shutdown(self) -> None:
         """Stop every worker; idempotent and safe when callers race."""
 
-    def status(self) -> dict[str, Any]:
-        """A JSON-ready snapshot for ``/status``: counts plus ``gpu_status`` per worker id."""
+    def status(self) -> PoolStatus:
+        """A snapshot for ``/status``, ``/readyz`` and the metrics."""
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    STARTING = "starting"
-    READY = "ready"
-    FAILED = "failed"
-    CLOSING = "closing"
-    CLOSED = "closed"
+@dataclass
+class _Ticket:
+    """One run's place in the in-process queue; changed only under the pool's counts lock."""
+
+    started: bool = False
+    dropped: bool = False
 
 
 class InProcessGpuPool:
@@ -127,7 +150,7 @@ class InProcessGpuPool:
         self._max_parallel = max_parallel
         self._warmup = warmup
         self._warmup_request = warmup_request or DEFAULT_WARMUP_REQUEST
-        self._state = _State.NEW
+        self._state = WorkerState.NEW
         self._generator: Generator | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._start_task: asyncio.Task[None] | None = None
@@ -139,40 +162,43 @@ class InProcessGpuPool:
         self._counts_lock = threading.Lock()  # queue/running counts change in executor threads
         self._last_error: str | None = None
         self._warmup_ms: float | None = None
+        self._boot_ms: float | None = None
         self._warmup_ok = False
         self._start_failed = False
 
     @property
     def ready(self) -> bool:
-        return self._state is _State.READY
+        return self._state is WorkerState.READY
 
     async def start(self) -> None:
         """Build the generator and warm it up; a failure is logged and recorded, not raised."""
-        if self._state in (_State.CLOSING, _State.CLOSED):
+        if self._state in (WorkerState.STOPPING, WorkerState.STOPPED):
             raise PoolUnavailableError(f"pool {self._worker_id} cannot start: it is {self._state.value}")
         if self._start_task is None:
-            self._state = _State.STARTING
+            self._state = advance(self._state, WorkerState.BOOTING)
             self._start_task = asyncio.create_task(self._start())
         await asyncio.shield(self._start_task)
 
     async def _start(self) -> None:
+        started = time.perf_counter()
         self._executor = ThreadPoolExecutor(
             max_workers=self._max_parallel, thread_name_prefix=f"gpu-{self._worker_id}"
         )
         try:
             self._generator = await asyncio.to_thread(self._factory)
-        except Exception as exc:  # a boot failure of any kind is recorded, never raised
+        except Exception as exc:  # noqa: BLE001  (a boot failure of any kind is recorded, never raised)
             self._fail("build", exc)
             return
         if self._warmup:
             try:
                 await self._run_warmup(self._generator)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (recorded like a build failure)
                 self._fail("warm-up", exc)
                 return
             self._warmup_ok = True
-        if self._state is _State.STARTING:
-            self._state = _State.READY
+        if self._state is WorkerState.BOOTING:
+            self._boot_ms = (time.perf_counter() - started) * 1000.0
+            self._state = advance(self._state, WorkerState.READY)
             logger.info("gpu %s: ready (warm-up %s ms)", self._worker_id, self._warmup_ms)
 
     async def _run_warmup(self, generator: Generator) -> None:
@@ -191,8 +217,8 @@ class InProcessGpuPool:
         self._last_error = f"{stage} failed: {type(exc).__name__}: {exc}"
         self._start_failed = True
         logger.error("gpu %s: %s failed", self._worker_id, stage, exc_info=exc)
-        if self._state is _State.STARTING:
-            self._state = _State.FAILED
+        if self._state is WorkerState.BOOTING:
+            self._state = advance(self._state, WorkerState.FAILED)
 
     async def acquire(self, session_id: str) -> PoolAssignment:
         """Bind ``session_id`` to the single in-process worker."""
@@ -201,46 +227,84 @@ class InProcessGpuPool:
         return PoolAssignment(gpu_id=self._gpu_id, worker_id=self._worker_id)
 
     async def run(
-        self, session_id: str, request: SegmentRequest, on_step: StepCallback | None = None
+        self,
+        session_id: str,
+        request: SegmentRequest,
+        on_step: StepCallback | None = None,
+        on_frames: FrameCallback | None = None,
     ) -> SegmentResult:
-        """Generate a segment in the pool's threads; ``on_step`` runs on the event loop thread."""
+        """Generate a segment in the pool's threads; callbacks run on the event loop thread.
+
+        See GpuPool.run: with ``on_frames`` the result's frames are empty; cancelling the caller
+        stops the backend at its next step or chunk (it gets SegmentCancelled in its thread).
+        """
         generator, executor = self._require_ready()
         if session_id not in self._sessions:
             raise SessionNotBoundError(f"session {session_id!r} is not bound to pool {self._worker_id}")
         loop = asyncio.get_running_loop()
-        step_callback = _loop_step_callback(loop, on_step, session_id) if on_step is not None else None
+        relay = JobRelay(
+            loop,
+            label=f"session {session_id}",
+            on_step=on_step,
+            on_frames=on_frames,
+            owner=asyncio.current_task(),
+        )
+        ticket = _Ticket()
         with self._counts_lock:
             self._queued += 1
         try:
-            result = await loop.run_in_executor(executor, self._generate, generator, request, step_callback)
-        except PoolError:
+            # The relay's callbacks were queued on the loop before the thread returned, and the loop
+            # runs them in order, so every chunk has been delivered by the time this await resumes.
+            result = await loop.run_in_executor(executor, self._generate, generator, request, relay, ticket)
+        except asyncio.CancelledError:
+            relay.abandon()
+            self._drop_if_queued(ticket)
+            raise
+        except (PoolError, SegmentCancelled):
+            relay.raise_failure()
             raise
         except GeneratorError as exc:
+            relay.raise_failure()
             self._last_error = f"{type(exc).__name__}: {exc}"
             raise
         except Exception as exc:
+            relay.raise_failure()
             self._last_error = f"{type(exc).__name__}: {exc}"
             raise GeneratorError(f"generator failed: {type(exc).__name__}: {exc}") from exc
+        relay.raise_failure()
         self._segments_done += 1
+        if relay.streams_frames:
+            return SegmentResult(frames=empty_frames(request), continuation=result.continuation)
         return result
 
+    def _drop_if_queued(self, ticket: _Ticket) -> None:
+        # Cancelling the await also cancels a job the executor has not started, so it never runs
+        # to take itself off the queue count.
+        with self._counts_lock:
+            if not ticket.started and not ticket.dropped:
+                ticket.dropped = True
+                self._queued -= 1
+
     def _generate(
-        self, generator: Generator, request: SegmentRequest, on_step: StepCallback | None
+        self, generator: Generator, request: SegmentRequest, relay: JobRelay, ticket: _Ticket
     ) -> SegmentResult:
         # Runs in an executor thread.
         with self._counts_lock:
+            if ticket.dropped:  # its caller left while it queued: leave the thread to the next one
+                raise SegmentCancelled(f"pool {self._worker_id}: segment abandoned before it started")
+            ticket.started = True
             self._queued -= 1
-            if self._state is not _State.READY:  # queued behind a shutdown: drain without generating
+            if self._state is not WorkerState.READY:  # queued behind a shutdown: drain without generating
                 raise PoolUnavailableError(f"pool {self._worker_id} shut down before this segment started")
             self._running += 1
         try:
-            return generator.generate(request, on_step)
+            return generate_streaming(generator, request, relay.step_from_thread, relay.frames_from_thread)
         finally:
             with self._counts_lock:
                 self._running -= 1
 
     def _require_ready(self) -> tuple[Generator, ThreadPoolExecutor]:
-        if self._state is not _State.READY or self._generator is None or self._executor is None:
+        if self._state is not WorkerState.READY or self._generator is None or self._executor is None:
             raise PoolUnavailableError(f"pool {self._worker_id} is {self._state.value}, not ready")
         return self._generator, self._executor
 
@@ -260,7 +324,7 @@ class InProcessGpuPool:
         await asyncio.shield(self._shutdown_task)
 
     async def _shutdown(self) -> None:
-        previous, self._state = self._state, _State.CLOSING
+        previous, self._state = self._state, advance(self._state, WorkerState.STOPPING)
         if self._start_task is not None:
             await asyncio.shield(self._start_task)  # building cannot be interrupted; let it finish
         self._sessions.clear()
@@ -273,48 +337,31 @@ class InProcessGpuPool:
                 await asyncio.to_thread(generator.close)
             except Exception:  # closing is best effort; the pool is gone either way
                 logger.exception("gpu %s: generator close failed", self._worker_id)
-        self._state = _State.CLOSED
+        self._state = advance(self._state, WorkerState.STOPPED)
         logger.info("gpu %s: shut down (was %s)", self._worker_id, previous.value)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> PoolStatus:
         """Counts for ``/status``; a build failure counts as a failed warm-up (the worker never got ready)."""
-        return {
-            "total_gpus": 1,
-            "available_gpus": 1 if self.ready else 0,
-            "queue_size": max(self._queued, 0),
-            "warmup_enabled": self._warmup,
-            "warmup_successful_gpus": 1 if self._warmup_ok else 0,
-            "warmup_failed_gpus": 1 if self._start_failed else 0,
-            "gpu_status": {
-                self._worker_id: {
-                    "gpu_id": self._gpu_id,
-                    "state": self._state.value,
-                    "ready": self.ready,
-                    "alive": self._generator is not None,
-                    "sessions": len(self._sessions),
-                    "running": self._running,
-                    "segments_done": self._segments_done,
-                    "last_error": self._last_error,
-                    "warmup_ms": self._warmup_ms,
-                }
-            },
-        }
-
-
-def _loop_step_callback(
-    loop: asyncio.AbstractEventLoop, on_step: StepCallback, session_id: str
-) -> StepCallback:
-    """Wrap ``on_step`` so that calls from a worker thread run on ``loop``'s thread instead."""
-
-    def deliver(step: int, total: int) -> None:
-        try:
-            on_step(step, total)
-        except Exception:  # a broken progress callback must not kill the segment
-            logger.exception("session %s: on_step callback failed", session_id)
-
-    def from_thread(step: int, total: int) -> None:
-        # A closed loop (RuntimeError) means the segment outlived its caller; nobody is listening.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(deliver, step, total)
-
-    return from_thread
+        worker = WorkerStatus(
+            gpu_id=self._gpu_id,
+            state=self._state,
+            ready=self.ready,
+            alive=self._generator is not None,
+            pid=None,
+            sessions=len(self._sessions),
+            running=self._running,
+            segments_done=self._segments_done,
+            last_error=self._last_error,
+            warmup_ms=self._warmup_ms,
+            boot_ms=self._boot_ms,
+            restarts=0,
+        )
+        return PoolStatus(
+            total_gpus=1,
+            available_gpus=1 if self.ready else 0,
+            queue_size=max(self._queued, 0),
+            warmup_enabled=self._warmup,
+            warmup_successful_gpus=1 if self._warmup_ok else 0,
+            warmup_failed_gpus=1 if self._start_failed else 0,
+            gpu_status={self._worker_id: worker},
+        )

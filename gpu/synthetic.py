@@ -3,6 +3,8 @@
 The look of a segment (background gradient, shape colours, sizes and kinds, caption) follows from
 the prompt and seed through a stable hash; the motion (shape positions and velocities, in fixed
 slots) travels in the continuation state, so a prompt change recolours the scene without a jump.
+Like a diffusion model it runs every step first and only then has frames, which it hands over one by
+one as they are rendered; each carries a marker with its segment, frame number and prompt tag.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from gpu.frame_marker import FrameMarker, draw_marker, marker_region
+from gpu.frame_marker import FrameMarker, draw_marker, marker_region, prompt_tag
 from gpu.generator import (
     MAX_FRAME_EDGE_PX,
     ContinuationState,
+    FrameCallback,
     GeneratorError,
     IncompatibleStateError,
     SegmentRequest,
@@ -192,18 +195,29 @@ def _advance(motion: np.ndarray) -> None:
 
 
 class SyntheticGenerator:
-    """Procedural frames from prompt and seed: moving shapes on a gradient, a caption, a marker."""
+    """Procedural frames from prompt and seed: moving shapes on a gradient, a caption, a marker.
+
+    ``step_delay_s`` and ``frame_delay_s`` stand in for a model's time per denoising step and per
+    decoded frame (load tests, and tests that need a segment to take a while).
+    """
 
     def __init__(
-        self, *, step_delay_s: float = 0.0, fail_on_start: bool = False, shapes: int = DEFAULT_SHAPES
+        self,
+        *,
+        step_delay_s: float = 0.0,
+        frame_delay_s: float = 0.0,
+        fail_on_start: bool = False,
+        shapes: int = DEFAULT_SHAPES,
     ) -> None:
-        if not _is_number(step_delay_s) or step_delay_s < 0:
-            raise ValueError(f"step_delay_s must be a non-negative number, got {step_delay_s!r}")
+        for option, delay in (("step_delay_s", step_delay_s), ("frame_delay_s", frame_delay_s)):
+            if not _is_number(delay) or delay < 0:
+                raise ValueError(f"{option} must be a non-negative number, got {delay!r}")
         if not _is_count(shapes) or not 1 <= shapes <= MAX_SHAPES:
             raise ValueError(f"shapes must be an int in 1..{MAX_SHAPES}, got {shapes!r}")
         if fail_on_start:
             raise GeneratorError("synthetic generator configured to fail on start (fail_on_start=True)")
         self._step_delay_s = float(step_delay_s)
+        self._frame_delay_s = float(frame_delay_s)
         self._shapes = shapes
         self._closed = False
         # The last look built, keyed by what it depends on; a tuple swap is atomic across threads.
@@ -216,28 +230,39 @@ class SyntheticGenerator:
     def close(self) -> None:
         self._closed = True
 
-    def generate(self, request: SegmentRequest, on_step: StepCallback | None = None) -> SegmentResult:
-        """Render ``request.num_frames`` frames, calling ``on_step`` once per inference step."""
+    def generate(
+        self,
+        request: SegmentRequest,
+        on_step: StepCallback | None = None,
+        on_frames: FrameCallback | None = None,
+    ) -> SegmentResult:
+        """Run the steps, then render the frames, handing each to ``on_frames`` as soon as it exists.
+
+        The order is a diffusion model's: every ``on_step`` comes before the first frame.
+        """
         if self._closed:
             raise GeneratorError("synthetic generator is closed")
         self._check_request(request)
         cursor = self._cursor(request)
         look = self._look(request)
         init_image = self._init_image(request) if request.continuation is None else None
-        frames = np.empty((request.num_frames, request.height, request.width, 3), dtype=np.uint8)
-        motion = cursor.motion.copy()
         total = request.num_inference_steps
-        for step in range(total):
-            start = step * request.num_frames // total
-            stop = (step + 1) * request.num_frames // total
-            for index in range(start, stop):
-                self._render(frames[index], look, motion, init_image, index, request.num_frames)
-                draw_marker(frames[index], FrameMarker(cursor.segment_idx, cursor.frame_number + index))
-                _advance(motion)
+        for step in range(1, total + 1):
             if self._step_delay_s:
                 time.sleep(self._step_delay_s)
             if on_step is not None:
-                on_step(step + 1, total)
+                on_step(step, total)
+        frames = np.empty((request.num_frames, request.height, request.width, 3), dtype=np.uint8)
+        motion = cursor.motion.copy()
+        tag = prompt_tag(request.prompt)
+        for index in range(request.num_frames):
+            if self._frame_delay_s:
+                time.sleep(self._frame_delay_s)
+            self._render(frames[index], look, motion, init_image, index, request.num_frames)
+            draw_marker(frames[index], FrameMarker(cursor.segment_idx, cursor.frame_number + index, tag))
+            _advance(motion)
+            if on_frames is not None:
+                on_frames(frames[index : index + 1])
         return SegmentResult(frames=frames, continuation=self._next_state(cursor, motion, request.num_frames))
 
     def check_state(self, state: ContinuationState) -> None:

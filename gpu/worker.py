@@ -1,9 +1,9 @@
 """The worker process of SubprocessGpuPool: one generator, one GPU, jobs over a pipe.
 
-Messages are small dicts. Server to worker: ``job``, ``release`` (a frame slot is
-free again), ``stop``. Worker to server: ``ready`` / ``boot_failed`` once, then per
-job ``started``, ``step``..., and ``result`` (frames in a shared-memory slot) or
-``failed``. Nothing here may import torch before CUDA_VISIBLE_DEVICES is set.
+The messages are the dataclasses of gpu/ipc.py. A job's frames go out chunk by chunk, as the backend
+hands them over, each through a free shared-memory slot. Inside a job's step and frame callbacks the
+worker reads its pipe without blocking, so a CancelJob (or StopWorker) stops the backend at its next
+step or chunk with SegmentCancelled. Nothing here may import torch before CUDA_VISIBLE_DEVICES is set.
 """
 
 from __future__ import annotations
@@ -15,30 +15,42 @@ import signal
 import time
 import traceback
 from collections import deque
-from dataclasses import asdict, replace
+from dataclasses import replace
 from multiprocessing.connection import Connection
-from typing import Any
 
-__all__ = ["request_from_wire", "request_to_wire", "worker_main"]
+import numpy as np
+
+from gpu.factory import build_generator
+from gpu.frame_slots import FrameSlots
+from gpu.generator import (
+    Generator,
+    IncompatibleStateError,
+    SegmentCancelled,
+    SegmentRequest,
+    generate_streaming,
+)
+from gpu.ipc import (
+    BootFailed,
+    CancelJob,
+    CheckState,
+    FailureKind,
+    FramesReady,
+    JobDone,
+    JobFailed,
+    JobStarted,
+    ReleaseSlot,
+    RunJob,
+    ServerMessage,
+    StateChecked,
+    StepDone,
+    StopWorker,
+    WorkerMessage,
+    WorkerReady,
+)
+
+__all__ = ["WorkerLoop", "worker_main"]
 
 _PR_SET_PDEATHSIG = 1  # prctl option: signal this process when its parent dies
-
-
-def request_to_wire(request: Any) -> dict[str, Any]:
-    """A SegmentRequest as a plain dict (its continuation as ``{kind, payload}``)."""
-    wire = asdict(request)
-    if request.continuation is not None:
-        wire["continuation"] = request.continuation.to_wire()
-    return wire
-
-
-def request_from_wire(wire: dict[str, Any]) -> Any:
-    from gpu.generator import ContinuationState, SegmentRequest
-
-    fields = dict(wire)
-    state = fields.pop("continuation", None)
-    continuation = ContinuationState(state["kind"], state["payload"]) if state else None
-    return SegmentRequest(**fields, continuation=continuation)
 
 
 def _die_with_parent() -> None:
@@ -49,101 +61,142 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-class _Worker:
-    def __init__(self, conn: Connection, slots: Any) -> None:
+class WorkerLoop:
+    """A worker's side of the pipe: boots the generator, then serves jobs one at a time.
+
+    Messages that arrive during a job are taken in at its next step or chunk: slot releases and
+    cancellations at once, anything else waits in a backlog for the job to end.
+    """
+
+    def __init__(self, conn: Connection, slots: FrameSlots) -> None:
         self._conn = conn
         self._slots = slots
         self._free = set(range(slots.count))
-        self._backlog: deque[dict[str, Any]] = deque()
-        self._generator: Any = None
+        self._backlog: deque[ServerMessage] = deque()
+        self._generator: Generator | None = None
+        self._current: int | None = None  # the job being generated
+        self._cancelled = False  # the current job was cancelled (or the worker told to stop)
 
-    def boot(self, backend: str, options: dict[str, Any], warmup_request: dict[str, Any] | None) -> None:
-        from gpu.factory import build_generator
+    def _send(self, message: WorkerMessage) -> None:
+        self._conn.send(message)
 
+    def boot(self, backend: str, options: dict[str, object], warmup_request: SegmentRequest | None) -> None:
+        """Build the generator, warm it up (two segments, the second continuing the first), report ready."""
         started = time.perf_counter()
         self._generator = build_generator(backend, options)
         warmup_ms = None
         if warmup_request is not None:
-            # Two segments, the second continuing the first: both code paths get compiled/cached.
+            # Both code paths (fresh and continued) get compiled and cached before the first session.
             warm_started = time.perf_counter()
-            first = self._generator.generate(request_from_wire(warmup_request))
-            second_request = request_from_wire({**warmup_request, "segment_idx": 1})
-            self._generator.generate(replace(second_request, continuation=first.continuation))
+            first = self._generator.generate(warmup_request)
+            second = replace(warmup_request, segment_idx=warmup_request.segment_idx + 1, continuation=first.continuation)
+            self._generator.generate(second)
             warmup_ms = (time.perf_counter() - warm_started) * 1000.0
-        self._conn.send(
-            {"op": "ready", "boot_ms": (time.perf_counter() - started) * 1000.0, "warmup_ms": warmup_ms, "pid": os.getpid()}
-        )
+        self._send(WorkerReady(pid=os.getpid(), boot_ms=(time.perf_counter() - started) * 1000.0, warmup_ms=warmup_ms))
 
     def serve(self) -> None:
+        """Handle messages until told to stop (or the pipe closes: EOFError)."""
         while True:
             message = self._backlog.popleft() if self._backlog else self._conn.recv()
-            op = message.get("op")
-            if op == "stop":
+            match message:
+                case StopWorker():
+                    return
+                case ReleaseSlot(slot=slot):
+                    self._free.add(slot)
+                case RunJob():
+                    self._run_job(message)
+                case CheckState():
+                    self._check_state(message)
+                case CancelJob():
+                    pass  # a job that already ended: its result went out, the server drops it
+
+    # Messages that arrive while a job runs.
+
+    def _absorb(self, message: ServerMessage) -> None:
+        match message:
+            case ReleaseSlot(slot=slot):
+                self._free.add(slot)
+            case CancelJob(job_id=job_id) if job_id == self._current:
+                self._cancelled = True
+            case CancelJob(job_id=job_id):
+                self._drop_queued(job_id)
+            case StopWorker():
+                self._cancelled = True
+                self._backlog.appendleft(message)
+            case _:
+                self._backlog.append(message)
+
+    def _drop_queued(self, job_id: int) -> None:
+        for queued in self._backlog:
+            if isinstance(queued, RunJob) and queued.job_id == job_id:
+                self._backlog.remove(queued)
+                self._send(JobFailed(job_id, FailureKind.CANCELLED, "cancelled before it started"))
                 return
-            if op == "release":
-                self._free.add(message["slot"])
-            elif op == "job":
-                self._run_job(message)
-            elif op == "check":
-                self._check_state(message)
+
+    def _poll(self) -> None:
+        """Take in whatever the server has sent, without waiting; SegmentCancelled if the job is off."""
+        while self._conn.poll(0):
+            self._absorb(self._conn.recv())
+        if self._cancelled:
+            raise SegmentCancelled(f"job {self._current} cancelled")
 
     def _take_slot(self) -> int:
         while not self._free:
-            message = self._conn.recv()
-            if message.get("op") == "release":
-                self._free.add(message["slot"])
-            else:
-                self._backlog.append(message)
+            self._poll()
+            if not self._free:
+                self._absorb(self._conn.recv())  # blocks until the server hands a slot back
         return self._free.pop()
 
-    def _run_job(self, message: dict[str, Any]) -> None:
-        from gpu.generator import IncompatibleStateError
+    # Jobs.
 
-        job = message["job"]
-        self._conn.send({"op": "started", "job": job})
+    def _run_job(self, message: RunJob) -> None:
+        assert self._generator is not None
+        job_id = message.job_id
+        self._current, self._cancelled = job_id, False
+        self._send(JobStarted(job_id))
         started = time.perf_counter()
 
         def on_step(step: int, total: int) -> None:
-            self._conn.send({"op": "step", "job": job, "step": step, "total": total})
+            self._poll()
+            self._send(StepDone(job_id, step, total))
 
-        try:
-            result = self._generator.generate(request_from_wire(message["request"]), on_step)
+        def on_frames(chunk: np.ndarray) -> None:
+            self._poll()
             slot = self._take_slot()
-            ref = self._slots.write(slot, result.frames)
-        except IncompatibleStateError as exc:
-            self._conn.send({"op": "failed", "job": job, "error": str(exc), "incompatible": True})
-            return
-        except Exception as exc:
-            self._conn.send(
-                {"op": "failed", "job": job, "error": f"{type(exc).__name__}: {exc}", "incompatible": False}
-            )
-            return
-        self._conn.send(
-            {
-                "op": "result",
-                "job": job,
-                "slot": ref.index,
-                "shape": ref.shape,
-                "state": result.continuation.to_wire(),
-                "generation_ms": (time.perf_counter() - started) * 1000.0,
-            }
-        )
+            try:
+                ref = self._slots.write(slot, chunk)
+            except ValueError:
+                self._free.add(slot)
+                raise
+            self._send(FramesReady(job_id, ref.index, ref.shape))
 
-    def _check_state(self, message: dict[str, Any]) -> None:
-        from gpu.generator import ContinuationState, IncompatibleStateError
-
-        state = message["state"]
         try:
-            self._generator.check_state(ContinuationState(state["kind"], state["payload"]))
+            result = generate_streaming(self._generator, message.request, on_step, on_frames)
+        except SegmentCancelled:
+            self._send(JobFailed(job_id, FailureKind.CANCELLED, "cancelled"))
+            return
         except IncompatibleStateError as exc:
-            self._conn.send({"op": "failed", "job": message["job"], "error": str(exc), "incompatible": True})
+            self._send(JobFailed(job_id, FailureKind.INCOMPATIBLE_STATE, str(exc)))
             return
-        except Exception as exc:
-            self._conn.send(
-                {"op": "failed", "job": message["job"], "error": f"{type(exc).__name__}: {exc}", "incompatible": False}
-            )
+        except Exception as exc:  # noqa: BLE001  (reported to the server, which raises GeneratorError)
+            self._send(JobFailed(job_id, FailureKind.GENERATOR_ERROR, f"{type(exc).__name__}: {exc}"))
             return
-        self._conn.send({"op": "checked", "job": message["job"]})
+        finally:
+            self._current = None
+        generation_ms = (time.perf_counter() - started) * 1000.0
+        self._send(JobDone(job_id, result.continuation.to_wire(), generation_ms))
+
+    def _check_state(self, message: CheckState) -> None:
+        assert self._generator is not None
+        try:
+            self._generator.check_state(message.state)
+        except IncompatibleStateError as exc:
+            self._send(JobFailed(message.job_id, FailureKind.INCOMPATIBLE_STATE, str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001  (reported to the server, as above)
+            self._send(JobFailed(message.job_id, FailureKind.GENERATOR_ERROR, f"{type(exc).__name__}: {exc}"))
+            return
+        self._send(StateChecked(message.job_id))
 
 
 def worker_main(
@@ -151,8 +204,8 @@ def worker_main(
     *,
     gpu_id: int,
     backend: str,
-    options: dict[str, Any],
-    warmup_request: dict[str, Any] | None,
+    options: dict[str, object],
+    warmup_request: SegmentRequest | None,
     slot_names: list[str],
 ) -> None:
     """Entry point of a worker process (started with the ``spawn`` method)."""
@@ -161,15 +214,13 @@ def worker_main(
     _die_with_parent()
     # The server handles SIGINT for the whole process group; a worker stops when told to.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from gpu.frame_slots import FrameSlots
-
     slots = FrameSlots.attach(slot_names)
-    worker = _Worker(conn, slots)
+    worker = WorkerLoop(conn, slots)
     try:
         try:
             worker.boot(backend, options, warmup_request)
-        except Exception as exc:
-            conn.send({"op": "boot_failed", "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
+        except Exception as exc:  # noqa: BLE001  (any boot failure is reported, then the worker exits)
+            conn.send(BootFailed(error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc()))
             return
         worker.serve()
     except (EOFError, OSError, KeyboardInterrupt):

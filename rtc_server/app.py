@@ -23,18 +23,17 @@ from gpu.factory import build_generator
 from gpu.generator import Generator, SegmentRequest
 from gpu.pool import GpuPool, InProcessGpuPool
 from gpu.subprocess_pool import SubprocessGpuPool, WorkerSettings
-from rtc_server.store import InMemoryBlobStore, InMemorySessionStore, SessionStore
 from prompt import PromptEnhancer, open_providers
 from prompt.safety import PromptSafetyFilter
-from rtc_server.admission import AdmissionQueue
 from rtc_server.config import ServiceConfig, StoreConfig
-from rtc_server.controller import SessionServices
 from rtc_server.health import healthz_payload, readyz_payload
 from rtc_server.http_errors import json_error
-from rtc_server.metrics import CONTENT_TYPE, LiveCounts, ServiceMetrics
+from rtc_server.metrics import CONTENT_TYPE, ServiceMetrics
 from rtc_server.prompt_pipeline import PromptPipeline
 from rtc_server.registry import SessionRegistry
 from rtc_server.session_log import SessionLogger
+from rtc_server.session_services import SessionServices
+from rtc_server.store import InMemoryBlobStore, InMemorySessionStore, SessionStore
 from rtc_server.transports import webrtc, websocket
 from rtc_server.transports.ice import apply_bitrate_bounds
 
@@ -111,13 +110,6 @@ def build_pool(config: ServiceConfig) -> GpuPool:
         warmup=pool_config.warmup,
         warmup_request=warmup_request,
     )
-
-
-def admission_slots(config: ServiceConfig) -> int:
-    """Sessions streaming at once: the configured limit, and no more than the workers can hold."""
-    if config.pool.backend == "subprocess":
-        return min(config.streaming.max_sessions, config.pool.num_workers * config.pool.sessions_per_worker)
-    return config.streaming.max_sessions
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -204,33 +196,18 @@ async def _prompt_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    admission = AdmissionQueue(slots=admission_slots(config))
-    pool = app[POOL]
-    metrics = app[METRICS]
-
-    def live_counts() -> LiveCounts:
-        workers = pool.status().get("gpu_status", {}).values()
-        return LiveCounts(
-            sessions_active=admission.active,
-            sessions_queued=admission.depth,
-            workers_total=len(workers),
-            workers_ready=sum(1 for w in workers if w.get("ready")),
-            workers_busy=sum(1 for w in workers if w.get("running", 0) > 0),
-        )
-
-    metrics.watch(live_counts)
     services = SessionServices(
-        pool=pool,
+        pool=app[POOL],
         store=app[STORE],
-        admission=admission,
         log=app[SESSION_LOG],
-        metrics=metrics,
+        metrics=app[METRICS],
         prompts=app[PROMPTS],
         streaming=config.streaming,
         defaults=config.default_request,
         image_dir=app[IMAGE_DIR],
     )
     registry = SessionRegistry(config=config, services=services)
+    app[METRICS].watch(registry.live_counts)
     app[REGISTRY] = registry
     registry.start_reaper()
     yield
@@ -275,7 +252,7 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[POOL].status())
+    return web.json_response(request.app[POOL].status().to_json())
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -1,9 +1,10 @@
 """Which prompt the next segment uses (DESIGN.md §3). Pure code, no I/O.
 
 Order: the newest user prompt; with loop generation on, the next curated prompt
-(cycling); with auto-extension on, a follow-on prompt (asked of the enhancer by
-the controller); else the last prompt again. Before anything was generated, the
-first curated prompt or the configured default starts the stream.
+(cycling); else the last prompt again. Before anything was generated, the first
+curated prompt or the configured default starts the stream. Auto-extension (a
+follow-on prompt from the enhancer) is decided by the GenerationPolicy, which
+also owns the last prompt used: the schedule is told it, never keeps it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ class PromptOrigin(enum.Enum):
 
 @dataclass(frozen=True, kw_only=True)
 class PromptChoice:
-    """A prompt and the per-prompt overrides that travel with it."""
+    """A prompt and the per-prompt overrides that travel with it.
+
+    ``checked`` is True once the safety filter passed the text (user prompts on arrival,
+    others when first used), so a repeat is not checked again.
+    """
 
     text: str
     origin: PromptOrigin
@@ -34,37 +39,27 @@ class PromptChoice:
     seed: int | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+    checked: bool = False
 
 
 class PromptSchedule:
-    """Holds the pending user prompt, the curated list and the last prompt used."""
+    """The pending user prompt and the curated list with its cursor."""
 
     def __init__(self, *, default_prompt: str, curated: list[str] | None = None, loop: bool = False) -> None:
         self._default = default_prompt
         self._curated = [p for p in (curated or []) if p.strip()]
         self._cursor = 0
         self.loop_enabled = loop
-        self.auto_extension_enabled = False
         self._pending: PromptChoice | None = None
-        self._last: PromptChoice | None = None
-
-    @property
-    def last(self) -> PromptChoice | None:
-        return self._last
 
     @property
     def has_pending_user_prompt(self) -> bool:
         return self._pending is not None
 
     @property
-    def wants_auto_extension(self) -> bool:
-        """True when the next prompt should come from the enhancer's auto-extension."""
-        return (
-            self._pending is None
-            and self.auto_extension_enabled
-            and self._last is not None
-            and not (self.loop_enabled and self._curated)
-        )
+    def cycles_curated(self) -> bool:
+        """True when the stream follows the curated list (loop on, list not empty)."""
+        return self.loop_enabled and bool(self._curated)
 
     def submit_user(self, choice: PromptChoice) -> None:
         """Queue a user prompt; a newer one replaces one not yet used."""
@@ -74,26 +69,25 @@ class PromptSchedule:
         self._curated = [p for p in prompts if p.strip()]
         self._cursor = 0
 
-    def next(self) -> PromptChoice:
-        """Take the prompt for the next segment and remember it as the last one."""
-        choice = self._pick()
-        self._last = choice
-        return choice
+    def peek(self, last: PromptChoice | None) -> PromptChoice:
+        """What :meth:`take` would return now, without taking it."""
+        return self._pick(last, advance=False)
 
-    def accept_auto_extension(self, text: str) -> PromptChoice:
-        """Record a follow-on prompt produced by auto-extension; it keeps the last prompt's overrides."""
-        base = self._last or PromptChoice(text=text, origin=PromptOrigin.AUTO_EXTENSION)
-        self._last = replace(base, text=text, origin=PromptOrigin.AUTO_EXTENSION)
-        return self._last
+    def take(self, last: PromptChoice | None) -> PromptChoice:
+        """Take the prompt for the next segment; ``last`` is the prompt the previous segment used."""
+        return self._pick(last, advance=True)
 
-    def _pick(self) -> PromptChoice:
+    def _pick(self, last: PromptChoice | None, *, advance: bool) -> PromptChoice:
         if self._pending is not None:
-            choice, self._pending = self._pending, None
+            choice = self._pending
+            if advance:
+                self._pending = None
             return choice
-        if self._curated and (self.loop_enabled or self._last is None):
+        if self._curated and (self.loop_enabled or last is None):
             text = self._curated[self._cursor % len(self._curated)]
-            self._cursor += 1
+            if advance:
+                self._cursor += 1
             return PromptChoice(text=text, origin=PromptOrigin.CURATED)
-        if self._last is not None:
-            return replace(self._last, origin=PromptOrigin.REPEAT)
+        if last is not None:
+            return replace(last, origin=PromptOrigin.REPEAT)
         return PromptChoice(text=self._default, origin=PromptOrigin.DEFAULT)

@@ -1,33 +1,64 @@
-"""The live sessions of one server: admission, lookup, the idle reaper, shutdown."""
+"""The live sessions of one server, in one place: capacity, admission, lookup, the idle reaper, shutdown.
+
+Transports open sessions here and look them up by id; controllers take and give back their
+streaming slot here (FIFO, with queue positions); the metrics read the live counts here.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from rtc_server.admission import AdmissionQueue, PositionCallback
 from rtc_server.config import ServiceConfig
-from rtc_server.controller import SessionController, SessionServices
+from rtc_server.controller import SessionController
 from rtc_server.delivery import DeliveryLog
-from rtc_server.session import SessionManager, SessionRejected
+from rtc_server.metrics import LiveCounts
+from rtc_server.session import Session, SessionRejected
+from rtc_server.session_services import SessionServices
 from rtc_server.sink import SessionSink
 
-__all__ = ["SessionRegistry"]
+__all__ = ["Capacity", "SessionRegistry"]
 
 logger = logging.getLogger(__name__)
 
 
-class SessionRegistry:
-    """Owns every SessionController of the server and the task that expires idle ones."""
+@dataclass(frozen=True)
+class Capacity:
+    """How many sessions a server takes: streaming at once (``slots``) and waiting for a slot (``queue``)."""
 
-    def __init__(self, *, config: ServiceConfig, services: SessionServices) -> None:
+    slots: int
+    queue: int
+
+    @property
+    def total(self) -> int:
+        """Sessions open at once; beyond it new ones are rejected."""
+        return self.slots + self.queue
+
+    @classmethod
+    def for_config(cls, config: ServiceConfig) -> Capacity:
+        """The configured limit, and no more streaming sessions than the workers can hold."""
+        slots = config.streaming.max_sessions
+        if config.pool.backend == "subprocess":
+            slots = min(slots, config.pool.num_workers * config.pool.sessions_per_worker)
+        return cls(slots=slots, queue=config.streaming.max_queue)
+
+
+class SessionRegistry:
+    """Owns every SessionController of the server, their admission slots, and the task that expires idle ones."""
+
+    def __init__(
+        self, *, config: ServiceConfig, services: SessionServices, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._config = config
         self._services = services
-        # Streaming sessions plus those waiting in the admission queue; beyond that, reject.
-        self._manager = SessionManager(
-            max_sessions=services.admission.slots + config.streaming.max_queue,
-            session_timeout_seconds=config.streaming.session_timeout_seconds,
-        )
+        self._clock = clock
+        self.capacity = Capacity.for_config(config)
+        self._admission = AdmissionQueue(slots=self.capacity.slots)
         self._controllers: dict[str, SessionController] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -35,40 +66,77 @@ class SessionRegistry:
         return len(self._controllers)
 
     @property
-    def max_sessions(self) -> int:
-        return self._manager.max_sessions
+    def services(self) -> SessionServices:
+        return self._services
+
+    # -- transports --------------------------------------------------------
 
     def open(self, *, transport: str, sink: SessionSink) -> SessionController:
-        """Admit a session for ``sink``; raises SessionRejected when the server is full or not ready."""
+        """Register a session for ``sink``; raises SessionRejected when the server is full or not ready."""
         metrics = self._services.metrics
         if not self._services.pool.ready:
             metrics.admission_rejections.labels(reason="warming").inc()
             raise SessionRejected("no GPU worker is ready yet", code="gpu_unavailable")
-        try:
-            session = self._manager.create(transport=transport)
-        except SessionRejected:
+        if len(self._controllers) >= self.capacity.total:
             metrics.admission_rejections.labels(reason="full").inc()
-            raise
-        delivery = DeliveryLog(
-            transport=transport, metrics=metrics, keep_frames=self._config.streaming.frame_log_size
-        )
+            raise SessionRejected(f"server is full: {self.capacity.total} sessions are streaming or waiting")
+        session = Session(clock=self._clock, transport=transport)
+        delivery = DeliveryLog(transport=transport, metrics=metrics, keep_frames=self._config.streaming.frame_log_size)
         controller = SessionController(
-            session=session, services=self._services, sink=sink, delivery=delivery, on_closed=self._forget
+            session=session, services=self._services, sink=sink, delivery=delivery, admission=self, on_closed=self._forget
         )
         self._controllers[session.id] = controller
         logger.info("session %s: opened over %s (%d live)", session.short_id, transport, len(self._controllers))
         return controller
-
-    @property
-    def services(self) -> SessionServices:
-        return self._services
 
     def get(self, session_id: str) -> SessionController | None:
         return self._controllers.get(session_id)
 
     def _forget(self, controller: SessionController) -> None:
         self._controllers.pop(controller.session.id, None)
-        self._manager.remove(controller.session.id)
+
+    # -- admission (what controllers use) ---------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Sessions waiting for a streaming slot."""
+        return self._admission.depth
+
+    @property
+    def active(self) -> int:
+        """Sessions holding a streaming slot."""
+        return self._admission.active
+
+    def try_enter(self, session_id: str) -> bool:
+        return self._admission.try_enter(session_id)
+
+    async def wait(self, session_id: str, on_position: PositionCallback) -> None:
+        await self._admission.wait(session_id, on_position)
+
+    def leave(self, session_id: str) -> None:
+        self._admission.leave(session_id)
+
+    # -- what the metrics read ----------------------------------------------
+
+    def live_counts(self) -> LiveCounts:
+        pool = self._services.pool.status()
+        return LiveCounts(
+            sessions_active=self._admission.active,
+            sessions_queued=self._admission.depth,
+            workers_total=pool.total_gpus,
+            workers_ready=pool.ready_workers,
+            workers_busy=pool.busy_workers,
+        )
+
+    # -- idle sessions and shutdown -------------------------------------------
+
+    def timed_out(self, now: float | None = None) -> list[SessionController]:
+        """Live sessions idle for longer than the session timeout."""
+        now = self._clock() if now is None else now
+        limit = self._config.streaming.session_timeout_seconds
+        return [
+            c for c in self._controllers.values() if not c.session.state.terminal and c.session.idle_for(now) > limit
+        ]
 
     def start_reaper(self) -> None:
         if self._reaper is None:
@@ -78,14 +146,11 @@ class SessionRegistry:
         interval = self._config.streaming.reaper_interval_seconds
         while True:
             await asyncio.sleep(interval)
-            for session in self._manager.timed_out():
-                controller = self._controllers.get(session.id)
-                if controller is None:
-                    continue
+            for controller in self.timed_out():
                 try:
                     await controller.expire()
                 except Exception:
-                    logger.exception("session %s: expiring failed", session.short_id)
+                    logger.exception("session %s: expiring failed", controller.session.short_id)
 
     async def close(self) -> None:
         """Stop the reaper, then end every session one by one. Idempotent."""

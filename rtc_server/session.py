@@ -1,7 +1,7 @@
-"""Session lifecycle: the state machine of protocol.md and the admission limit.
+"""Session lifecycle: the state machine of protocol.md.
 
-Pure code: no asyncio, no I/O. The running side (controllers, the idle reaper)
-lives in ``registry.py``.
+Pure code: no asyncio, no I/O. The running side (controllers, capacity, the idle
+reaper) lives in ``registry.py``.
 """
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ from __future__ import annotations
 import enum
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
     "InvalidSessionTransition",
     "Session",
-    "SessionManager",
     "SessionRejected",
     "SessionState",
 ]
@@ -97,6 +96,13 @@ class Session:
         self.state = target
         self.touch()
 
+    def end(self, target: SessionState) -> None:
+        """Enter terminal ``target``, or error where ``target`` is not reachable (a session still
+        initialising cannot "complete"); a session already ended stays as it is."""
+        if self.state.terminal:
+            return
+        self.transition(target if target in _TRANSITIONS[self.state] else SessionState.ERROR)
+
     def end_state_for_departure(self) -> SessionState:
         """The terminal state for a session whose client left: complete once streaming, else error."""
         return SessionState.COMPLETE if self.state is SessionState.ACTIVE else SessionState.ERROR
@@ -107,45 +113,3 @@ class Session:
 
     def idle_for(self, now: float | None = None) -> float:
         return (self.clock() if now is None else now) - self.last_activity
-
-
-class SessionManager:
-    """Registers live sessions and enforces ``max_sessions``."""
-
-    def __init__(
-        self, *, max_sessions: int, session_timeout_seconds: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._max_sessions = max_sessions
-        self._timeout = session_timeout_seconds
-        self._clock = clock
-        self._sessions: dict[str, Session] = {}
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def __iter__(self) -> Iterator[Session]:
-        return iter(list(self._sessions.values()))
-
-    @property
-    def max_sessions(self) -> int:
-        return self._max_sessions
-
-    def create(self, *, transport: str, client_id: str | None = None) -> Session:
-        """Admit a new session or raise SessionRejected when the server is full."""
-        if len(self._sessions) >= self._max_sessions:
-            raise SessionRejected(f"server is full: {self._max_sessions} sessions are streaming or waiting")
-        session = Session(clock=self._clock, transport=transport, client_id=client_id)
-        self._sessions[session.id] = session
-        return session
-
-    def get(self, session_id: str) -> Session | None:
-        return self._sessions.get(session_id)
-
-    def remove(self, session_id: str) -> None:
-        """Forget a session; missing ids are a no-op."""
-        self._sessions.pop(session_id, None)
-
-    def timed_out(self, now: float | None = None) -> list[Session]:
-        """Live sessions idle for longer than the timeout."""
-        now = self._clock() if now is None else now
-        return [s for s in self._sessions.values() if not s.state.terminal and s.idle_for(now) > self._timeout]

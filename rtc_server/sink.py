@@ -9,7 +9,7 @@ import numpy as np
 
 from rtc_server.protocol import ServerMessage
 
-__all__ = ["CloseReason", "SessionSink"]
+__all__ = ["CloseReason", "SegmentOutput", "SessionSink"]
 
 
 class CloseReason(enum.Enum):
@@ -24,19 +24,40 @@ class CloseReason(enum.Enum):
     SHUTDOWN = "shutdown"
 
 
+class SegmentOutput(Protocol):
+    """One segment's frames on their way to the client, put chunk by chunk as they are made."""
+
+    @property
+    def delivered(self) -> bool:
+        """True once any of its frames has left for the client: from then on it plays."""
+        ...
+
+    def put_frames(self, frames: np.ndarray) -> None:
+        """Queue ``(n, H, W, 3)`` frames for delivery; never blocks."""
+        ...
+
+    async def finish(self) -> None:
+        """Every frame was put; returns once the segment is accepted for delivery."""
+        ...
+
+    def retract(self) -> bool:
+        """Take the segment back if none of it was delivered (its frames are dropped); False otherwise."""
+        ...
+
+
 class SessionSink(Protocol):
     """A transport's side of one session.
 
-    ``send_event`` never blocks (it queues); ``send_segment`` returns once the
-    segment is accepted for delivery; ``wait_for_room`` implements look-ahead
-    by returning when another segment may be generated.
+    ``send_event`` never blocks (it queues); ``wait_for_room`` implements look-ahead
+    by returning when another segment may be generated; ``open_segment`` starts a
+    segment whose frames then flow through the returned output as they are made.
     """
 
     def send_event(self, message: ServerMessage) -> None: ...
 
     async def wait_for_room(self) -> None: ...
 
-    async def send_segment(self, segment_idx: int, frames: np.ndarray) -> None: ...
+    def open_segment(self, segment_idx: int, *, num_frames: int) -> SegmentOutput: ...
 
     async def drain(self) -> None: ...
 

@@ -17,10 +17,13 @@ class EventLog:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self._event_added = asyncio.Event()
+        self.on_event: Callable[[dict[str, Any]], None] | None = None  # called with each event as it arrives
 
     def record_event(self, event: dict[str, Any]) -> None:
         self.events.append(event)
         self._event_added.set()
+        if self.on_event is not None:
+            self.on_event(event)
 
     def events_of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("type") == kind]

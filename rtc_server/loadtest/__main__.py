@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         f"fps median {summary['delivered_fps']['median']}; "
         f"frame latency median {summary['frame_latency_ms']['median']} ms p95 {summary['frame_latency_ms']['p95']} ms "
         f"({summary['frame_latency_ms_without_receiver_hold']['median']} ms without the aiortc receiver's hold); "
+        f"prompt to pixels median {summary['prompt_to_pixels_ms']['median']} ms "
+        f"p95 {summary['prompt_to_pixels_ms']['p95']} ms ({summary['prompt_to_pixels_samples']} prompts); "
         f"stalls {summary['stalls']}; errors {summary['errors']}"
     )
     print(f"wrote {args.out / 'report.json'} and {args.out / 'plot.png'}")

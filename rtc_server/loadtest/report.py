@@ -70,6 +70,8 @@ def _session(record: SessionRecord) -> dict[str, Any]:
         "frame_latency_ms": _quantiles(latencies),
         "latency_samples": len(latencies),
         "prompts_sent": record.prompts_sent,
+        "prompt_to_pixels_ms": _quantiles([s * 1000.0 for s in record.prompts.latencies_s]),
+        "prompts_superseded": record.prompts.superseded,
         "errors": dict(record.errors),
     }
 
@@ -105,6 +107,10 @@ def build_report(settings: LoadSettings, records: list[SessionRecord]) -> dict[s
             "frame_latency_ms_without_receiver_hold": _quantiles(
                 [value - 1000.0 / fps for value in all_latencies] if fps and settings.transport == "webrtc" else []
             ),
+            "prompt_to_pixels_ms": _quantiles(
+                [latency * 1000.0 for r in records for latency in r.prompts.latencies_s]
+            ),
+            "prompt_to_pixels_samples": sum(len(r.prompts.latencies_s) for r in records),
             "stalls": sum(s["stalls"] for s in sessions),
             "errors": errors,
         },

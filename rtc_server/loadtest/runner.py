@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from urllib.parse import urlparse
 
 import aiohttp
 
+from rtc_server.clients.prompt_probe import PromptProbe
 from rtc_server.clients.webrtc_client import OfferRejected, ReceivedFrame, WebRTCClient
 from rtc_server.clients.ws_client import WebSocketClient
 
@@ -27,6 +29,9 @@ PROMPTS = (
     "a paper boat drifting down a gutter stream",
 )
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# Prompts go out at a random phase against segment boundaries, so prompt-to-pixels figures
+# sample every moment of a segment rather than one.
+PROMPT_JITTER = 0.25  # each interval is the configured one +- this fraction
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +63,7 @@ class SessionRecord:
     release_unix_ms: dict[int, float] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     prompts_sent: int = 0
+    prompts: PromptProbe = field(default_factory=PromptProbe)  # WebRTC: prompt to first decoded frame of it
 
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
@@ -70,10 +76,25 @@ def _default_hosts(url: str) -> list[str] | None:
 
 
 async def _prompt_schedule(client: Any, record: SessionRecord, interval_s: float, stop_at: float) -> None:
-    while time.monotonic() + interval_s < stop_at:
-        await asyncio.sleep(interval_s)
-        await client.send({"type": "segment_prompt_source", "prompt": PROMPTS[record.prompts_sent % len(PROMPTS)]})
+    jitter = random.Random(record.index)
+    while True:
+        pause_s = interval_s * jitter.uniform(1 - PROMPT_JITTER, 1 + PROMPT_JITTER)
+        if time.monotonic() + pause_s >= stop_at:
+            return
+        await asyncio.sleep(pause_s)
+        # Numbered, so that every prompt is new and its frames tell it apart from the last one's.
+        text = f"{PROMPTS[record.prompts_sent % len(PROMPTS)]}, take {record.prompts_sent + 1}"
+        record.prompts.sent(text, time.monotonic())
+        await client.send({"type": "segment_prompt_source", "prompt": text})
         record.prompts_sent += 1
+
+
+def _on_event(record: SessionRecord) -> Any:
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("type") == "prompt_received":
+            record.prompts.acknowledged(str(event.get("prompt")), str(event.get("prompt_used")))
+
+    return on_event
 
 
 def _count_errors(record: SessionRecord, events: list[dict[str, Any]]) -> None:
@@ -91,11 +112,13 @@ async def _run_webrtc(settings: LoadSettings, record: SessionRecord, http: aioht
         record.frame_times.append(frame.received_at)
         record.frame_unix_ms.append(time.time() * 1000.0)
         record.frame_numbers.append(frame.marker.frame_number if frame.marker else None)
+        record.prompts.frame(frame.marker, frame.received_at)
 
     hosts = settings.host_addresses if settings.host_addresses is not None else _default_hosts(settings.url)
     client = WebRTCClient(
         settings.url, session_init={"type": "session_init_v2"}, host_addresses=hosts, on_frame=on_frame, keep_frames=False
     )
+    client.on_event = _on_event(record)
     try:
         record.session_id = await client.connect(http=http)
         stop_at = record.started_at + settings.duration_s

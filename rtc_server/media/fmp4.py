@@ -7,18 +7,28 @@ time), so a Media Source Extensions client can append init + fragments, segment 
 without gaps. Every PyAV detail stays in this module; its failures surface as
 :class:`MediaEncodeError`.
 
+Frames may arrive as the generator makes them (:meth:`Fmp4Encoder.encode_stream`): the init goes out
+before the first frame exists and each fragment as soon as its last frame is encoded.
+
 Timeline continuation: a segment's frames get pts ``start_frame .. start_frame + N - 1`` in a
 ``1/fps`` time base, and the muxer is told to keep them (``movflags=frag_discont`` makes the first
 ``tfdt`` the first packet's dts, ``use_editlist=0`` keeps that offset out of an edit list, and
 ``avoid_negative_ts=make_non_negative`` stops libavformat from shifting the start back to zero,
 which it otherwise does for fragmented output without edit lists).
+
+Fragment cutting: libavformat's mp4 muxer closes a fragment only when the packet after it arrives
+or the file ends, which would hold every fragment back by one frame, and the last frame of each
+chunk a generator hands over until its next chunk exists. So one encoder serves the whole segment
+but each fragment is muxed by a short-lived muxer of its own (``fragment_index`` keeps the ``mfhd``
+sequence numbers counting up), closed as soon as the fragment's frames are encoded.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from types import TracebackType
@@ -28,6 +38,8 @@ import av
 import numpy as np
 from av.codec.codec import UnknownCodecError
 from av.codec.context import CodecContext, Flags
+from av.container import OutputContainer
+from av.packet import Packet
 from av.video.codeccontext import VideoCodecContext
 from av.video.reformatter import (
     ColorPrimaries,
@@ -37,6 +49,7 @@ from av.video.reformatter import (
     Interpolation,
     VideoReformatter,
 )
+from av.video.stream import VideoStream
 
 __all__ = [
     "H264_PROFILES",
@@ -64,7 +77,6 @@ _INPUT_PIX_FMT: Final = "rgb24"
 _CRF_MIN: Final = 1  # 0 means lossless, which needs High 4:4:4, not baseline/main
 _CRF_MAX: Final = 51  # x264's CRF range for 8-bit output
 _MS_PER_S: Final = 1000.0
-_US_PER_S: Final = 1_000_000
 _VBV_BUFFER_S: Final = 1.0  # bitrate mode: VBV buffer of one second of video, bounds bursts
 _NAL_TYPE_SPS: Final = 7
 # RGB -> YUV conversion on the calling thread: per-call swscale worker threads cost more than they
@@ -88,9 +100,20 @@ _MOVFLAGS: Final = "+".join(  # noqa: FLY002 - one flag per line, each with its 
         "empty_moov",  # ftyp+moov with no samples first: the init segment MSE needs
         "default_base_moof",  # offsets relative to each moof, no absolute base_data_offset (MSE, CMAF)
         "frag_discont",  # first tfdt = first packet's dts: the timeline continues across segments
+        "frag_custom",  # no cuts of the muxer's own: each fragment has a muxer, which it ends by closing
         "skip_trailer",  # no mfra index at the end: MSE ignores it, it only adds bytes
     )
 )
+
+
+_MUX_OPTIONS: Final = {
+    "movflags": _MOVFLAGS,
+    "use_editlist": "0",
+    "avoid_negative_ts": "make_non_negative",
+    "flush_packets": "1",  # hand what the muxer writes to us at once (the init before any frame)
+}
+_INIT_BOXES: Final = (b"ftyp", b"moov")
+_FRAGMENT_BOXES: Final = (b"moof", b"mdat")
 
 
 class MediaEncodeError(RuntimeError):
@@ -157,29 +180,40 @@ class _X264Config:
 class Fmp4SegmentStream(Iterator[bytes]):
     """The chunks of one segment as they are produced: the init first, then moof+mdat fragments.
 
-    Made by :meth:`Fmp4Encoder.encode_segment_iter`. Iterating does the encoding (blocking CPU
-    work): one thread at a time may iterate it. Closing it early releases the encoder.
+    Made by :meth:`Fmp4Encoder.encode_stream` (and :meth:`Fmp4Encoder.encode_segment_iter`).
+    Iterating does the encoding (blocking CPU work) and pulls the frames from their producer: one
+    thread at a time may iterate it, and :meth:`close` belongs to that thread too. The stream has
+    *ended* once it is exhausted, closed, or has raised; ending releases the encoder and closes the
+    producer's iterator (if it has ``close``).
+
+    While the stream runs, :attr:`num_frames` and :attr:`duration_ms` describe the segment as
+    declared. Once it has ended they describe what was delivered, the frames in the fragments
+    yielded: fewer than declared if the producer stopped early or the stream was abandoned. The
+    declared span stays reserved on the timeline either way (:attr:`reserved_frames`).
     """
 
     def __init__(
         self,
         *,
         config: _X264Config,
-        frames: np.ndarray,
+        frames: Iterator[np.ndarray],
+        num_frames: int,
         start_frame: int,
         frames_per_fragment: int,
         codec_string: str,
     ) -> None:
-        self._num_frames = int(frames.shape[0])
+        self._reserved_frames = num_frames
         self._fps = config.fps
         self._start_frame = start_frame
         self._codec_string = codec_string
         self._media_chunks = 0
-        self._started = False
+        self._delivered_frames = 0
         self._done = False
+        self._frames = frames
         self._chunks = _encode_chunks(
             config=config,
             frames=frames,
+            num_frames=num_frames,
             start_frame=start_frame,
             frames_per_fragment=frames_per_fragment,
             expected_codec_string=codec_string,
@@ -187,8 +221,13 @@ class Fmp4SegmentStream(Iterator[bytes]):
 
     @property
     def num_frames(self) -> int:
-        """Frames in this segment."""
-        return self._num_frames
+        """Frames in this segment: as declared until the stream has ended, then as delivered."""
+        return self._delivered_frames if self.ended else self._reserved_frames
+
+    @property
+    def reserved_frames(self) -> int:
+        """Frames this segment's place on the timeline spans (the declared ``num_frames``)."""
+        return self._reserved_frames
 
     @property
     def pts_base_ms(self) -> float:
@@ -198,7 +237,7 @@ class Fmp4SegmentStream(Iterator[bytes]):
     @property
     def duration_ms(self) -> float:
         """Duration of the segment (ms): ``num_frames / fps``."""
-        return self._num_frames * _MS_PER_S / self._fps
+        return self.num_frames * _MS_PER_S / self._fps
 
     @property
     def codec_string(self) -> str:
@@ -217,26 +256,34 @@ class Fmp4SegmentStream(Iterator[bytes]):
 
     @property
     def done(self) -> bool:
-        """True once every chunk has been yielded."""
+        """True once every chunk has been yielded (the stream ran to its end, short or not)."""
         return self._done
+
+    @property
+    def ended(self) -> bool:
+        """True once the stream is exhausted, closed or has raised: nothing more will come."""
+        return inspect.getgeneratorstate(self._chunks) == inspect.GEN_CLOSED
 
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> bytes:
         try:
-            chunk = next(self._chunks)
+            chunk, frames = next(self._chunks)
         except StopIteration:
             self._done = True
             raise
-        if self._started:
+        if frames:
             self._media_chunks += 1
-        self._started = True
+            self._delivered_frames += frames
         return chunk
 
     def close(self) -> None:
-        """Stop encoding early and release the encoder; the rest of the segment is dropped."""
+        """Stop encoding early, release the encoder and close the producer; the rest is dropped."""
+        started = inspect.getgeneratorstate(self._chunks) != inspect.GEN_CREATED
         self._chunks.close()
+        if not started:
+            _close_producer(self._frames)  # the encoder loop never ran, so it cannot have
 
     def __enter__(self) -> Self:
         return self
@@ -253,10 +300,11 @@ class Fmp4SegmentStream(Iterator[bytes]):
 class Fmp4Encoder:
     """H.264 (libx264, no B-frames) fMP4 encoder producing MSE-appendable segments on one timeline.
 
-    Thread safety: each segment gets its own libx264 context and muxer, so the only shared state is
+    Thread safety: each segment gets its own libx264 context and muxers, so the only shared state is
     the timeline position, guarded by a lock; segments are placed on the timeline in the order
-    :meth:`encode_segment` / :meth:`encode_segment_iter` are called. A given
-    :class:`Fmp4SegmentStream` must be iterated by one thread at a time (e.g. an executor worker).
+    :meth:`encode_stream` / :meth:`encode_segment_iter` / :meth:`encode_segment` are called, each
+    reserving its declared frames at once. A given :class:`Fmp4SegmentStream` must be iterated by
+    one thread at a time (e.g. an executor worker).
     """
 
     def __init__(
@@ -344,20 +392,43 @@ class Fmp4Encoder:
         with self._lock:
             return self._next_frame * _MS_PER_S / self._config.fps
 
+    def encode_stream(self, frames: Iterable[np.ndarray], *, num_frames: int) -> Fmp4SegmentStream:
+        """Reserve ``num_frames`` frames on the timeline and encode frames as ``frames`` produces them.
+
+        ``frames`` yields uint8 RGB frames ``(H, W, 3)`` or chunks of them ``(n, H, W, 3)``; it is
+        pulled lazily by the thread iterating the returned stream, which yields the init before
+        pulling the first frame, then each fragment as soon as its frames are encoded. Each item
+        is checked as it arrives: a non-array raises TypeError, a wrong dtype or shape ValueError,
+        as does an item that takes the segment past ``num_frames``; the stream then ends (encoder
+        released, producer closed) and the segment keeps its place. If ``frames`` ends early, the
+        segment ends with the frames encoded. Exceptions raised by ``frames`` itself pass through
+        unchanged; failures of the media library raise :class:`MediaEncodeError`. Each array is
+        read while its frames are encoded: do not modify it before the next item is pulled.
+        """
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        source = iter(frames)  # not iterable: TypeError now, before a place is reserved
+        return self._open_stream(source, num_frames)
+
     def encode_segment_iter(self, frames: np.ndarray) -> Fmp4SegmentStream:
         """Validate ``frames`` (N,H,W,3 uint8 RGB), reserve their place on the timeline, encode lazily.
 
-        The returned stream yields the init first, then each fragment as soon as it is muxed, so the
-        first bytes can go out before the segment is encoded. ``frames`` is read while iterating:
-        do not modify it until the stream is exhausted.
+        The whole-array form of :meth:`encode_stream`: the returned stream yields the init first,
+        then each fragment as soon as it is muxed, so the first bytes can go out before the
+        segment is encoded. ``frames`` is read while iterating: do not modify it until the stream
+        is exhausted.
         """
         num_frames = _validate_frames(frames, self._config.width, self._config.height)
+        return self._open_stream(iter((frames,)), num_frames)
+
+    def _open_stream(self, source: Iterator[np.ndarray], num_frames: int) -> Fmp4SegmentStream:
         with self._lock:
             start_frame = self._next_frame
             self._next_frame += num_frames
         return Fmp4SegmentStream(
             config=self._config,
-            frames=frames,
+            frames=source,
+            num_frames=num_frames,
             start_frame=start_frame,
             frames_per_fragment=self._frames_per_fragment,
             codec_string=self._codec_string,
@@ -400,13 +471,37 @@ def _validate_frames(frames: np.ndarray, width: int, height: int) -> int:
         raise TypeError(
             f"frames must be a numpy array of shape (N, {height}, {width}, 3), got {type(frames).__name__}"
         )
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must have dtype uint8 (RGB), got {frames.dtype}")
+    _check_dtype(frames)
     if frames.ndim != 4 or frames.shape[1:] != (height, width, 3):
         raise ValueError(f"frames must have shape (N, {height}, {width}, 3) RGB, got {frames.shape}")
     if frames.shape[0] == 0:
         raise ValueError("frames must hold at least one frame")
     return int(frames.shape[0])
+
+
+def _as_chunk(item: object, width: int, height: int) -> np.ndarray:
+    """One produced item, a frame (H,W,3) or a chunk (n,H,W,3) of uint8 RGB, as (n,H,W,3).
+
+    TypeError if it is not an array, ValueError for a wrong dtype or shape.
+    """
+    if not isinstance(item, np.ndarray):
+        raise TypeError(
+            f"frames must yield numpy arrays of shape ({height}, {width}, 3) or (n, {height}, {width}, 3),"
+            f" got {type(item).__name__}"
+        )
+    _check_dtype(item)
+    if item.shape == (height, width, 3):
+        return item[np.newaxis]
+    if item.ndim == 4 and item.shape[1:] == (height, width, 3):
+        return item
+    raise ValueError(
+        f"frames must have shape ({height}, {width}, 3) or (n, {height}, {width}, 3) RGB, got {item.shape}"
+    )
+
+
+def _check_dtype(frames: np.ndarray) -> None:
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must have dtype uint8 (RGB), got {frames.dtype}")
 
 
 def _probe_codec_string(config: _X264Config) -> str:
@@ -518,112 +613,162 @@ class _OutputBuffer:
         return len(self._data)
 
 
-class _ChunkAssembler:
-    """Groups top-level boxes into chunks: ftyp..moov is the init, then each run ending in mdat."""
+def _take_boxes(output: _OutputBuffer, expected: tuple[bytes, ...]) -> list[bytes]:
+    """All the muxer wrote so far, checked to be exactly the boxes ``expected``, in order."""
+    boxes = output.take_boxes()
+    types = tuple(box_type for box_type, _ in boxes)
+    if types != expected or output.pending:
+        raise MediaEncodeError(f"muxer wrote boxes {types} ({output.pending} bytes pending), expected {expected}")
+    return [box for _, box in boxes]
 
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._init_done = False
 
-    def add(self, box_type: bytes, box: bytes) -> bytes | None:
-        """Add one box; return a finished chunk when this box completes one."""
-        if not self._init_done and box_type in (b"moof", b"mdat"):
-            raise MediaEncodeError("muxer wrote media before the moov")
-        self._parts.append(box)
-        if box_type == (b"mdat" if self._init_done else b"moov"):
-            self._init_done = True
-            chunk = b"".join(self._parts)
-            self._parts.clear()
-            return chunk
-        return None
+class _SegmentMuxer:
+    """One segment's libx264 encoder, the muxer that writes its init, and one muxer per fragment.
 
-    @property
-    def pending(self) -> bool:
-        """True if boxes are waiting for the box that completes their chunk."""
-        return bool(self._parts)
+    The init muxer owns the encoder's stream but never gets a packet; each fragment's packets go
+    to a muxer made from that stream's parameters, and closing it writes the fragment at once.
+    """
+
+    def __init__(self, config: _X264Config) -> None:
+        self._config = config
+        self._time_base = Fraction(1, config.fps)
+        self._reformatter = VideoReformatter()  # reused: keeps one swscale context for the segment
+        self._init_muxer: OutputContainer | None = None
+        self._stream: VideoStream | None = None
+        self._fragments = 0
+        self._flushed = False
+
+    def open(self) -> bytes:
+        """Open the encoder and return the init (ftyp+moov); it needs no frame."""
+        output = _OutputBuffer()
+        self._init_muxer = av.open(output, mode="w", format=_CONTAINER_FORMAT, options=_MUX_OPTIONS)
+        stream = cast(VideoStream, self._init_muxer.add_stream(_ENCODER_NAME, rate=self._config.fps))
+        self._config.apply(stream.codec_context)
+        stream.time_base = self._time_base
+        self._init_muxer.start_encoding()  # opens libx264 and writes the header: with empty_moov, the init
+        self._stream = stream
+        return b"".join(_take_boxes(output, _INIT_BOXES))
+
+    def encode(self, pixels: np.ndarray, pts: int) -> list[Packet]:
+        """Encode one (H,W,3) RGB frame at ``pts`` (in frames); returns the packets it completes."""
+        rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format=_INPUT_PIX_FMT)
+        frame = self._reformatter.reformat(
+            rgb,
+            format=_ENCODE_PIX_FMT,
+            src_colorspace=Colorspace.DEFAULT,
+            dst_colorspace=_COLORSPACE,
+            src_color_range=ColorRange.JPEG,  # RGB input is full range
+            dst_color_range=_COLOR_RANGE,
+            interpolation=_CONVERT_INTERPOLATION,
+            threads=_CONVERT_THREADS,
+        )
+        frame.pts = pts
+        frame.time_base = self._time_base
+        return self._opened_stream().encode(frame)
+
+    def flush(self) -> list[Packet]:
+        """Drain the encoder (no more frames follow); later calls return nothing."""
+        if self._flushed:
+            return []
+        self._flushed = True
+        return self._opened_stream().encode(None)
+
+    def fragment(self, packets: list[Packet]) -> bytes:
+        """Mux ``packets`` into the next moof+mdat fragment and return it."""
+        self._fragments += 1
+        output = _OutputBuffer()
+        options = {**_MUX_OPTIONS, "fragment_index": str(self._fragments)}
+        muxer = av.open(output, mode="w", format=_CONTAINER_FORMAT, options=options)
+        muxed = False
+        try:
+            stream = muxer.add_stream_from_template(self._opened_stream())
+            muxer.start_encoding()
+            for packet in packets:
+                packet.stream = stream
+                muxer.mux(packet)
+            muxed = True
+        finally:
+            if not muxed:
+                _close_abandoned(muxer)
+        muxer.close()  # writes the fragment
+        # The header it wrote first is the init again (same stream parameters): dropped.
+        boxes = _take_boxes(output, _INIT_BOXES + _FRAGMENT_BOXES)
+        return b"".join(boxes[len(_INIT_BOXES) :])
+
+    def close(self) -> None:
+        """Release the encoder. The init muxer never got a packet, so closing it writes nothing."""
+        muxer, self._init_muxer = self._init_muxer, None
+        if muxer is not None:
+            _close_abandoned(muxer)
+
+    def _opened_stream(self) -> VideoStream:
+        if self._stream is None:
+            raise MediaEncodeError("the segment's encoder is not open")
+        return self._stream
+
+
+def _close_abandoned(muxer: OutputContainer) -> None:
+    """Close a muxer whose output no longer matters; a failure there is only worth a debug line."""
+    try:
+        muxer.close()
+    except av.FFmpegError:
+        logger.debug("closing an fMP4 muxer failed", exc_info=True)
 
 
 def _encode_chunks(
     *,
     config: _X264Config,
-    frames: np.ndarray,
+    frames: Iterator[np.ndarray],
+    num_frames: int,
     start_frame: int,
     frames_per_fragment: int,
     expected_codec_string: str,
-) -> Generator[bytes, None, None]:
-    """Encode and mux ``frames``, yielding the init and then each fragment as soon as it is complete."""
-    output = _OutputBuffer()
-    assembler = _ChunkAssembler()
-    time_base = Fraction(1, config.fps)
-    first_chunk = True
+) -> Generator[tuple[bytes, int], None, None]:
+    """Encode frames as they are pulled from ``frames``; yield the init, then each fragment when done.
 
-    def ready_chunks() -> Iterator[bytes]:
-        nonlocal first_chunk
-        for box_type, box in output.take_boxes():
-            chunk = assembler.add(box_type, box)
-            if chunk is None:
-                continue
-            if first_chunk:
-                first_chunk = False
-                actual = codec_string_from_init(chunk)
-                if actual != expected_codec_string:
-                    # media_init may already have announced the probed string; a mismatch would
-                    # make the browser reject or misconfigure its SourceBuffer.
-                    raise MediaEncodeError(
-                        f"init codec {actual} differs from the probed {expected_codec_string}"
-                    )
-            yield chunk
-
-    # The muxer cuts a fragment before a packet once the fragment spans at least this long. Rounded
-    # down so that 1/fps not being a whole number of microseconds cannot push the cut a frame later.
-    max_fragment_us = frames_per_fragment * _US_PER_S // config.fps
-    mux_options = {
-        "movflags": _MOVFLAGS,
-        "frag_duration": str(max_fragment_us),
-        "use_editlist": "0",
-        "avoid_negative_ts": "make_non_negative",
-        "flush_packets": "1",  # hand each fragment to us as soon as it is written
-    }
-    reformatter = VideoReformatter()  # reused: keeps one swscale context for the segment
-    container = None
+    Yields ``(chunk, frames in it)``: ``(init, 0)`` first, then ``(moof+mdat, n)``. However the
+    stream ends, the encoder is released and ``frames`` is closed (if it can be).
+    """
+    muxer = _SegmentMuxer(config)
     try:
-        container = av.open(output, mode="w", format=_CONTAINER_FORMAT, options=mux_options)
-        stream = container.add_stream(_ENCODER_NAME, rate=config.fps)
-        config.apply(cast(VideoCodecContext, stream.codec_context))
-        stream.time_base = time_base
-        # Writes the header now: with empty_moov that is the whole init, out before any frame.
-        container.start_encoding()
-        yield from ready_chunks()
-        for index in range(frames.shape[0]):
-            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[index]), format=_INPUT_PIX_FMT)
-            frame = reformatter.reformat(
-                rgb,
-                format=_ENCODE_PIX_FMT,
-                src_colorspace=Colorspace.DEFAULT,
-                dst_colorspace=_COLORSPACE,
-                src_color_range=ColorRange.JPEG,  # RGB input is full range
-                dst_color_range=_COLOR_RANGE,
-                interpolation=_CONVERT_INTERPOLATION,
-                threads=_CONVERT_THREADS,
-            )
-            frame.pts = start_frame + index
-            frame.time_base = time_base
-            for packet in stream.encode(frame):
-                container.mux(packet)
-            yield from ready_chunks()
-        for packet in stream.encode(None):
-            container.mux(packet)
-        closing, container = container, None
-        closing.close()  # writes the last fragment
-        yield from ready_chunks()
+        init = muxer.open()
+        actual = codec_string_from_init(init)
+        if actual != expected_codec_string:
+            # media_init may already have announced the probed string; a mismatch would make the
+            # browser reject or misconfigure its SourceBuffer.
+            raise MediaEncodeError(f"init codec {actual} differs from the probed {expected_codec_string}")
+        yield init, 0
+        encoded = 0
+        pending: list[Packet] = []
+        for item in frames:  # pulls the producer: may wait for the generator's next frames
+            chunk = _as_chunk(item, config.width, config.height)
+            if encoded + len(chunk) > num_frames:
+                raise ValueError(
+                    f"frames produced more than the declared num_frames={num_frames}"
+                    f" ({encoded} encoded, then a chunk of {len(chunk)})"
+                )
+            for pixels in chunk:
+                pending += muxer.encode(pixels, start_frame + encoded)
+                encoded += 1
+                complete = encoded == num_frames
+                if complete:
+                    # The last fragment leaves now, not when the producer gets round to stopping.
+                    pending += muxer.flush()
+                if pending and (complete or len(pending) >= frames_per_fragment):
+                    yield muxer.fragment(pending), len(pending)
+                    pending = []
+        pending += muxer.flush()  # the producer stopped early: the segment ends with what it made
+        if pending:
+            yield muxer.fragment(pending), len(pending)
     except (av.FFmpegError, UnknownCodecError) as exc:
         raise MediaEncodeError(f"fMP4 encoding failed: {exc}") from exc
     finally:
-        if container is not None:
-            # Abandoned or failed midway: release the encoder; the output is discarded.
-            try:
-                container.close()
-            except av.FFmpegError:
-                logger.debug("closing an abandoned fMP4 muxer failed", exc_info=True)
-    if assembler.pending or output.pending:
-        raise MediaEncodeError("muxer output ended with an incomplete fragment")
+        muxer.close()
+        _close_producer(frames)
+
+
+def _close_producer(frames: Iterator[np.ndarray]) -> None:
+    """Close the frames iterator if it can be closed: an abandoned segment tells its producer to stop."""
+    close = getattr(frames, "close", None)
+    if callable(close):
+        close()

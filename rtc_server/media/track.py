@@ -6,7 +6,7 @@ import asyncio
 import fractions
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,12 +25,18 @@ ReleaseCallback = Callable[[np.ndarray], None]
 
 
 class PlayoutBuffer:
-    """Frames waiting to be released, with waits for room (look-ahead) and for draining."""
+    """Frames waiting to be released, with waits for room (look-ahead) and for draining.
+
+    Each frame carries the tag of the segment it belongs to (tags increase with every segment),
+    so a segment none of whose frames has been released can be taken back whole.
+    """
 
     def __init__(self) -> None:
-        self._frames: deque[np.ndarray] = deque()
+        self._frames: deque[tuple[int, np.ndarray]] = deque()
         self._changed = asyncio.Event()
         self._closed = False
+        self._next_tag = 0
+        self._released_tag = -1  # tag of the last frame released
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -39,18 +45,37 @@ class PlayoutBuffer:
     def closed(self) -> bool:
         return self._closed
 
-    def put_segment(self, frames: Sequence[np.ndarray]) -> None:
+    def new_tag(self) -> int:
+        """A tag for the next segment; later segments get larger tags."""
+        tag, self._next_tag = self._next_tag, self._next_tag + 1
+        return tag
+
+    def put(self, tag: int, frames: Iterable[np.ndarray]) -> None:
         if self._closed:
             return
-        self._frames.extend(frames)
+        self._frames.extend((tag, frame) for frame in frames)
         self._changed.set()
 
     def pop(self) -> np.ndarray | None:
         if not self._frames:
             return None
-        frame = self._frames.popleft()
+        self._released_tag, frame = self._frames.popleft()
         self._changed.set()
         return frame
+
+    def released(self, tag: int) -> bool:
+        """True once a frame of segment ``tag`` (or of a later one) has been released."""
+        return self._released_tag >= tag
+
+    def drop_from(self, tag: int) -> int:
+        """Drop the frames of segment ``tag`` and every later one; returns how many were dropped."""
+        dropped = 0
+        while self._frames and self._frames[-1][0] >= tag:
+            self._frames.pop()
+            dropped += 1
+        if dropped:
+            self._changed.set()
+        return dropped
 
     def close(self) -> None:
         """Drop what is left and wake every waiter."""

@@ -1,4 +1,9 @@
-"""The WebRTC side of a session: events to the ``control`` data channel, frames to the playout buffer."""
+"""The WebRTC side of a session: events to the ``control`` data channel, frames to the playout buffer.
+
+A segment's frames enter the playout buffer chunk by chunk as they are made; the paced track
+releases them at the stream's fps. Until its first frame is released, a segment can be taken
+back whole (a newer prompt replaces it).
+"""
 
 from __future__ import annotations
 
@@ -15,13 +20,40 @@ from rtc_server.media.track import PlayoutBuffer
 from rtc_server.protocol import ServerMessage, serialize
 from rtc_server.sink import CloseReason
 
-__all__ = ["WebRTCSink"]
+__all__ = ["BufferedSegment", "WebRTCSink"]
 
 logger = logging.getLogger(__name__)
 
 CHANNEL_FLUSH_TIMEOUT_S = 1.0  # how long a closing session waits for queued control messages to leave
 _FLUSH_POLL_S = 0.01
 CHANNEL_SETTLE_S = 0.05  # grace after the channel buffer empties
+
+
+class BufferedSegment:
+    """One segment's frames in the playout buffer (a SegmentOutput)."""
+
+    def __init__(self, buffer: PlayoutBuffer) -> None:
+        self._buffer = buffer
+        self._tag = buffer.new_tag()
+        self._retracted = False
+
+    @property
+    def delivered(self) -> bool:
+        return self._buffer.released(self._tag)
+
+    def put_frames(self, frames: np.ndarray) -> None:
+        if not self._retracted:
+            self._buffer.put(self._tag, frames)
+
+    async def finish(self) -> None:
+        """Nothing to wait for: the frames are queued for the track."""
+
+    def retract(self) -> bool:
+        if self.delivered:
+            return False
+        self._retracted = True
+        self._buffer.drop_from(self._tag)
+        return True
 
 
 class WebRTCSink:
@@ -76,8 +108,8 @@ class WebRTCSink:
     async def wait_for_room(self) -> None:
         await self._buffer.wait_for_room(self._lookahead_frames)
 
-    async def send_segment(self, segment_idx: int, frames: np.ndarray) -> None:
-        self._buffer.put_segment(list(frames))
+    def open_segment(self, segment_idx: int, *, num_frames: int) -> BufferedSegment:
+        return BufferedSegment(self._buffer)
 
     async def drain(self) -> None:
         await self._buffer.wait_empty()

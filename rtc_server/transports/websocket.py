@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -38,6 +39,8 @@ class WebSocketTransport:
         self._config = config
         self._registry = registry
         self._sockets: set[web.WebSocketResponse] = set()
+        # One encoding thread per streaming session at most (see WebSocketSink).
+        self._encoders = ThreadPoolExecutor(max_workers=config.streaming.max_sessions, thread_name_prefix="fmp4")
 
     def __len__(self) -> int:
         return len(self._sockets)
@@ -62,6 +65,7 @@ class WebSocketTransport:
         sink = WebSocketSink(
             ws,
             encoder_factory=self._make_encoder,
+            executor=self._encoders,
             lookahead_segments=self._config.streaming.lookahead_segments,
             max_pending_segments=self._config.websocket.max_pending_segments,
             stalled_client_timeout_s=self._config.websocket.stalled_client_timeout_seconds,
@@ -137,10 +141,11 @@ class WebSocketTransport:
                 return
 
     async def close(self) -> None:
-        """Close every open socket (the read loops then end their sessions)."""
+        """Close every open socket (the read loops then end their sessions), then the encoding threads."""
         for ws in list(self._sockets):
             with contextlib.suppress(ConnectionResetError, RuntimeError):
                 await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        await asyncio.to_thread(self._encoders.shutdown, wait=True, cancel_futures=True)
 
 
 def _limit_send_buffer(request: web.Request, size: int | None) -> None:

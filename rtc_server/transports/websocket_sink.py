@@ -11,20 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 from aiohttp import WSCloseCode, web
 
-from rtc_server.media.fmp4 import Fmp4Encoder
+from rtc_server.media.fmp4 import Fmp4Encoder, Fmp4SegmentStream
 from rtc_server.protocol import MediaInit, MediaSegmentComplete, MediaSegmentSkipped, ServerMessage, serialize
 from rtc_server.sink import CloseReason
 
-__all__ = ["WebSocketSink", "close_code_for"]
+__all__ = ["StreamedSegment", "WebSocketSink", "close_code_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,61 @@ class _SegmentSent:
 _Item = str | bytes | _SegmentSent
 
 
+class StreamedSegment:
+    """One segment encoded to fMP4 as its frames arrive (a SegmentOutput).
+
+    Its media starts leaving with the first frame put, so it can be taken back only before that.
+    """
+
+    def __init__(self, sink: WebSocketSink, segment_idx: int, num_frames: int) -> None:
+        self._sink = sink
+        self._segment_idx = segment_idx
+        self._num_frames = num_frames
+        self._frames: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
+        self._task: asyncio.Task[None] | None = None
+        self._retracted = False
+
+    @property
+    def delivered(self) -> bool:
+        return self._task is not None
+
+    def put_frames(self, frames: np.ndarray) -> None:
+        if self._retracted or self._sink.closed:
+            return
+        if self._task is None:
+            self._task = self._sink.begin_stream(self)
+        self._frames.put(frames)
+
+    async def finish(self) -> None:
+        if self._task is None:
+            return
+        self._frames.put(None)
+        await self._task
+
+    def retract(self) -> bool:
+        if self._task is not None:
+            return False
+        self._retracted = True
+        return True
+
+    def abandon(self) -> None:
+        """End the frames early (the session is closing): the encoder stops waiting for more."""
+        self._frames.put(None)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """The frames as they are put; ends at finish or abandon. Iterated in the encoder's thread."""
+        while (chunk := self._frames.get()) is not None:
+            yield chunk
+
+    @property
+    def segment_idx(self) -> int:
+        return self._segment_idx
+
+    @property
+    def num_frames(self) -> int:
+        return self._num_frames
+
+
 class WebSocketSink:
     """Sends events and fMP4 segments over one WebSocket, in protocol order."""
 
@@ -64,6 +121,7 @@ class WebSocketSink:
         ws: web.WebSocketResponse,
         *,
         encoder_factory: Callable[[], Fmp4Encoder],
+        executor: Executor,
         lookahead_segments: int,
         max_pending_segments: int,
         stalled_client_timeout_s: float = 30.0,
@@ -75,6 +133,9 @@ class WebSocketSink:
     ) -> None:
         self._ws = ws
         self._encoder_factory = encoder_factory
+        # Encoding threads wait for frames while they are generated: they get their own pool, so
+        # they can never starve the default executor (aiortc's encoders, file I/O, the safety filter).
+        self._executor = executor
         self._encoder: Fmp4Encoder | None = None
         self._lookahead_segments = lookahead_segments
         self._max_pending = max_pending_segments
@@ -99,8 +160,28 @@ class WebSocketSink:
         self._segment_ms = 0.0
         self._open_segment = False
         self._parked: list[str] = []  # events held back while a segment's media is being queued
+        self._current: StreamedSegment | None = None  # the segment whose frames are arriving
         self.segments_sent = 0
         self.segments_skipped = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def begin_stream(self, segment: StreamedSegment) -> asyncio.Task[None]:
+        """Start sending ``segment``'s media; events sent meanwhile wait until it is all queued."""
+        self._open_segment = True
+        self._current = segment
+        task = asyncio.create_task(
+            self._send_stream(segment.segment_idx, segment.num_frames, segment.frames()),
+            name=f"ws-segment-{self.label}-{segment.segment_idx}",
+        )
+        task.add_done_callback(lambda _: self._forget(segment))
+        return task
+
+    def _forget(self, segment: StreamedSegment) -> None:
+        if self._current is segment:
+            self._current = None
 
     def start(self) -> None:
         if self._writer is None:
@@ -128,43 +209,27 @@ class WebSocketSink:
                 return
             await asyncio.sleep(min(excess_ms / 1000.0, MAX_PACING_SLEEP_S))
 
-    async def send_segment(self, segment_idx: int, frames: np.ndarray) -> None:
-        if self._closed:
-            return
-        if self._pending_segments >= self._max_pending:
-            # The client is not reading: skip the whole segment rather than grow memory.
-            # The encoder timeline does not advance, so the client's media stays gap-free.
-            self.segments_skipped += 1
-            self._paced_end_ms += self._segment_ms  # keep generating at the stream's pace, not faster
-            logger.info("%s: client behind by %d segments, skipping segment %d", self.label, self._pending_segments, segment_idx)
-            self._enqueue(serialize(MediaSegmentSkipped(segment_idx=segment_idx, stream_id=self.stream_id)))
-            return
-        loop = asyncio.get_running_loop()
-        if self._encoder is None:
-            self._encoder = await loop.run_in_executor(None, self._encoder_factory)
-        stream = self._encoder.encode_segment_iter(frames)
-        if self._anchor is None:
-            self._anchor = self._clock()
-        self._paced_end_ms += stream.duration_ms
-        self._segment_ms = stream.duration_ms
-        self._pending_segments += 1
-        self._enqueue(serialize(MediaInit(segment_idx=segment_idx, mime=stream.mime, stream_id=self.stream_id)))
-        self._open_segment = True
+    def open_segment(self, segment_idx: int, *, num_frames: int) -> StreamedSegment:
+        return StreamedSegment(self, segment_idx, num_frames)
 
-        def produce() -> float:
-            # Runs in a worker thread. Fragments go out as the encoder makes them, so a segment's
-            # first bytes leave after one frame's encoding rather than the whole segment's. The
-            # thread owns the stream start to finish: a cancelled session cannot close it mid-frame.
-            started = time.perf_counter()
-            with stream:
-                for chunk in stream:
-                    if self._closed:
-                        break
-                    loop.call_soon_threadsafe(self._enqueue, chunk)
-            return time.perf_counter() - started
-
+    async def _send_stream(self, segment_idx: int, num_frames: int, frames: Iterable[np.ndarray]) -> None:
+        """Encode one segment as its frames arrive and queue its media, contiguous, in protocol order."""
         try:
-            encode_s = await loop.run_in_executor(None, produce)
+            if self._pending_segments >= self._max_pending:
+                self._skip(segment_idx)
+                return
+            loop = asyncio.get_running_loop()
+            if self._encoder is None:
+                self._encoder = await loop.run_in_executor(self._executor, self._encoder_factory)
+            stream = self._encoder.encode_stream(frames, num_frames=num_frames)
+            if self._anchor is None:
+                self._anchor = self._clock()
+            # Paced by the segment's declared length: its frames are still being made.
+            self._segment_ms = num_frames * 1000.0 / self._encoder.fps
+            self._paced_end_ms += self._segment_ms
+            self._pending_segments += 1
+            self._enqueue(serialize(MediaInit(segment_idx=segment_idx, mime=stream.mime, stream_id=self.stream_id)))
+            encode_s = await loop.run_in_executor(self._executor, self._produce, loop, stream)
             if self.on_encoded is not None:
                 self.on_encoded(encode_s)
             self._enqueue(
@@ -185,6 +250,26 @@ class WebSocketSink:
             for text in parked:
                 self._enqueue(text)
 
+    def _produce(self, loop: asyncio.AbstractEventLoop, stream: Fmp4SegmentStream) -> float:
+        # Runs in a worker thread, which owns the stream start to finish (a cancelled session
+        # cannot close it mid-frame). Fragments go out as the encoder makes them, each as soon
+        # as its frame has been generated and encoded.
+        started = time.perf_counter()
+        with stream:
+            for chunk in stream:
+                if self._closed:
+                    break
+                loop.call_soon_threadsafe(self._enqueue, chunk)
+        return time.perf_counter() - started
+
+    def _skip(self, segment_idx: int) -> None:
+        # The client is not reading: skip the whole segment rather than grow memory. The
+        # encoder timeline does not advance, so the client's media stays gap-free.
+        self.segments_skipped += 1
+        self._paced_end_ms += self._segment_ms  # keep generating at the stream's pace, not faster
+        logger.info("%s: client behind by %d segments, skipping segment %d", self.label, self._pending_segments, segment_idx)
+        self._enqueue(serialize(MediaSegmentSkipped(segment_idx=segment_idx, stream_id=self.stream_id)))
+
     async def drain(self) -> None:
         while self._queue and not self._closed:
             self._idle.clear()
@@ -193,6 +278,8 @@ class WebSocketSink:
     async def close(self, reason: CloseReason) -> None:
         if self._closed:
             return
+        if self._current is not None:
+            self._current.abandon()  # no more frames are coming: let its encoder finish now
         if reason is not CloseReason.CLIENT_LEFT:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.drain(), CLOSE_DRAIN_TIMEOUT_S)

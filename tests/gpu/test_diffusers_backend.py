@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from gpu.diffusers_backend import (
+    FRAMES_PER_CHUNK,
     STATE_KIND,
     DiffusersGenerator,
     is_valid_length,
@@ -34,6 +35,7 @@ from gpu.generator import (
     ContinuationState,
     GeneratorError,
     IncompatibleStateError,
+    SegmentCancelled,
     SegmentRequest,
 )
 
@@ -106,6 +108,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
         import diffusers  # noqa: F401  (the diffusers extra is part of the test install)
+
         from gpu.tiny_model import build_tiny_pipeline_dir
 
         yield build_tiny_pipeline_dir(tmp_path_factory.mktemp("tiny-ltx"))
@@ -204,6 +207,63 @@ def test_step_callback_reports_every_step(generator: DiffusersGenerator) -> None
     steps: list[tuple[int, int]] = []
     generator.generate(replace(REQUEST, num_inference_steps=3), lambda step, total: steps.append((step, total)))
     assert steps == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_frames_are_handed_over_chunk_by_chunk_as_each_is_converted(
+    generator: DiffusersGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gpu.diffusers_backend as backend
+
+    events: list[str] = []
+    chunks: list[np.ndarray] = []
+    convert = backend.tensor_to_uint8_frames
+
+    def spy(video: Any) -> np.ndarray:
+        events.append(f"convert {video.shape[0]}")
+        return convert(video)
+
+    def on_frames(chunk: np.ndarray) -> None:
+        events.append(f"hand over {chunk.shape[0]}")
+        chunks.append(chunk.copy())
+
+    monkeypatch.setattr(backend, "tensor_to_uint8_frames", spy)
+    streamed = generator.generate(REQUEST, lambda step, total: events.append("step"), on_frames)
+    rest = NEW_FRAMES - FRAMES_PER_CHUNK
+    assert events == ["step"] * STEPS + [
+        f"convert {FRAMES_PER_CHUNK}",
+        f"hand over {FRAMES_PER_CHUNK}",
+        f"convert {rest}",
+        f"hand over {rest}",
+    ]
+    np.testing.assert_array_equal(np.concatenate(chunks), streamed.frames)
+    np.testing.assert_array_equal(streamed.frames, generator.generate(REQUEST).frames)
+
+
+def test_segment_cancelled_from_on_step_stops_the_pipeline_unwrapped(generator: DiffusersGenerator) -> None:
+    steps: list[int] = []
+    handed: list[np.ndarray] = []
+
+    def on_step(step: int, total: int) -> None:
+        steps.append(step)
+        raise SegmentCancelled("the viewer left")
+
+    with pytest.raises(SegmentCancelled, match="the viewer left") as caught:
+        generator.generate(replace(REQUEST, num_inference_steps=3), on_step, handed.append)
+    assert not isinstance(caught.value, GeneratorError)
+    assert steps == [1] and handed == []
+    assert generator.generate(REQUEST).frames.shape[0] == NEW_FRAMES  # the pipeline is fine afterwards
+
+
+def test_segment_cancelled_from_on_frames_stops_the_hand_over_unwrapped(generator: DiffusersGenerator) -> None:
+    handed: list[int] = []
+
+    def on_frames(chunk: np.ndarray) -> None:
+        handed.append(chunk.shape[0])
+        raise SegmentCancelled("the viewer left")
+
+    with pytest.raises(SegmentCancelled, match="the viewer left"):
+        generator.generate(REQUEST, on_frames=on_frames)
+    assert handed == [FRAMES_PER_CHUNK]
 
 
 def test_seed_decides_the_frames(generator: DiffusersGenerator) -> None:

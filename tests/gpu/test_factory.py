@@ -12,7 +12,7 @@ from gpu.synthetic import SyntheticGenerator
 
 
 def test_synthetic_backend_builds_with_options() -> None:
-    generator = build_generator("synthetic", {"step_delay_s": 0, "shapes": 3})
+    generator = build_generator("synthetic", {"step_delay_s": 0, "frame_delay_s": 0.01, "shapes": 3})
     assert isinstance(generator, SyntheticGenerator)
     assert generator.name == "synthetic"
 
@@ -29,6 +29,8 @@ def test_unknown_backend_is_named() -> None:
         ({"shapes": "6"}, "option 'shapes'"),
         ({"shapes": True}, "option 'shapes'"),
         ({"step_delay_s": "0.1"}, "option 'step_delay_s'"),
+        ({"frame_delay_s": True}, "option 'frame_delay_s'"),
+        ({"frame_delay_s": -0.1}, "frame_delay_s must be a non-negative number"),
         ({"fail_on_start": 1}, "option 'fail_on_start'"),
         ({"shapes": 0}, "shapes"),
     ],

@@ -9,11 +9,19 @@ import av
 import numpy as np
 import pytest
 
-from gpu.frame_marker import FrameMarker, cell_size_for_width, draw_marker, marker_region, prompt_tag, read_marker
+from gpu.frame_marker import (
+    FrameMarker,
+    cell_size_for_width,
+    draw_marker,
+    marker_region,
+    prompt_tag,
+    read_marker,
+)
 from gpu.generator import SegmentRequest
 from gpu.synthetic import SyntheticGenerator
 
 LOW_BITRATE_BPS = 300_000
+TORTURE_PROMPT = "codec torture"
 
 
 def _frame(width: int, height: int, fill: int = 90) -> np.ndarray:
@@ -161,7 +169,7 @@ def _noisy_stream(width: int, height: int, num_frames: int) -> np.ndarray:
     """Moving synthetic frames with heavy noise on top, so the encoder has to throw detail away."""
     result = SyntheticGenerator().generate(
         SegmentRequest(
-            prompt="codec torture", width=width, height=height, num_frames=num_frames, segment_idx=9
+            prompt=TORTURE_PROMPT, width=width, height=height, num_frames=num_frames, segment_idx=9
         )
     )
     noise = np.random.default_rng(0).integers(-40, 41, result.frames.shape)
@@ -177,4 +185,5 @@ def test_markers_survive_low_bitrate_lossy_compression(
     frames = _noisy_stream(width, height, num_frames=36)
     planes = _encode_decode_luma(frames, codec, container_format)
     assert len(planes) == len(frames)
-    assert [read_marker(plane) for plane in planes] == [FrameMarker(9, n) for n in range(len(frames))]
+    tag = prompt_tag(TORTURE_PROMPT)  # the synthetic generator tags every frame with its prompt
+    assert [read_marker(plane) for plane in planes] == [FrameMarker(9, n, tag) for n in range(len(frames))]

@@ -3,21 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gpu.generator import SegmentRequest
+from gpu.generator import (
+    ContinuationState,
+    IncompatibleStateError,
+    SegmentCancelled,
+    SegmentRequest,
+)
 from gpu.pool import WorkerFailedError
-from gpu.subprocess_pool import SubprocessGpuPool, WorkerSettings
+from gpu.subprocess_pool import SLOTS_PER_WORKER, SubprocessGpuPool, WorkerSettings
 from gpu.synthetic import SyntheticGenerator
+from gpu.worker_state import WorkerState
 
 REQUEST = SegmentRequest(prompt="a red fox in snow", width=128, height=128, num_frames=12, num_inference_steps=2)
 WARMUP = SegmentRequest(prompt="warm-up", width=64, height=64, num_frames=2, num_inference_steps=1)
+STATUS_KEYS = {
+    "total_gpus",
+    "available_gpus",
+    "queue_size",
+    "warmup_enabled",
+    "warmup_successful_gpus",
+    "warmup_failed_gpus",
+    "gpu_status",
+}
+WORKER_KEYS = {
+    "gpu_id",
+    "state",
+    "ready",
+    "alive",
+    "pid",
+    "sessions",
+    "segments_done",
+    "running",
+    "last_error",
+    "warmup_ms",
+    "boot_ms",
+    "restarts",
+}
 
 
 def settings(**overrides: object) -> WorkerSettings:
@@ -79,17 +112,16 @@ async def test_sessions_stick_to_their_worker_across_segments(make_pool) -> None
     pool = await make_pool()
     first, second = await pool.acquire("a"), await pool.acquire("b")
     assert {first.worker_id, second.worker_id} == {"gpu-0", "gpu-1"}
-    states = {"a": None, "b": None}
+    states: dict[str, ContinuationState | None] = {"a": None, "b": None}
     for _ in range(4):
         for session in ("a", "b"):
-            from dataclasses import replace
-
             result = await pool.run(session, replace(REQUEST, continuation=states[session]))
             states[session] = result.continuation
     assert pool.binding("a") == first.worker_id and pool.binding("b") == second.worker_id
-    status = pool.status()["gpu_status"]
-    assert status["gpu-0"]["segments_done"] == 4 and status["gpu-1"]["segments_done"] == 4
-    assert states["a"].payload["segment_idx"] == 4
+    status = pool.status().gpu_status
+    assert status["gpu-0"].segments_done == 4 and status["gpu-1"].segments_done == 4
+    final = states["a"]
+    assert final is not None and final.payload["segment_idx"] == 4
 
 
 async def test_a_shared_worker_interleaves_its_sessions_fairly(make_pool) -> None:  # type: ignore[no-untyped-def]
@@ -105,16 +137,17 @@ async def test_a_shared_worker_interleaves_its_sessions_fairly(make_pool) -> Non
 
     await asyncio.gather(stream("a"), stream("b"))
     assert abs(order.count("a") - order.count("b")) <= 1
-    assert all(x != y for x, y in zip(order[1:], order[2:], strict=False)), order
+    assert all(x != y for x, y in itertools.pairwise(order[1:])), order
 
 
 async def test_a_worker_that_fails_to_boot_is_kept_out_and_reported(make_pool) -> None:  # type: ignore[no-untyped-def]
     pool = await make_pool(per_worker_options={1: {"fail_on_start": True}})
     status = pool.status()
     assert pool.ready
-    assert status["warmup_failed_gpus"] == 1 and status["warmup_successful_gpus"] == 1
-    broken = status["gpu_status"]["gpu-1"]
-    assert broken["ready"] is False and "fail_on_start" in (broken["last_error"] or "")
+    assert status.warmup_failed_gpus == 1 and status.warmup_successful_gpus == 1
+    broken = status.gpu_status["gpu-1"]
+    assert broken.state is WorkerState.FAILED
+    assert broken.ready is False and "fail_on_start" in (broken.last_error or "")
     assert (await pool.acquire("a")).worker_id == "gpu-0"
 
 
@@ -134,10 +167,10 @@ async def test_a_killed_worker_fails_its_segment_fast_and_comes_back(make_pool) 
     assert (await other).frames.shape[0] == 12
     assert pool.binding("victim") is None
     deadline = time.monotonic() + 10
-    while not pool.status()["gpu_status"][victim_worker]["ready"]:
+    while not pool.status().gpu_status[victim_worker].ready:
         assert time.monotonic() < deadline, "worker was not restarted"
         await asyncio.sleep(0.05)
-    assert pool.status()["gpu_status"][victim_worker]["restarts"] == 1
+    assert pool.status().gpu_status[victim_worker].restarts == 1
     await pool.acquire("victim")
     assert (await pool.run("victim", REQUEST)).frames.shape[0] == 12
 
@@ -149,12 +182,10 @@ async def test_a_hung_segment_past_the_deadline_kills_and_restarts_the_worker(ma
     with pytest.raises(WorkerFailedError, match="deadline"):
         await pool.run("s", REQUEST)
     assert time.monotonic() - started < 2.0
-    assert "deadline" in pool.status()["gpu_status"]["gpu-0"]["last_error"]
+    assert "deadline" in (pool.status().gpu_status["gpu-0"].last_error or "")
 
 
 async def test_check_state_asks_a_worker(make_pool) -> None:  # type: ignore[no-untyped-def]
-    from gpu.generator import ContinuationState, IncompatibleStateError
-
     pool = await make_pool(num_workers=1)
     await pool.acquire("s")
     state = (await pool.run("s", REQUEST)).continuation
@@ -174,3 +205,150 @@ async def test_shutdown_is_idempotent_and_leaves_no_process() -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not (pids & children_of_this_process())
+
+
+async def test_status_json_has_the_status_endpoint_shape(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool()
+    body = json.loads(json.dumps(pool.status().to_json()))
+    assert set(body) == STATUS_KEYS
+    assert (body["total_gpus"], body["available_gpus"], body["queue_size"]) == (2, 2, 0)
+    assert set(body["gpu_status"]) == {"gpu-0", "gpu-1"}
+    for worker in body["gpu_status"].values():
+        assert set(worker) == WORKER_KEYS
+        assert worker["state"] == "ready" and worker["alive"] is True and isinstance(worker["pid"], int)
+    assert pool.status().ready_workers == 2 and pool.status().busy_workers == 0
+
+
+# Frames as they are made, and abandoned segments.
+
+
+async def wait_until_idle(pool: SubprocessGpuPool, worker_id: str, timeout_s: float) -> float:
+    """Seconds until the worker is generating nothing; fails after ``timeout_s``."""
+    started = time.monotonic()
+    while pool.status().gpu_status[worker_id].busy:
+        assert time.monotonic() - started < timeout_s, f"{worker_id} still busy after {timeout_s} s"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def test_chunks_reach_on_frames_on_the_loop_in_order_before_run_returns(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool(num_workers=1)
+    await pool.acquire("s")
+    loop_thread = threading.get_ident()
+    events: list[str] = []
+    chunks: list[np.ndarray] = []
+
+    def on_frames(chunk: np.ndarray) -> None:
+        assert threading.get_ident() == loop_thread
+        events.append("frames")
+        chunks.append(chunk)
+
+    result = await pool.run("s", REQUEST, lambda step, total: events.append("step"), on_frames)
+    events.append("returned")
+    assert events == ["step", "step"] + ["frames"] * 12 + ["returned"]
+    assert result.frames.shape == (0, 128, 128, 3) and result.frames.dtype == np.uint8
+    expected = SyntheticGenerator().generate(REQUEST)
+    np.testing.assert_array_equal(np.concatenate(chunks), expected.frames)
+    assert result.continuation == expected.continuation
+
+
+async def test_the_first_chunk_arrives_while_the_worker_is_still_making_the_segment(make_pool) -> None:  # type: ignore[no-untyped-def]
+    frame_delay_s = 0.4
+    pool = await make_pool(num_workers=1, options={"frame_delay_s": frame_delay_s}, warmup=False)
+    await pool.acquire("s")
+    loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+    result = await pool.run(
+        "s", replace(REQUEST, num_frames=3, num_inference_steps=1), on_frames=lambda chunk: arrivals.append(loop.time())
+    )
+    returned = loop.time()
+    assert len(arrivals) == 3 and result.frames.shape[0] == 0
+    # Two more frames were still to be made when the first arrived.
+    assert returned - arrivals[0] >= 1.5 * frame_delay_s
+
+
+async def test_a_cancelled_run_gets_no_callbacks_stops_the_worker_and_the_next_run_completes(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool(num_workers=1, options={"step_delay_s": 0.1}, warmup=False)
+    await pool.acquire("s")
+    calls: list[str] = []
+    first_step = asyncio.Event()
+
+    def on_step(step: int, total: int) -> None:
+        calls.append(f"step {step}")
+        first_step.set()
+
+    long_segment = replace(REQUEST, num_inference_steps=30)  # 3 s if it ran to the end
+    running = asyncio.create_task(pool.run("s", long_segment, on_step, lambda chunk: calls.append("frames")))
+    await asyncio.wait_for(first_step.wait(), timeout=10)
+    running.cancel()
+    seen_at_cancel = list(calls)  # from here on, no callback may run
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert await wait_until_idle(pool, "gpu-0", timeout_s=1.5) < 1.5  # stopped at its next step
+    result = await asyncio.wait_for(pool.run("s", REQUEST), timeout=10)
+    assert calls == seen_at_cancel
+    np.testing.assert_array_equal(result.frames, SyntheticGenerator().generate(REQUEST).frames)
+    status = pool.status()
+    assert status.gpu_status["gpu-0"].ready and status.queue_size == 0
+
+
+async def test_three_sessions_abandoning_their_segments_right_after_start_leave_the_worker_serving(make_pool) -> None:  # type: ignore[no-untyped-def]
+    # The attacker's scenario: each abandoned segment used to keep its frame slot forever, until
+    # the worker blocked waiting for a free slot and a fresh job got "started" and then nothing.
+    pool = await make_pool(num_workers=1, sessions_per_worker=4, options={"step_delay_s": 0.1})
+    for session in ("a", "b", "c"):
+        await pool.acquire(session)
+        running = asyncio.create_task(pool.run(session, REQUEST))
+        await asyncio.sleep(0.05)  # the segment has started
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    await pool.acquire("fresh")
+    result = await asyncio.wait_for(pool.run("fresh", REQUEST), timeout=10)
+    assert result.frames.shape == (12, 128, 128, 3)
+
+
+async def test_abandoning_segments_while_their_frames_stream_hands_every_slot_back(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool(num_workers=1)
+    await pool.acquire("s")
+    for _ in range(SLOTS_PER_WORKER + 2):
+        tasks: list[asyncio.Task[object]] = []
+
+        def leave(chunk: np.ndarray, tasks: list[asyncio.Task[object]] = tasks) -> None:
+            tasks[0].cancel()  # frames of this segment are still on their way, in slots
+
+        tasks.append(asyncio.create_task(pool.run("s", REQUEST, on_frames=leave)))
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+    result = await asyncio.wait_for(pool.run("s", REQUEST), timeout=10)
+    assert result.frames.shape == (12, 128, 128, 3)
+
+
+async def test_an_on_frames_failure_is_raised_from_run_and_the_worker_carries_on(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool(num_workers=1, options={"frame_delay_s": 0.05}, warmup=False)
+    await pool.acquire("s")
+    handed: list[int] = []
+
+    def on_frames(chunk: np.ndarray) -> None:
+        handed.append(chunk.shape[0])
+        raise BrokenPipeError("sink closed")
+
+    with pytest.raises(BrokenPipeError, match="sink closed"):
+        await pool.run("s", REQUEST, on_frames=on_frames)
+    assert handed == [1]
+    await wait_until_idle(pool, "gpu-0", timeout_s=2.0)
+    assert (await pool.run("s", REQUEST)).frames.shape[0] == 12
+
+
+async def test_segment_cancelled_from_on_step_ends_the_run_with_it(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool(num_workers=1, options={"step_delay_s": 0.05}, warmup=False)
+    await pool.acquire("s")
+    frames: list[np.ndarray] = []
+
+    def on_step(step: int, total: int) -> None:
+        raise SegmentCancelled("the viewer left")
+
+    with pytest.raises(SegmentCancelled, match="the viewer left"):
+        await pool.run("s", replace(REQUEST, num_inference_steps=4), on_step, frames.append)
+    assert frames == []
+    assert (await pool.run("s", REQUEST)).frames.shape[0] == 12

@@ -12,16 +12,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpu.frame_marker import FrameMarker, marker_region, read_marker
-from gpu.generator import ContinuationState, Generator, GeneratorError, IncompatibleStateError, SegmentRequest
+from gpu.frame_marker import FrameMarker, marker_region, prompt_tag, read_marker
+from gpu.generator import (
+    ContinuationState,
+    Generator,
+    GeneratorError,
+    IncompatibleStateError,
+    SegmentCancelled,
+    SegmentRequest,
+)
 from gpu.synthetic import STATE_KIND, SyntheticGenerator
 
 SIZE_PX = 256
 FRAMES = 8
+PROMPT = "a red fox running through snow"
+TAG = prompt_tag(PROMPT)
 CAPTION_ROWS = 12  # bottom rows that lie inside the caption band at SIZE_PX (the band is 15 rows)
 
 
-def _request(prompt: str = "a red fox running through snow", **changes: Any) -> SegmentRequest:
+def _request(prompt: str = PROMPT, **changes: Any) -> SegmentRequest:
     fields: dict[str, Any] = {"width": SIZE_PX, "height": SIZE_PX, "num_frames": FRAMES}
     fields.update(changes)
     return SegmentRequest(prompt=prompt, **fields)
@@ -89,15 +98,15 @@ def test_every_frame_carries_its_marker(generator: SyntheticGenerator) -> None:
     first = generator.generate(_request(segment_idx=4))
     second = generator.generate(_request(segment_idx=99, continuation=first.continuation))
     markers = [read_marker(frame) for frame in np.concatenate([first.frames, second.frames])]
-    expected = [FrameMarker(4, n) for n in range(FRAMES)] + [
-        FrameMarker(5, FRAMES + n) for n in range(FRAMES)
+    expected = [FrameMarker(4, n, TAG) for n in range(FRAMES)] + [
+        FrameMarker(5, FRAMES + n, TAG) for n in range(FRAMES)
     ]
     assert markers == expected
 
 
 def test_small_frames_carry_a_marker_and_no_caption(generator: SyntheticGenerator) -> None:
     frames = generator.generate(_request(width=32, height=32, num_frames=2)).frames
-    assert [read_marker(frame) for frame in frames] == [FrameMarker(0, 0), FrameMarker(0, 1)]
+    assert [read_marker(frame) for frame in frames] == [FrameMarker(0, 0, TAG), FrameMarker(0, 1, TAG)]
 
 
 def test_continuation_state_survives_json_and_the_state_wins_over_the_request(
@@ -109,7 +118,7 @@ def test_continuation_state_survives_json_and_the_state_wins_over_the_request(
     second = generator.generate(_request(segment_idx=50, continuation=state))
     assert second.continuation.payload["segment_idx"] == 4
     assert second.continuation.payload["frame_number"] == 2 * FRAMES
-    assert read_marker(second.frames[0]) == FrameMarker(3, FRAMES)
+    assert read_marker(second.frames[0]) == FrameMarker(3, FRAMES, TAG)
 
 
 def test_motion_is_continuous_across_segments(generator: SyntheticGenerator) -> None:
@@ -172,10 +181,88 @@ def test_on_step_is_called_once_per_inference_step(
     assert calls == [(step, steps) for step in range(1, steps + 1)]
 
 
+def test_marker_tags_each_frame_with_its_prompt(generator: SyntheticGenerator) -> None:
+    first = generator.generate(_request(num_frames=2))
+    other = generator.generate(_request("ocean waves at sunset", num_frames=2, continuation=first.continuation))
+    assert {read_marker(frame).prompt_tag for frame in first.frames} == {TAG}  # type: ignore[union-attr]
+    assert [read_marker(frame) for frame in other.frames] == [
+        FrameMarker(1, 2 + n, prompt_tag("ocean waves at sunset")) for n in range(2)
+    ]
+    assert prompt_tag("ocean waves at sunset") != TAG
+
+
+def test_all_steps_come_before_the_first_frame_and_frames_arrive_one_by_one(
+    generator: SyntheticGenerator,
+) -> None:
+    events: list[str] = []
+    chunks: list[np.ndarray] = []
+
+    def on_frames(chunk: np.ndarray) -> None:
+        events.append("frames")
+        chunks.append(chunk.copy())
+
+    result = generator.generate(
+        _request(num_inference_steps=3), lambda step, total: events.append(f"step {step}/{total}"), on_frames
+    )
+    assert events == ["step 1/3", "step 2/3", "step 3/3"] + ["frames"] * FRAMES
+    assert [chunk.shape for chunk in chunks] == [(1, SIZE_PX, SIZE_PX, 3)] * FRAMES
+    np.testing.assert_array_equal(np.concatenate(chunks), result.frames)
+
+
+def test_handing_frames_over_leaves_the_result_unchanged(generator: SyntheticGenerator) -> None:
+    plain = generator.generate(_request(seed=4))
+    streamed = generator.generate(_request(seed=4), on_frames=lambda chunk: None)
+    np.testing.assert_array_equal(plain.frames, streamed.frames)
+    assert plain.continuation == streamed.continuation
+
+
+def test_each_frame_is_handed_over_as_a_view_as_soon_as_it_is_rendered(generator: SyntheticGenerator) -> None:
+    markers_at_handover: list[list[FrameMarker | None]] = []
+
+    def on_frames(chunk: np.ndarray) -> None:
+        # The chunk is a view into the segment array: every frame rendered so far is visible through it.
+        segment = chunk.base
+        assert isinstance(segment, np.ndarray) and segment.shape[0] == FRAMES
+        handed = len(markers_at_handover) + 1
+        markers_at_handover.append([read_marker(frame) for frame in segment[:handed]])
+
+    generator.generate(_request(num_frames=FRAMES), on_frames=on_frames)
+    assert [len(seen) for seen in markers_at_handover] == list(range(1, FRAMES + 1))
+    assert markers_at_handover[0] == [FrameMarker(0, 0, TAG)]
+
+
+@pytest.mark.parametrize("where", ["on_step", "on_frames"])
+def test_segment_cancelled_from_a_callback_ends_the_segment_with_it(
+    generator: SyntheticGenerator, where: str
+) -> None:
+    handed: list[int] = []
+
+    def on_step(step: int, total: int) -> None:
+        if where == "on_step" and step == 2:
+            raise SegmentCancelled("stop at step 2")
+
+    def on_frames(chunk: np.ndarray) -> None:
+        handed.append(chunk.shape[0])
+        if where == "on_frames":
+            raise SegmentCancelled("stop at the first frame")
+
+    with pytest.raises(SegmentCancelled, match="stop at"):
+        generator.generate(_request(num_inference_steps=3), on_step, on_frames)
+    assert handed == ([] if where == "on_step" else [1])
+    assert generator.generate(_request()).frames.shape[0] == FRAMES  # the generator is fine afterwards
+
+
 def test_step_delay_slows_each_step() -> None:
     delay_s = 0.02
     started = time.perf_counter()
     SyntheticGenerator(step_delay_s=delay_s).generate(_request(num_inference_steps=3, num_frames=2))
+    assert time.perf_counter() - started >= 3 * delay_s
+
+
+def test_frame_delay_slows_each_frame() -> None:
+    delay_s = 0.02
+    started = time.perf_counter()
+    SyntheticGenerator(frame_delay_s=delay_s).generate(_request(num_inference_steps=1, num_frames=3))
     assert time.perf_counter() - started >= 3 * delay_s
 
 
@@ -184,7 +271,9 @@ def test_fail_on_start_raises_generator_error() -> None:
         SyntheticGenerator(fail_on_start=True)
 
 
-@pytest.mark.parametrize("options", [{"shapes": 0}, {"step_delay_s": -1.0}, {"shapes": True}])
+@pytest.mark.parametrize(
+    "options", [{"shapes": 0}, {"step_delay_s": -1.0}, {"frame_delay_s": float("nan")}, {"shapes": True}]
+)
 def test_invalid_constructor_options_are_rejected(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         SyntheticGenerator(**options)
@@ -228,7 +317,7 @@ def test_init_image_shows_strongly_at_first_and_fades_out(
         _mean_abs_diff(blended[-1][body], plain[-1][body])
         < _mean_abs_diff(blended[0][body], plain[0][body]) / 5
     )
-    assert [read_marker(frame) for frame in blended] == [FrameMarker(0, n) for n in range(12)]
+    assert [read_marker(frame) for frame in blended] == [FrameMarker(0, n, TAG) for n in range(12)]
 
 
 def test_init_image_is_ignored_when_continuing(generator: SyntheticGenerator, tmp_path: Path) -> None:
@@ -267,7 +356,7 @@ def test_long_prompts_are_truncated_to_fit_the_caption(generator: SyntheticGener
 
 def test_caption_leaves_the_marker_region_alone(generator: SyntheticGenerator) -> None:
     frame = generator.generate(_request(width=64, height=48, num_frames=1)).frames[0]
-    assert read_marker(frame) == FrameMarker(0, 0)
+    assert read_marker(frame) == FrameMarker(0, 0, TAG)
 
 
 def test_frames_render_in_well_under_two_ms_at_512px() -> None:

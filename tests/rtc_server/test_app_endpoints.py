@@ -19,6 +19,20 @@ STATUS_KEYS = {
     "warmup_failed_gpus",
     "gpu_status",
 }
+WORKER_KEYS = {
+    "gpu_id",
+    "state",
+    "ready",
+    "alive",
+    "pid",
+    "sessions",
+    "segments_done",
+    "running",
+    "last_error",
+    "warmup_ms",
+    "boot_ms",
+    "restarts",
+}
 
 
 async def get(url: str) -> tuple[int, Any]:
@@ -37,9 +51,10 @@ async def test_health_endpoints_report_a_ready_pool(server: RunningServer) -> No
     status, body = await get(f"{server.url}/health")
     assert status == 200 and body == {"status": "ok", "sessions": 0, "stream_mode": "av_fmp4", "transports": ["webrtc", "websocket"]}
     status, body = await get(f"{server.url}/status")
-    assert status == 200 and STATUS_KEYS <= body.keys()
+    assert status == 200 and body.keys() == STATUS_KEYS
     worker = next(iter(body["gpu_status"].values()))
-    assert worker["ready"] is True and worker["warmup_ms"] is not None
+    assert worker.keys() == WORKER_KEYS
+    assert worker["ready"] is True and worker["state"] == "ready" and worker["warmup_ms"] is not None
 
 
 async def test_readyz_is_503_and_offers_are_refused_while_warming() -> None:

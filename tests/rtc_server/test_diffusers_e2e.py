@@ -57,8 +57,8 @@ class CallRecorder:
             self.conditions.append(list(kwargs.get("conditions") or []))
             return original_call(pipe, *args, **kwargs)
 
-        def spy_generate(request: Any, on_step: Any = None) -> Any:
-            result = original_generate(request, on_step)
+        def spy_generate(request: Any, on_step: Any = None, on_frames: Any = None) -> Any:
+            result = original_generate(request, on_step, on_frames)
             self.outputs.append(result.frames.copy())
             return result
 

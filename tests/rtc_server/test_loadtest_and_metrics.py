@@ -41,6 +41,10 @@ async def test_load_tool_reports_every_session_getting_frames(
     if transport == "webrtc":
         assert summary["frame_latency_ms"]["median"] is not None
         assert all(s["latency_samples"] > 0 for s in report["sessions"])
+        # Every session sent prompts and saw the first one's frames (read from the marker's prompt tag),
+        # within a segment and its generation at most, plus slack for this loaded machine.
+        assert summary["prompt_to_pixels_samples"] >= 3
+        assert 0 < summary["prompt_to_pixels_ms"]["median"] <= summary["prompt_to_pixels_ms"]["max"] < 2500
 
 
 def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -482,7 +482,9 @@ async def test_provider_outage_degrades_to_the_raw_prompt_without_stalling_the_s
 
     last = await wait_segment_complete(client, 4, timeout=10)
     assert max_completion_gap(client) < SEGMENT_GAP_MAX_S
-    assert [e["segment_idx"] for e in client.events_of("ltx2_segment_complete")] == list(range(last["segment_idx"] + 1))
+    # Every index completes in order; the one the user prompt replaced (made again with it) twice.
+    completed = [e["segment_idx"] for e in client.events_of("ltx2_segment_complete")]
+    assert completed == sorted(completed) and set(completed) == set(range(last["segment_idx"] + 1))
     assert set(segment_prompts(client).values()) <= {*curated, "a lighthouse in a storm"}
     assert not any(e["type"] == "ltx2_stream_complete" for e in client.events)
     if fault != "refused":

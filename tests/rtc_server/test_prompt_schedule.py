@@ -1,68 +1,77 @@
+from dataclasses import replace
+
 from rtc_server.prompt_schedule import PromptChoice, PromptOrigin, PromptSchedule
 
 
 def user(text: str) -> PromptChoice:
-    return PromptChoice(text=text, origin=PromptOrigin.USER)
+    return PromptChoice(text=text, origin=PromptOrigin.USER, checked=True)
+
+
+def run(schedule: PromptSchedule, count: int) -> list[PromptChoice]:
+    """Take ``count`` prompts, each time telling the schedule what the previous segment used."""
+    last: PromptChoice | None = None
+    taken = []
+    for _ in range(count):
+        last = schedule.take(last)
+        taken.append(last)
+    return taken
 
 
 def test_default_prompt_starts_a_stream_with_nothing_else() -> None:
-    schedule = PromptSchedule(default_prompt="default")
-    assert schedule.next().text == "default"
-    assert schedule.next().origin is PromptOrigin.REPEAT
+    first, second = run(PromptSchedule(default_prompt="default"), 2)
+    assert first.text == "default" and first.origin is PromptOrigin.DEFAULT
+    assert second.text == "default" and second.origin is PromptOrigin.REPEAT
 
 
 def test_first_curated_prompt_starts_and_then_repeats_without_loop() -> None:
-    schedule = PromptSchedule(default_prompt="d", curated=["a", "b"])
-    assert [schedule.next().text for _ in range(3)] == ["a", "a", "a"]
+    assert [c.text for c in run(PromptSchedule(default_prompt="d", curated=["a", "b"]), 3)] == ["a", "a", "a"]
 
 
 def test_loop_generation_cycles_curated_prompts() -> None:
     schedule = PromptSchedule(default_prompt="d", curated=["a", "b", "c"], loop=True)
-    assert [schedule.next().text for _ in range(5)] == ["a", "b", "c", "a", "b"]
+    assert [c.text for c in run(schedule, 5)] == ["a", "b", "c", "a", "b"]
 
 
 def test_newest_user_prompt_wins_then_stream_continues_with_it() -> None:
     schedule = PromptSchedule(default_prompt="d", curated=["a"])
-    schedule.next()
+    last = schedule.take(None)
     schedule.submit_user(user("old"))
     schedule.submit_user(user("new"))
-    assert schedule.next().text == "new"
-    assert schedule.next().text == "new"
+    last = schedule.take(last)
+    assert last.text == "new"
+    assert schedule.take(last).text == "new"
 
 
 def test_user_prompt_interrupts_the_loop_which_then_resumes() -> None:
     schedule = PromptSchedule(default_prompt="d", curated=["a", "b"], loop=True)
-    assert schedule.next().text == "a"
+    last = schedule.take(None)
+    assert last.text == "a"
     schedule.submit_user(user("u"))
-    assert schedule.next().text == "u"
-    assert schedule.next().text == "b"
+    last = schedule.take(last)
+    assert last.text == "u"
+    assert schedule.take(last).text == "b"
 
 
 def test_overrides_travel_with_a_repeated_prompt() -> None:
     schedule = PromptSchedule(default_prompt="d")
-    schedule.submit_user(PromptChoice(text="u", origin=PromptOrigin.USER, seed=7, num_inference_steps=2))
-    schedule.next()
-    repeated = schedule.next()
+    schedule.submit_user(replace(user("u"), seed=7, num_inference_steps=2))
+    repeated = schedule.take(schedule.take(None))
+    assert (repeated.text, repeated.origin) == ("u", PromptOrigin.REPEAT)
     assert (repeated.seed, repeated.num_inference_steps) == (7, 2)
 
 
-def test_auto_extension_is_wanted_only_without_user_prompt_or_loop() -> None:
-    schedule = PromptSchedule(default_prompt="d", curated=["a"])
-    schedule.auto_extension_enabled = True
-    assert not schedule.wants_auto_extension  # nothing generated yet
-    schedule.next()
-    assert schedule.wants_auto_extension
+def test_peek_shows_the_next_prompt_without_taking_it() -> None:
+    schedule = PromptSchedule(default_prompt="d", curated=["a", "b"], loop=True)
+    assert schedule.peek(None).text == "a"
+    assert schedule.peek(None).text == "a"
     schedule.submit_user(user("u"))
-    assert not schedule.wants_auto_extension
-    schedule.next()
-    schedule.loop_enabled = True
-    assert not schedule.wants_auto_extension
-    schedule.loop_enabled = False
-    assert schedule.accept_auto_extension("next scene").origin is PromptOrigin.AUTO_EXTENSION
-    assert schedule.last is not None and schedule.last.text == "next scene"
+    assert schedule.peek(None).text == "u" and schedule.has_pending_user_prompt
+    assert schedule.take(None).text == "u"
+    assert schedule.take(None).text == "a"
 
 
 def test_blank_curated_prompts_are_ignored() -> None:
     schedule = PromptSchedule(default_prompt="d")
     schedule.set_curated(["  ", ""])
-    assert schedule.next().text == "d"
+    assert schedule.take(None).text == "d"
+    assert not schedule.cycles_curated

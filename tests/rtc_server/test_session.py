@@ -1,19 +1,10 @@
 import pytest
 
-from rtc_server.session import InvalidSessionTransition, SessionManager, SessionRejected, SessionState
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from rtc_server.session import InvalidSessionTransition, Session, SessionState
 
 
 def test_normal_life_follows_the_state_machine() -> None:
-    manager = SessionManager(max_sessions=1, session_timeout_seconds=10)
-    session = manager.create(transport="webrtc")
+    session = Session(transport="webrtc")
     for state in (SessionState.GPU_BINDING, SessionState.ACTIVE, SessionState.ACTIVE, SessionState.COMPLETE):
         session.transition(state)
     assert session.state.terminal
@@ -31,7 +22,7 @@ def test_normal_life_follows_the_state_machine() -> None:
     ],
 )
 def test_illegal_edges_raise_naming_both_states(path: list[SessionState], illegal: SessionState) -> None:
-    session = SessionManager(max_sessions=1, session_timeout_seconds=10).create(transport="ws")
+    session = Session(transport="ws")
     for state in path:
         session.transition(state)
     with pytest.raises(InvalidSessionTransition) as info:
@@ -39,33 +30,31 @@ def test_illegal_edges_raise_naming_both_states(path: list[SessionState], illega
     assert session.state.value in str(info.value) and illegal.value in str(info.value)
 
 
-def test_manager_enforces_max_sessions_and_frees_on_remove() -> None:
-    manager = SessionManager(max_sessions=2, session_timeout_seconds=10)
-    first = manager.create(transport="webrtc")
-    manager.create(transport="webrtc")
-    with pytest.raises(SessionRejected):
-        manager.create(transport="webrtc")
-    manager.remove(first.id)
-    manager.remove(first.id)
-    assert len(manager) == 1
-    manager.create(transport="webrtc")
+def test_end_falls_back_to_error_where_the_target_is_not_reachable_and_keeps_a_terminal_state() -> None:
+    starting = Session(transport="ws")
+    starting.end(SessionState.COMPLETE)  # initializing cannot complete
+    assert starting.state is SessionState.ERROR
+    streaming = Session(transport="ws")
+    streaming.transition(SessionState.GPU_BINDING)
+    streaming.transition(SessionState.ACTIVE)
+    streaming.end(SessionState.TIMEOUT)
+    assert streaming.state is SessionState.TIMEOUT
+    streaming.end(SessionState.ERROR)
+    assert streaming.state is SessionState.TIMEOUT
 
 
-def test_idle_sessions_are_reported_after_the_timeout_but_not_terminal_ones() -> None:
-    clock = FakeClock()
-    manager = SessionManager(max_sessions=3, session_timeout_seconds=10, clock=clock)
-    idle = manager.create(transport="webrtc")
-    busy = manager.create(transport="webrtc")
-    done = manager.create(transport="webrtc")
-    done.transition(SessionState.ERROR)
-    clock.now += 8
-    busy.touch()
-    clock.now += 3
-    assert manager.timed_out() == [idle]
+def test_idle_time_counts_from_the_last_activity() -> None:
+    now = [100.0]
+    session = Session(clock=lambda: now[0], transport="webrtc")
+    now[0] += 8
+    assert session.idle_for() == 8
+    session.touch()
+    now[0] += 3
+    assert session.idle_for() == 3
 
 
 def test_departure_state_depends_on_progress() -> None:
-    session = SessionManager(max_sessions=1, session_timeout_seconds=10).create(transport="webrtc")
+    session = Session(transport="webrtc")
     assert session.end_state_for_departure() is SessionState.ERROR
     session.transition(SessionState.GPU_BINDING)
     session.transition(SessionState.ACTIVE)

@@ -33,7 +33,7 @@ async def test_killed_worker_session_continues_and_other_session_keeps_streaming
 
         # Kill while the victim's worker is inside a segment.
         deadline = time.monotonic() + 10
-        while pool.status()["gpu_status"][victim_worker]["running"] == 0:
+        while not pool.status().gpu_status[victim_worker].busy:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         in_flight = victim.events_of("ltx2_segment_start")[-1]["segment_idx"]
@@ -57,7 +57,7 @@ async def test_killed_worker_session_continues_and_other_session_keeps_streaming
         assert not bystander.events_of("error")
 
     deadline = time.monotonic() + 10
-    while not pool.status()["gpu_status"][victim_worker]["ready"]:
+    while not pool.status().gpu_status[victim_worker].ready:
         assert time.monotonic() < deadline, "worker was not restarted"
         await asyncio.sleep(0.05)
-    assert pool.status()["gpu_status"][victim_worker]["restarts"] == 1
+    assert pool.status().gpu_status[victim_worker].restarts == 1

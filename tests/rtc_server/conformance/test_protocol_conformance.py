@@ -172,3 +172,18 @@ async def test_snapshot_before_the_first_segment_is_an_error(
     await client.send({"type": "snapshot_state"})
     error = await client.wait_for_event("error")
     assert error["code"] == "invalid_message" and "nothing to snapshot" in error["message"]
+
+
+async def test_single_clip_mode_makes_one_segment_per_user_prompt(server: RunningServer, open_session: Opener) -> None:
+    client = await open_session(server, {**INIT, "single_clip_mode": True})
+    await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == 0)
+    await asyncio.sleep(1.2)
+    assert len(client.events_of("ltx2_segment_start")) == 1
+    await client.send({"type": "segment_prompt_source", "prompt": "a paper boat on a pond"})
+    ack = await client.wait_for_event("prompt_received")
+    assert ack["segment_idx"] == 1
+    start = await client.wait_for_event("ltx2_segment_start", lambda e: e["segment_idx"] == 1)
+    assert start["prompt"] == "a paper boat on a pond"
+    await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == 1)
+    await asyncio.sleep(1.2)
+    assert len(client.events_of("ltx2_segment_start")) == 2

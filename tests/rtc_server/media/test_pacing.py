@@ -35,3 +35,4 @@ def test_slightly_late_caller_keeps_its_slot() -> None:
 def test_fps_must_be_positive() -> None:
     with pytest.raises(ValueError):
         PlayoutClock(0)
+

@@ -12,6 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from gpu.frame_marker import prompt_tag
 from rtc_server.app import REGISTRY, WEBRTC
 from rtc_server.clients.webrtc_client import OfferRejected, WebRTCClient
 from tests.conftest import RunningServer, make_config
@@ -64,13 +65,13 @@ def mean_thumb(client: WebRTCClient, segment_idx: int) -> np.ndarray:
 async def test_new_prompt_is_acknowledged_and_drives_the_next_segment(server: RunningServer) -> None:
     async with await open_client(server) as client:
         await client.wait_channel_open()
-        await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == 0)
+        await wait_until(lambda: any(f.marker and f.marker.segment_idx == 1 for f in client.frames), 10, "no segment 1")
         await client.send({"type": "segment_prompt_source", "prompt": "neon city skyline at night, rain", "seed": 3})
         ack = await client.wait_for_event("prompt_received")
         assert ack["prompt"] == ack["prompt_used"] == "neon city skyline at night, rain"
         assert ack["source"] == "user" and ack["enhanced"] is False
         start = await client.wait_for_event("ltx2_segment_start", lambda e: e["prompt"].startswith("neon"))
-        assert start["segment_idx"] == ack["segment_idx"]
+        assert start["segment_idx"] == ack["segment_idx"] >= 2
         new_idx = start["segment_idx"]
         await wait_until(
             lambda: any(f.marker and f.marker.segment_idx == new_idx + 1 for f in client.frames),
@@ -82,6 +83,33 @@ async def test_new_prompt_is_acknowledged_and_drives_the_next_segment(server: Ru
         same_prompt = np.abs(mean_thumb(client, new_idx - 1) - mean_thumb(client, new_idx - 2)).mean()
         changed = np.abs(after - before).mean()
         assert changed > 15 and changed > 3 * same_prompt, (changed, same_prompt)
+
+
+async def test_a_new_prompt_replaces_the_queued_segment_and_the_stream_stays_continuous(
+    server: RunningServer,
+) -> None:
+    """The look-ahead segment made for the old prompt is never shown: the new prompt's frames come
+    right after the segment that was playing, and the frame counter runs on without a gap."""
+    old_tag, new_tag = prompt_tag(INIT["curated_prompts"][0]), prompt_tag("a lighthouse in a storm")
+    async with await open_client(server) as client:
+        await client.wait_channel_open()
+        # Segment 1 is queued behind segment 0 (which plays for a second) once it is complete.
+        await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == 1)
+        await client.send({"type": "segment_prompt_source", "prompt": "a lighthouse in a storm"})
+        ack = await client.wait_for_event("prompt_received")
+        switch = ack["segment_idx"]
+        await wait_until(
+            lambda: any(f.marker and f.marker.segment_idx == switch + 1 for f in client.frames), 10, "no later frames"
+        )
+        starts = [e for e in client.events_of("ltx2_segment_start") if e["segment_idx"] == switch]
+        assert starts[-1]["prompt"] == "a lighthouse in a storm"
+        assert switch == 1 and len(starts) == 2, "the queued segment 1 should have been made again"
+        shown = [f.marker for f in client.frames if f.marker is not None]
+        assert {m.prompt_tag for m in shown if m.segment_idx < switch} == {old_tag}
+        assert {m.prompt_tag for m in shown if m.segment_idx >= switch} == {new_tag}
+        numbers = [m.frame_number for m in shown]
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+        assert numbers[-1] - numbers[0] + 1 - len(numbers) <= 0.05 * len(numbers), "frames missing at the switch"
 
 
 async def test_pause_stops_new_segments_and_resume_continues(server: RunningServer) -> None:

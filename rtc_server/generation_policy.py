@@ -1,0 +1,227 @@
+"""What the next segment should be, or why not now (DESIGN.md §3). Pure code: no asyncio, no I/O.
+
+The SessionController asks and reports; this module decides:
+
+- gates: the segment cap, waiting for a user prompt after a blocked one, pause, single-clip mode;
+- the prompt: the schedule (user prompt, curated loop, repeat), auto-extension and enhancement
+  answers from the LLM when they are there, the last prompt used (its one owner) and recent
+  history for auto-extension;
+- which LLM answers are worth asking for (``lookups``) and which are outstanding: the controller
+  asks, and reports each answer with ``answered``; a prompt never waits for one longer than the
+  controller's wait budget, a late answer serves a later segment.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from rtc_server.prompt_schedule import PromptChoice, PromptOrigin, PromptSchedule
+
+__all__ = ["GenerationPolicy", "Hold", "Lookup", "LookupKind", "PolicySettings"]
+
+
+class Hold(enum.Enum):
+    """Why no segment may be generated now."""
+
+    SEGMENT_CAP = "segment_cap"  # the stream is over
+    AWAITING_USER_PROMPT = "awaiting_user_prompt"  # nothing safe to generate until the user sends one
+    PAUSED = "paused"
+    SINGLE_CLIP_DONE = "single_clip_done"  # single-clip mode: one segment per user prompt
+
+
+class LookupKind(enum.Enum):
+    AUTO_EXTENSION = "auto_extension"
+    ENHANCEMENT = "enhancement"
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """An LLM answer the next prompt could use: a follow-on to ``history``, or ``text`` enhanced."""
+
+    kind: LookupKind
+    text: str = ""
+    history: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicySettings:
+    """A session's opening settings and the server's limits."""
+
+    default_prompt: str
+    curated: Sequence[str] = ()
+    loop: bool = False
+    auto_extension: bool = False
+    enhancement: bool = False
+    single_clip: bool = False
+    segment_cap: int = 0  # 0: no cap
+    history_size: int = 4
+    can_enhance: bool = False  # an LLM enhancer is configured
+
+
+class _Asked(enum.Enum):
+    """An auto-extension asked for and not answered yet."""
+
+    PENDING = "pending"
+
+
+class GenerationPolicy:
+    """One session's generation rules and their state."""
+
+    def __init__(self, settings: PolicySettings) -> None:
+        self._schedule = PromptSchedule(
+            default_prompt=settings.default_prompt, curated=list(settings.curated), loop=settings.loop
+        )
+        self._can_enhance = settings.can_enhance
+        self._cap = settings.segment_cap
+        self.auto_extension = settings.auto_extension
+        self.enhancement = settings.enhancement
+        self.single_clip = settings.single_clip
+        self.paused = False
+        self._last: PromptChoice | None = None
+        self._recent: deque[str] = deque(maxlen=settings.history_size)
+        self._awaiting_user = False
+        self._segments_done = 0
+        self._extension: str | _Asked | None = None  # None: not asked (or it failed); else pending or the answer
+        self._enhancing: set[str] = set()
+        self._enhanced: dict[str, str] = {}
+
+    # -- what the client changes --------------------------------------------------------------
+
+    @property
+    def loop(self) -> bool:
+        return self._schedule.loop_enabled
+
+    @loop.setter
+    def loop(self, enabled: bool) -> None:
+        self._schedule.loop_enabled = enabled
+
+    def set_curated(self, prompts: list[str]) -> None:
+        self._schedule.set_curated(prompts)
+
+    @property
+    def has_pending_user_prompt(self) -> bool:
+        return self._schedule.has_pending_user_prompt
+
+    def submit_user(self, choice: PromptChoice) -> None:
+        """Queue a user prompt (already checked, and enhanced when asked); it is the very next one used."""
+        self._schedule.submit_user(choice)
+        self._awaiting_user = False
+
+    # -- what happened ------------------------------------------------------------------------
+
+    @property
+    def last(self) -> PromptChoice | None:
+        """The prompt of the last segment generated."""
+        return self._last
+
+    @property
+    def segments_done(self) -> int:
+        return self._segments_done
+
+    @property
+    def recent(self) -> tuple[str, ...]:
+        return tuple(self._recent)
+
+    def generated(self, choice: PromptChoice) -> None:
+        """A segment was generated from ``choice``."""
+        self._last = replace(choice, checked=True)
+        self._recent.append(choice.text)
+        self._segments_done += 1
+
+    def retracted(self, choices: Sequence[PromptChoice]) -> None:
+        """Generated segments were taken back before being shown (a newer user prompt replaces them)."""
+        for choice in reversed(choices):
+            self._segments_done = max(0, self._segments_done - 1)
+            if self._recent and self._recent[-1] == choice.text:
+                self._recent.pop()
+
+    # -- gates --------------------------------------------------------------------------------
+
+    def hold(self) -> Hold | None:
+        """Why no segment may start now, or None when one may."""
+        if self._cap and self._segments_done >= self._cap:
+            return Hold.SEGMENT_CAP
+        if self._awaiting_user:
+            return Hold.AWAITING_USER_PROMPT
+        if self.paused:
+            return Hold.PAUSED
+        if self.single_clip and self._segments_done > 0 and not self._schedule.has_pending_user_prompt:
+            return Hold.SINGLE_CLIP_DONE
+        return None
+
+    # -- LLM help -----------------------------------------------------------------------------
+
+    def _wants_extension(self) -> bool:
+        return (
+            self.auto_extension
+            and self._can_enhance
+            and self._last is not None
+            and not self._schedule.has_pending_user_prompt
+            and not self._schedule.cycles_curated
+        )
+
+    def _enhancement_source(self) -> str | None:
+        """The next prompt's text if it is one the enhancer should rewrite (curated or default)."""
+        if not (self.enhancement and self._can_enhance) or self._wants_extension():
+            return None
+        upcoming = self._schedule.peek(self._last)
+        return upcoming.text if upcoming.origin in (PromptOrigin.CURATED, PromptOrigin.DEFAULT) else None
+
+    def lookups(self) -> list[Lookup]:
+        """LLM answers the next prompt could use that nobody has asked for yet."""
+        if self._wants_extension():
+            return [] if self._extension is not None else [Lookup(LookupKind.AUTO_EXTENSION, history=self.recent)]
+        source = self._enhancement_source()
+        if source is None or source in self._enhancing or source in self._enhanced:
+            return []
+        return [Lookup(LookupKind.ENHANCEMENT, text=source)]
+
+    def asked(self, lookup: Lookup) -> None:
+        """The controller asked the LLM for ``lookup``."""
+        if lookup.kind is LookupKind.AUTO_EXTENSION:
+            self._extension = _Asked.PENDING
+        else:
+            self._enhancing.add(lookup.text)
+
+    def answered(self, lookup: Lookup, text: str | None) -> None:
+        """An answer arrived (None: the LLM failed; the raw prompt or a repeat is used, and a failed
+        auto-extension is asked again for the segment after)."""
+        if lookup.kind is LookupKind.AUTO_EXTENSION:
+            self._extension = text
+            return
+        self._enhancing.discard(lookup.text)
+        if text is not None:
+            self._enhanced[lookup.text] = text
+
+    @property
+    def awaiting_answers(self) -> bool:
+        """True while an answer the next prompt would use is asked for and not here yet."""
+        if self._wants_extension():
+            return self._extension is _Asked.PENDING
+        source = self._enhancement_source()
+        return source is not None and source in self._enhancing
+
+    # -- choosing -----------------------------------------------------------------------------
+
+    def take(self) -> PromptChoice:
+        """The next segment's prompt, using the LLM answers that are here."""
+        if self._wants_extension() and isinstance(self._extension, str) and self._last is not None:
+            text, self._extension = self._extension, None
+            return replace(self._last, text=text, origin=PromptOrigin.AUTO_EXTENSION, checked=False)
+        choice = self._schedule.take(self._last)
+        if choice.origin in (PromptOrigin.CURATED, PromptOrigin.DEFAULT) and self.enhancement:
+            enhanced = self._enhanced.pop(choice.text, None)
+            if enhanced is not None:
+                choice = replace(choice, text=enhanced)
+        return choice
+
+    def refused(self, choice: PromptChoice) -> PromptChoice | None:
+        """The safety filter blocked ``choice``: the last prompt again, or None (wait for the user)."""
+        del choice  # the blocked text is never used, whatever it was
+        if self._last is not None:
+            return replace(self._last, origin=PromptOrigin.REPEAT)
+        self._awaiting_user = True
+        return None

@@ -1,0 +1,224 @@
+"""One session's segments: made one after another, each continuing from the state the last one left.
+
+Frames flow to the sink chunk by chunk as the pool hands them over, so a segment's first frame
+leaves as soon as it exists. A segment whose worker dies is made again on another worker from the
+stored state, skipping the frames the client already has. A newer user prompt takes back every
+segment none of whose frames was shown yet (``supersede``): generation resumes from the last state
+that was shown, with the new prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from gpu.generator import ContinuationState, SegmentRequest, SegmentResult
+from gpu.pool import WorkerFailedError
+from rtc_server.generation_policy import GenerationPolicy
+from rtc_server.init_image import discard_init_image
+from rtc_server.lookahead import Lookahead, PendingSegment
+from rtc_server.prompt_schedule import PromptChoice
+from rtc_server.protocol import ContinuationStateSnapshot, SegmentComplete, SegmentStart, SessionInitV2, StepComplete
+from rtc_server.segment_feed import SegmentFeed
+from rtc_server.session import Session, SessionState
+from rtc_server.session_events import SessionEvents
+from rtc_server.session_services import SessionServices
+from rtc_server.session_start import resume_point, store_initial_image
+from rtc_server.sink import SessionSink
+from rtc_server.store.base import StoreError
+from rtc_server.tasks import cancel_and_wait
+
+__all__ = ["MAX_SEGMENT_ATTEMPTS", "SegmentRunner"]
+
+logger = logging.getLogger(__name__)
+
+MAX_SEGMENT_ATTEMPTS = 3  # a segment whose worker dies is retried on another worker this many times in all
+
+
+class SegmentRunner:
+    """Makes, retries, persists and takes back one session's segments."""
+
+    def __init__(
+        self,
+        *,
+        session: Session,
+        services: SessionServices,
+        sink: SessionSink,
+        events: SessionEvents,
+        policy: GenerationPolicy,
+        rebind: Callable[[], Awaitable[None]],
+    ) -> None:
+        """``rebind`` binds the session to a worker again (and tells the client) after one died."""
+        self._session = session
+        self._services = services
+        self._sink = sink
+        self._events = events
+        self._policy = policy
+        self._rebind_worker = rebind
+        self._state: ContinuationState | None = None  # what the next segment continues from
+        self._persisted: ContinuationState | None = None
+        self._next_idx = 0
+        self._image_path: Path | None = None
+        self._lookahead = Lookahead()
+        self._task: asyncio.Task[tuple[SegmentResult, float]] | None = None
+
+    @property
+    def next_index(self) -> int:
+        """The index of the next segment to start."""
+        return self._next_idx
+
+    async def prepare(self, init: SessionInitV2) -> None:
+        """Where the stream starts: the initial image kept on disk, a resumed state installed and stored."""
+        services = self._services
+        self._image_path = await store_initial_image(
+            init, max_bytes=services.streaming.max_init_image_bytes, directory=services.image_dir, events=self._events
+        )
+        start = await resume_point(
+            init, session_id=self._session.id, store=services.store, pool=services.pool, events=self._events
+        )
+        self._state = self._persisted = start.state
+        self._next_idx = start.segment_idx
+
+    async def close(self) -> None:
+        """Abandon the segment being made, drop the stored state, delete the initial image."""
+        if self._task is not None and not self._task.done():
+            await cancel_and_wait(self._task)
+        try:
+            await self._services.store.drop(self._session.id)
+        except StoreError:
+            logger.exception("session %s: dropping the stored state failed", self._session.short_id)
+        if self._image_path is not None:
+            await asyncio.to_thread(discard_init_image, self._image_path)
+            self._image_path = None
+
+    def supersede(self) -> int:
+        """A user prompt was queued: take back look-ahead none of whose frames was shown; returns
+        the index of the segment the prompt lands on."""
+        if self._policy.hold() is not None:
+            return self._next_idx  # nothing is made now: it lands on the next segment made
+        taken = self._lookahead.take_back()
+        if taken:
+            if self._task is not None:
+                self._task.cancel()  # the segment being made is the newest, so it was taken back too
+            self._state, self._next_idx = taken[0].state_before, taken[0].idx
+            self._policy.retracted([p.choice for p in taken if p.generated])
+            self._events.log("superseded", segment_idx=taken[0].idx, segments=len(taken))
+        return self._next_idx
+
+    async def send_snapshot(self) -> None:
+        """Answer snapshot_state with the stored state (exportable: it outlives the session)."""
+        try:
+            state = await self._services.store.snapshot(self._session.id)
+        except StoreError as exc:
+            logger.error("session %s: snapshot failed: %s", self._session.short_id, exc)
+            self._events.error("internal_error", f"snapshot failed: {exc}", retryable=True)
+            return
+        if state is None:
+            self._events.error("invalid_message", "no segment has been generated yet; nothing to snapshot")
+            return
+        self._events.log("snapshot", kind=state.kind)
+        self._events.send(ContinuationStateSnapshot(state=state.to_wire()))
+
+    async def generate(self, choice: PromptChoice) -> None:
+        """Make one segment, its frames flowing to the sink as they come."""
+        await self._persist()
+        idx, started = self._next_idx, time.monotonic()
+        output = self._sink.open_segment(idx, num_frames=self._services.defaults.sampling.num_frames)
+        pending = self._lookahead.add(idx, self._state, output, choice)
+        self._next_idx = idx + 1
+        task = self._task = asyncio.create_task(self._produce(pending), name=f"segment-{idx}")
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._task = None
+            if not task.done():  # the session itself is being cancelled
+                await cancel_and_wait(task)
+        if task.cancelled() or pending.retracted:
+            return  # superseded: the index and the state were rewound
+        result, generation_ms = task.result()
+        self._state, pending.generated = result.continuation, True
+        self._policy.generated(choice)
+        await self._persist()
+        await output.finish()
+        if not pending.retracted:
+            self._report(pending, generation_ms, started)
+
+    async def _produce(self, pending: PendingSegment) -> tuple[SegmentResult, float]:
+        idx, choice, state = pending.idx, pending.choice, pending.state_before
+        steps = choice.num_inference_steps or self._services.defaults.sampling.num_inference_steps
+        feed = SegmentFeed(pending.output)
+
+        def on_step(step: int, total: int) -> None:
+            self._events.send(StepComplete(segment_idx=idx, step=step, total_steps=total))
+
+        for attempt in range(1, MAX_SEGMENT_ATTEMPTS + 1):
+            self._events.send(SegmentStart(segment_idx=idx, prompt=choice.text, total_steps=steps))
+            feed.restart()
+            started = time.monotonic()
+            request = self._request(idx, choice, steps, state)
+            try:
+                result = await self._services.pool.run(self._session.id, request, on_step, feed.put)
+            except WorkerFailedError as exc:
+                if attempt == MAX_SEGMENT_ATTEMPTS:
+                    raise
+                self._events.error("worker_failed", f"{exc}; continuing on another worker", retryable=True)
+                state = await self._rebind()
+                continue
+            return result, (time.monotonic() - started) * 1000.0
+        raise AssertionError("unreachable")
+
+    async def _rebind(self) -> ContinuationState | None:
+        """Move to a healthy worker; the segment is made again from the state the store holds."""
+        await self._services.pool.release(self._session.id)
+        state = await self._services.store.load(self._session.id)
+        await self._rebind_worker()
+        return state
+
+    async def _persist(self) -> None:
+        """Store the state the next segment continues from, when it changed."""
+        state = self._state
+        if state is not None and state is not self._persisted:
+            await self._services.store.store(self._session.id, state)
+            self._persisted = state
+
+    def _request(self, idx: int, choice: PromptChoice, steps: int, state: ContinuationState | None) -> SegmentRequest:
+        defaults = self._services.defaults
+        sampling = defaults.sampling
+        return SegmentRequest(
+            prompt=choice.text,
+            negative_prompt=choice.negative_prompt or defaults.negative_prompt,
+            seed=sampling.seed if choice.seed is None else choice.seed,
+            num_inference_steps=steps,
+            guidance_scale=sampling.guidance_scale if choice.guidance_scale is None else choice.guidance_scale,
+            width=sampling.width,
+            height=sampling.height,
+            num_frames=sampling.num_frames,
+            fps=sampling.fps,
+            segment_idx=idx,
+            init_image_path=str(self._image_path) if self._image_path and state is None else None,
+            continuation=state,
+        )
+
+    def _report(self, pending: PendingSegment, generation_ms: float, started: float) -> None:
+        e2e_ms = (time.monotonic() - started) * 1000.0
+        metrics = self._services.metrics
+        metrics.segments.labels(transport=self._session.transport).inc()
+        metrics.generation_seconds.observe(generation_ms / 1000.0)
+        self._events.send(
+            SegmentComplete(
+                segment_idx=pending.idx, generation_time_ms=round(generation_ms, 2), e2e_latency_ms=round(e2e_ms, 2)
+            )
+        )
+        self._events.log(
+            "segment",
+            segment_idx=pending.idx,
+            prompt=pending.choice.text,
+            origin=pending.choice.origin.value,
+            generation_ms=round(generation_ms, 2),
+            e2e_ms=round(e2e_ms, 2),
+        )
+        self._session.transition(SessionState.ACTIVE)
+

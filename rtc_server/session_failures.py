@@ -1,0 +1,44 @@
+"""How a failure that ends a session is told to its client: error code, message, retryable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpu.generator import GeneratorError, IncompatibleStateError
+from gpu.pool import PoolError, PoolUnavailableError, WorkerFailedError
+from rtc_server.init_image import InitImageError
+from rtc_server.protocol import ErrorCode
+from rtc_server.session_start import ResumeRefused
+from rtc_server.store.base import StoreError
+
+__all__ = ["SessionFailure", "describe_failure"]
+
+
+@dataclass(frozen=True)
+class SessionFailure:
+    """The ``error`` a session ends with."""
+
+    code: ErrorCode
+    message: str
+    retryable: bool
+
+
+# The first matching type wins: more specific types first.
+_FAILURES: tuple[tuple[type[Exception], ErrorCode, str, bool], ...] = (
+    (InitImageError, "invalid_message", "{}", False),
+    (ResumeRefused, "invalid_message", "{}", False),
+    (StoreError, "internal_error", "session store failed: {}", True),
+    (PoolUnavailableError, "gpu_unavailable", "{}", True),
+    (WorkerFailedError, "worker_failed", "{}", True),
+    (IncompatibleStateError, "invalid_message", "continuation_state refused: {}", False),
+    (GeneratorError, "internal_error", "generation failed: {}", True),
+    (PoolError, "internal_error", "generation failed: {}", True),
+)
+
+
+def describe_failure(exc: Exception) -> SessionFailure | None:
+    """The error for an expected failure; None for anything else (a bug: log it, report internal_error)."""
+    for kind, code, text, retryable in _FAILURES:
+        if isinstance(exc, kind):
+            return SessionFailure(code, text.format(exc), retryable)
+    return None

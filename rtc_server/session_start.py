@@ -1,0 +1,95 @@
+"""Where a session starts from: its initial image on disk, and a resumed continuation state.
+
+Both are checked before the session takes a GPU slot, so a bad image or state costs no GPU time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpu.generator import ContinuationState, IncompatibleStateError
+from gpu.pool import GpuPool
+from rtc_server.init_image import decode_init_image, persist_init_image
+from rtc_server.protocol import SessionInitV2
+from rtc_server.session_events import SessionEvents
+from rtc_server.store.base import InvalidStateError, SessionStore
+
+__all__ = ["ResumeRefused", "StartPoint", "describe_init", "resume_point", "store_initial_image"]
+
+
+class ResumeRefused(Exception):
+    """A continuation_state that cannot be continued from."""
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """The state the first segment continues from and that segment's index."""
+
+    state: ContinuationState | None = None
+    segment_idx: int = 0
+
+
+def describe_init(init: SessionInitV2) -> dict[str, Any]:
+    """What the session log keeps of a session_init_v2 (no prompt texts, no image bytes)."""
+    return {
+        "client_id": init.client_id,
+        "curated_prompts": len(init.curated_prompts),
+        "loop_generation": init.loop_generation_enabled,
+        "single_clip": init.single_clip_mode,
+        "initial_image": init.initial_image is not None,
+        "resume_kind": init.continuation_state.kind if init.continuation_state else None,
+    }
+
+
+async def store_initial_image(
+    init: SessionInitV2, *, max_bytes: int, directory: Path, events: SessionEvents
+) -> Path | None:
+    """Decode and keep the init's ``initial_image`` in a private file; raises InitImageError."""
+    if init.initial_image is None:
+        return None
+    image = await asyncio.to_thread(decode_init_image, init.initial_image, max_bytes=max_bytes)
+    if image is None:
+        return None
+    path = await asyncio.to_thread(persist_init_image, image, directory)
+    events.log("initial_image", name=image.display_name, mime=image.mime, bytes=len(image.data))
+    return path
+
+
+async def resume_point(
+    init: SessionInitV2, *, session_id: str, store: SessionStore, pool: GpuPool, events: SessionEvents
+) -> StartPoint:
+    """Install the init's continuation_state for ``session_id``; with ``continuation_fallback: fresh``
+    an unusable one is reported and the stream starts over, else ResumeRefused."""
+    wire = init.continuation_state
+    if wire is None:
+        return StartPoint()
+    try:
+        return await _resume(ContinuationState(wire.kind, wire.payload), session_id, store, pool, events)
+    except ResumeRefused as exc:
+        if init.continuation_fallback != "fresh":
+            raise
+        events.error("invalid_message", f"{exc}; starting a fresh stream as asked", retryable=False)
+        return StartPoint()
+
+
+async def _resume(
+    wire_state: ContinuationState, session_id: str, store: SessionStore, pool: GpuPool, events: SessionEvents
+) -> StartPoint:
+    try:
+        await store.hydrate(wire_state, session_id=session_id)
+        state = await store.load(session_id)
+        if state is None:
+            raise ResumeRefused("continuation_state refused: it vanished from the store")
+        await pool.check_state(state)
+    except IncompatibleStateError as exc:
+        await store.drop(session_id)
+        raise ResumeRefused(f"continuation_state refused: {exc}") from exc
+    except InvalidStateError as exc:
+        raise ResumeRefused(f"continuation_state refused: {exc}") from exc
+    resumed_idx = state.payload.get("segment_idx")
+    segment_idx = resumed_idx if isinstance(resumed_idx, int) and resumed_idx >= 0 else 0
+    events.log("resumed", kind=state.kind, segment_idx=segment_idx)
+    return StartPoint(state, segment_idx)
