@@ -182,6 +182,7 @@ class WebSocketSink:
     def _forget(self, segment: StreamedSegment) -> None:
         if self._current is segment:
             self._current = None
+            self._idle.set()  # a drain waiting for the segment looks again
 
     def start(self) -> None:
         if self._writer is None:
@@ -271,7 +272,8 @@ class WebSocketSink:
         self._enqueue(serialize(MediaSegmentSkipped(segment_idx=segment_idx, stream_id=self.stream_id)))
 
     async def drain(self) -> None:
-        while self._queue and not self._closed:
+        """Wait until the segment being sent and everything queued has been handed to the socket."""
+        while (self._queue or self._current is not None) and not self._closed:
             self._idle.clear()
             await self._idle.wait()
 
