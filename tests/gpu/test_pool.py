@@ -31,30 +31,7 @@ from gpu.pool import (
 from gpu.pool_status import PoolStatus, WorkerStatus
 from gpu.synthetic import SyntheticGenerator
 from gpu.worker_state import WorkerState
-
-STATUS_KEYS = {
-    "total_gpus",
-    "available_gpus",
-    "queue_size",
-    "warmup_enabled",
-    "warmup_successful_gpus",
-    "warmup_failed_gpus",
-    "gpu_status",
-}
-WORKER_KEYS = {
-    "gpu_id",
-    "state",
-    "ready",
-    "alive",
-    "pid",
-    "sessions",
-    "segments_done",
-    "running",
-    "last_error",
-    "warmup_ms",
-    "boot_ms",
-    "restarts",
-}
+from tests.gpu.status_shape import STATUS_KEYS, WORKER_KEYS
 
 
 def _request(**changes: Any) -> SegmentRequest:

@@ -25,32 +25,10 @@ from gpu.pool import WorkerFailedError
 from gpu.subprocess_pool import SLOTS_PER_WORKER, SubprocessGpuPool, WorkerSettings
 from gpu.synthetic import SyntheticGenerator
 from gpu.worker_state import WorkerState
+from tests.gpu.status_shape import STATUS_KEYS, WORKER_KEYS
 
 REQUEST = SegmentRequest(prompt="a red fox in snow", width=128, height=128, num_frames=12, num_inference_steps=2)
 WARMUP = SegmentRequest(prompt="warm-up", width=64, height=64, num_frames=2, num_inference_steps=1)
-STATUS_KEYS = {
-    "total_gpus",
-    "available_gpus",
-    "queue_size",
-    "warmup_enabled",
-    "warmup_successful_gpus",
-    "warmup_failed_gpus",
-    "gpu_status",
-}
-WORKER_KEYS = {
-    "gpu_id",
-    "state",
-    "ready",
-    "alive",
-    "pid",
-    "sessions",
-    "segments_done",
-    "running",
-    "last_error",
-    "warmup_ms",
-    "boot_ms",
-    "restarts",
-}
 
 
 def settings(**overrides: object) -> WorkerSettings:

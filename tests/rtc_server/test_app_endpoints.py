@@ -9,30 +9,7 @@ import aiohttp
 
 from rtc_server.health import SERVICE_NAME
 from tests.conftest import LOOPBACK, RunningServer, make_config
-
-STATUS_KEYS = {
-    "total_gpus",
-    "available_gpus",
-    "queue_size",
-    "warmup_enabled",
-    "warmup_successful_gpus",
-    "warmup_failed_gpus",
-    "gpu_status",
-}
-WORKER_KEYS = {
-    "gpu_id",
-    "state",
-    "ready",
-    "alive",
-    "pid",
-    "sessions",
-    "segments_done",
-    "running",
-    "last_error",
-    "warmup_ms",
-    "boot_ms",
-    "restarts",
-}
+from tests.gpu.status_shape import STATUS_KEYS, WORKER_KEYS
 
 
 async def get(url: str) -> tuple[int, Any]:
