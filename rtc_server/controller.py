@@ -18,7 +18,6 @@ from rtc_server import protocol as wire
 from rtc_server.delivery import DeliveryLog
 from rtc_server.generation_policy import GenerationPolicy, Hold
 from rtc_server.prompt_intake import PromptIntake
-from rtc_server.prompt_schedule import PromptOrigin
 from rtc_server.segment_runner import SegmentRunner
 from rtc_server.session import Session, SessionState
 from rtc_server.session_events import SessionEvents
@@ -265,9 +264,7 @@ class SessionController:
         while True:
             while await self._may_generate(policy):
                 choice = await intake.next_choice()
-                # A user prompt that arrived while this choice was being checked goes first.
-                stale = choice is not None and choice.origin is not PromptOrigin.USER and policy.has_pending_user_prompt
-                if choice is not None and not stale:
+                if choice is not None:
                     await runner.generate(choice)
             await self._sink.drain()
             if policy.hold() is Hold.SEGMENT_CAP:  # a prompt during the drain may have taken a segment back

@@ -20,8 +20,14 @@ from gpu.pool import WorkerFailedError
 from rtc_server.generation_policy import GenerationPolicy
 from rtc_server.init_image import discard_init_image
 from rtc_server.lookahead import Lookahead, PendingSegment
-from rtc_server.prompt_schedule import PromptChoice
-from rtc_server.protocol import ContinuationStateSnapshot, SegmentComplete, SegmentStart, SessionInitV2, StepComplete
+from rtc_server.prompt_schedule import PromptChoice, PromptOrigin
+from rtc_server.protocol import (
+    ContinuationStateSnapshot,
+    SegmentComplete,
+    SegmentStart,
+    SessionInitV2,
+    StepComplete,
+)
 from rtc_server.segment_feed import SegmentFeed
 from rtc_server.session import Session, SessionState
 from rtc_server.session_events import SessionEvents
@@ -125,6 +131,8 @@ class SegmentRunner:
     async def generate(self, choice: PromptChoice) -> None:
         """Make one segment, its frames flowing to the sink as they come."""
         await self._persist()
+        if choice.origin is not PromptOrigin.USER and self._policy.has_pending_user_prompt:
+            return  # a user prompt came in while this one was chosen or checked: it goes first
         idx, started = self._next_idx, time.monotonic()
         output = self._sink.open_segment(idx, num_frames=self._services.defaults.sampling.num_frames)
         pending = self._lookahead.add(idx, self._state, output, choice)
