@@ -29,6 +29,7 @@ ErrorCode = Literal[
     "worker_failed",
     "upstream_timeout",
     "internal_error",
+    "rate_limited",  # (new) a client asked for more than its share; retry later
 ]
 MAX_PROMPT_CHARS = 4000  # longer prompts are refused, as the enhancer would refuse them
 PromptSource = Literal["curated", "enhanced", "user", "auto_extension"]

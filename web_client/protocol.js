@@ -103,6 +103,7 @@ const ERROR_TITLES = {
   internal_error: "Server error",
   preset_mismatch: "Preset mismatch",
   invalid_message: "Request refused",
+  rate_limited: "Too many requests",
 };
 
 /** A server `error` message (or an HTTP `{error:{...}}` body) as {title, detail, code, retryable}. */
