@@ -21,15 +21,16 @@ from rtc_server.prompt_intake import PromptIntake
 from rtc_server.segment_runner import SegmentRunner
 from rtc_server.session import Session, SessionState
 from rtc_server.session_events import SessionEvents
-from rtc_server.session_failures import describe_failure
+from rtc_server.session_failures import SessionFailure, describe_failure
 from rtc_server.session_services import Admission, SessionServices, policy_settings
-from rtc_server.session_start import describe_init
+from rtc_server.session_start import SessionRefused, describe_init, stream_start
 from rtc_server.sink import CloseReason, SessionSink
 from rtc_server.tasks import TaskSet, cancel_and_wait
 
 __all__ = ["SessionController"]
 
 logger = logging.getLogger(__name__)
+
 
 class SessionController:
     """Drives one session from ``session_init_v2`` to its end."""
@@ -76,8 +77,34 @@ class SessionController:
 
     # -- client messages -------------------------------------------------
 
-    def start(self, init: wire.SessionInitV2) -> None:
-        """Apply the session's opening message and start generating."""
+    @property
+    def started(self) -> bool:
+        """Whether ``session_init_v2`` has been received."""
+        return self._init is not None
+
+    async def begin(self, init: wire.SessionInitV2) -> None:
+        """Apply the opening message and check what the session starts from (initial image, resumed
+        state) before it takes a slot; SessionRefused when it cannot start (end it with ``refuse``)."""
+        await self._start(self._setup(init), init)
+
+    async def refuse(self, failure: SessionFailure, *, tell_client: bool = True) -> None:
+        """End a session that could not start; ``tell_client=False`` when the transport answers with an HTTP error."""
+        await self._end(failure, SessionState.REJECTED, tell_client=tell_client)
+
+    async def _start(self, runner: SegmentRunner, init: wire.SessionInitV2) -> None:
+        try:
+            await runner.prepare(init)
+        except Exception as exc:
+            raise SessionRefused(self._failure(exc)) from exc
+        self._task = asyncio.create_task(self._run(), name=f"session-{self._session.short_id}")
+
+    async def _start_or_refuse(self, runner: SegmentRunner, init: wire.SessionInitV2) -> None:
+        try:
+            await self._start(runner, init)
+        except SessionRefused as exc:
+            await self.refuse(exc.failure)
+
+    def _setup(self, init: wire.SessionInitV2) -> SegmentRunner:
         if self._init is not None:
             raise RuntimeError(f"session {self._session.short_id}: already started")
         self._init, self._session.client_id = init, init.client_id
@@ -101,7 +128,7 @@ class SessionController:
         )
         self._handlers = self._dispatch_table(policy, self._intake, runner)
         self._events.log("init", transport=self._session.transport, **describe_init(init))
-        self._task = asyncio.create_task(self._run(), name=f"session-{self._session.short_id}")
+        return runner
 
     def handle(self, message: wire.ClientMessage) -> None:
         """Apply one parsed client message."""
@@ -111,7 +138,8 @@ class SessionController:
         self._services.metrics.control_messages.labels(type=message.type).inc()
         if self._handlers is None:
             if isinstance(message, wire.SessionInitV2):
-                self.start(message)
+                # Set up now, so that messages right behind the init find the session started.
+                self._side_tasks.spawn(self._start_or_refuse(self._setup(message), message))
             else:
                 self.report_error("invalid_message", f"send session_init_v2 before {message.type}")
             return
@@ -200,29 +228,32 @@ class SessionController:
         if self._runner is not None:
             await self._runner.close()
 
-    async def _fail(self, code: wire.ErrorCode, message: str, *, retryable: bool) -> None:
-        self.report_error(code, message, retryable=retryable)
-        self._events.send(wire.StreamComplete(reason="error"))
-        await self._finish(SessionState.ERROR, CloseReason.INVALID if code == "invalid_message" else CloseReason.ERROR)
+    async def _end(self, failure: SessionFailure, state: SessionState, *, tell_client: bool = True) -> None:
+        if self._finishing:
+            return
+        if tell_client:
+            self.report_error(failure.code, failure.message, retryable=failure.retryable)
+            self._events.send(wire.StreamComplete(reason="error"))
+        await self._finish(state, CloseReason.INVALID if failure.code == "invalid_message" else CloseReason.ERROR)
+
+    def _failure(self, exc: Exception) -> SessionFailure:
+        failure = describe_failure(exc)
+        if failure is None:
+            logger.error("session %s: unexpected failure", self._session.short_id, exc_info=exc)
+            return SessionFailure("internal_error", "unexpected server error", True)
+        return failure
 
     # -- the session's life ----------------------------------------------
 
     async def _run(self) -> None:
         try:
-            assert self._init is not None and self._runner is not None
-            await self._runner.prepare(self._init)  # before taking a slot: a bad image or state costs none
             await self._admit()
             await self._bind()
             await self._stream()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            failure = describe_failure(exc)
-            if failure is None:
-                logger.exception("session %s: unexpected failure", self._session.short_id)
-                await self._fail("internal_error", "unexpected server error", retryable=True)
-            else:
-                await self._fail(failure.code, failure.message, retryable=failure.retryable)
+        except Exception as exc:  # noqa: BLE001  (the top of the session's task: every failure ends it, told)
+            await self._end(self._failure(exc), SessionState.ERROR)
 
     async def _admit(self) -> None:
         def on_position(position: int, depth: int) -> None:
@@ -247,16 +278,7 @@ class SessionController:
         self._events.send(wire.GpuAssigned(gpu_id=assignment.gpu_id, session_timeout=timeout_s))
         if after is None:
             assert self._init is not None
-            sampling = self._services.defaults.sampling
-            self._events.send(
-                wire.StreamStart(
-                    preset=self._init.preset,
-                    width=sampling.width,
-                    height=sampling.height,
-                    fps=sampling.fps,
-                    num_frames=sampling.num_frames,
-                )
-            )
+            self._events.send(stream_start(self._init, self._services.defaults.sampling))
 
     async def _stream(self) -> None:
         policy, intake, runner = self._policy, self._intake, self._runner

@@ -8,20 +8,40 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpu.generator import ContinuationState, IncompatibleStateError
 from gpu.pool import GpuPool
+from rtc_server.config import SamplingConfig
 from rtc_server.init_image import decode_init_image, persist_init_image
-from rtc_server.protocol import SessionInitV2
+from rtc_server.protocol import SessionInitV2, StreamStart
 from rtc_server.session_events import SessionEvents
+
+if TYPE_CHECKING:
+    from rtc_server.session_failures import SessionFailure
 from rtc_server.store.base import InvalidStateError, SessionStore
 
-__all__ = ["ResumeRefused", "StartPoint", "describe_init", "resume_point", "store_initial_image"]
+__all__ = [
+    "ResumeRefused",
+    "SessionRefused",
+    "StartPoint",
+    "describe_init",
+    "resume_point",
+    "store_initial_image",
+    "stream_start",
+]
 
 
 class ResumeRefused(Exception):
     """A continuation_state that cannot be continued from."""
+
+
+class SessionRefused(Exception):
+    """A session that cannot start as asked; ``failure`` is what its client is told."""
+
+    def __init__(self, failure: SessionFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,13 @@ def describe_init(init: SessionInitV2) -> dict[str, Any]:
         "initial_image": init.initial_image is not None,
         "resume_kind": init.continuation_state.kind if init.continuation_state else None,
     }
+
+
+def stream_start(init: SessionInitV2, sampling: SamplingConfig) -> StreamStart:
+    """The ``ltx2_stream_start`` a session opens with: its preset and the stream's geometry."""
+    return StreamStart(
+        preset=init.preset, width=sampling.width, height=sampling.height, fps=sampling.fps, num_frames=sampling.num_frames
+    )
 
 
 async def store_initial_image(

@@ -19,6 +19,8 @@ from rtc_server.media.track import PacedVideoTrack, PlayoutBuffer
 from rtc_server.protocol import InvalidMessage, SessionInitV2, parse_client_message, parse_client_text
 from rtc_server.registry import SessionRegistry
 from rtc_server.session import SessionRejected
+from rtc_server.session_failures import SessionFailure
+from rtc_server.session_start import SessionRefused
 from rtc_server.sink import CloseReason
 from rtc_server.transports.ice import build_rtc_configuration, restrict_host_candidates
 from rtc_server.transports.webrtc_sink import WebRTCSink
@@ -53,6 +55,7 @@ class PeerSession:
         controller: SessionController,
         peer_timeout_s: float,
         connect_timeout_s: float,
+        init_timeout_s: float,
         max_message_bytes: int,
     ) -> None:
         self.pc = pc
@@ -61,6 +64,7 @@ class PeerSession:
         self.controller = controller
         self._peer_timeout_s = peer_timeout_s
         self._connect_timeout_s = connect_timeout_s
+        self._init_timeout_s = init_timeout_s
         self._max_message_bytes = max_message_bytes
         self._created = time.monotonic()
         self._watchdog: asyncio.Task[None] | None = None
@@ -115,17 +119,22 @@ class PeerSession:
         asyncio.create_task(self.controller.client_left()).add_done_callback(_log_task_failure)
 
     async def _watch(self) -> None:
-        """End the session when the peer stops sending RTCP reports on our video, or never connects."""
+        """End the session when the peer never connects, connects but never sends session_init_v2,
+        or stops sending RTCP reports on our video."""
         sender = self.pc.getSenders()[0]
         media_since: float | None = None
+        connected_at: float | None = None
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            state = self.pc.connectionState
-            if state != "connected":
+            if self.pc.connectionState != "connected":
                 if time.monotonic() - self._created > self._connect_timeout_s:
                     self._begin_departure(f"not connected after {self._connect_timeout_s:.0f}s")
                     return
                 continue
+            connected_at = connected_at or time.monotonic()
+            if not self.controller.started and time.monotonic() - connected_at > self._init_timeout_s:
+                await self._refuse_uninitialised()
+                return
             if self.track.stats.frames_released == 0:
                 # Receivers only report on media they got; before the first frame (a slow
                 # first segment) there is nothing to judge by but the connection state.
@@ -137,6 +146,11 @@ class PeerSession:
             if time.time() - last_heard > self._peer_timeout_s:
                 self._begin_departure(f"no RTCP for {self._peer_timeout_s:.1f}s")
                 return
+
+    async def _refuse_uninitialised(self) -> None:
+        message = f"no session_init_v2 received within {self._init_timeout_s:g}s of connecting"
+        logger.info("%s: %s", self._label, message)
+        await self.controller.refuse(SessionFailure("invalid_message", message, False))
 
     async def close(self) -> None:
         """Stop the watchdog, the track and the connection. Idempotent; concurrent callers wait for the first."""
@@ -212,6 +226,8 @@ class WebRTCTransport:
                 retryable=True,
                 headers={"Retry-After": str(exc.retry_after_seconds)},
             ) from exc
+        if init is not None:
+            await _begin_or_answer(controller, init.model_copy(update={"stream_mode": "webrtc"}))
         pc = RTCPeerConnection(self._rtc_configuration)
         delivery = controller.delivery
         track = PacedVideoTrack(
@@ -224,6 +240,7 @@ class WebRTCTransport:
             controller=controller,
             peer_timeout_s=self._config.webrtc.peer_timeout_seconds,
             connect_timeout_s=self._config.webrtc.connect_timeout_seconds,
+            init_timeout_s=self._config.websocket.init_timeout_seconds,
             max_message_bytes=self._config.server.max_message_bytes,
         )
         peer_box.append(peer)
@@ -235,8 +252,6 @@ class WebRTCTransport:
             raise
         self._peers[peer.session_id] = peer
         peer.wire()
-        if init is not None:
-            controller.start(init.model_copy(update={"stream_mode": "webrtc"}))
         return {"sdp": answer.sdp, "type": answer.type, "session_id": peer.session_id}
 
     async def _negotiate(self, pc: RTCPeerConnection, track: PacedVideoTrack, sdp: str) -> RTCSessionDescription:
@@ -268,6 +283,22 @@ class WebRTCTransport:
         for peer in list(self._peers.values()):
             await peer.controller.shutdown()
             await self._close_peer(peer)
+
+
+# How a refused start is answered over HTTP: a client mistake, or a server that cannot serve now.
+_REFUSAL_STATUS: dict[str, int] = {"invalid_message": 400, "gpu_unavailable": 503, "worker_failed": 503}
+
+
+async def _begin_or_answer(controller: SessionController, init: SessionInitV2) -> None:
+    """Start the session of an offer before any peer connection exists; a refusal is the HTTP answer."""
+    try:
+        await controller.begin(init)
+    except SessionRefused as exc:
+        failure = exc.failure
+        await controller.refuse(failure, tell_client=False)
+        status = _REFUSAL_STATUS.get(failure.code, 500)
+        headers = {"Retry-After": "5"} if status == 503 else None
+        raise HttpError(status, failure.code, failure.message, retryable=failure.retryable, headers=headers) from exc
 
 
 def _parse_init(raw: dict[str, Any] | None) -> SessionInitV2 | None:

@@ -23,6 +23,7 @@ from rtc_server.media.fmp4 import Fmp4Encoder
 from rtc_server.protocol import ErrorMessage, InvalidMessage, SessionInitV2, parse_client_text, serialize
 from rtc_server.registry import SessionRegistry
 from rtc_server.session import SessionRejected
+from rtc_server.session_start import SessionRefused
 from rtc_server.transports.websocket_sink import WebSocketSink
 
 __all__ = ["WebSocketTransport", "register_routes"]
@@ -30,6 +31,9 @@ __all__ = ["WebSocketTransport", "register_routes"]
 logger = logging.getLogger(__name__)
 
 HARD_LIMIT_FACTOR = 2  # frames above limit x this are not even read
+# How long a close waits for the client's close frame: a silent client (the usual reason for
+# closing it) would otherwise hold the session 10 s more, aiohttp's default.
+CLOSE_HANDSHAKE_TIMEOUT_S = 1.0
 
 
 class WebSocketTransport:
@@ -59,7 +63,7 @@ class WebSocketTransport:
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         limit = self._config.server.max_message_bytes
-        ws = web.WebSocketResponse(max_msg_size=limit * HARD_LIMIT_FACTOR)
+        ws = web.WebSocketResponse(max_msg_size=limit * HARD_LIMIT_FACTOR, timeout=CLOSE_HANDSHAKE_TIMEOUT_S)
         await ws.prepare(request)
         _limit_send_buffer(request, self._config.websocket.send_buffer_bytes)
         sink = WebSocketSink(
@@ -91,7 +95,9 @@ class WebSocketTransport:
 
     async def _receive_init(self, ws: web.WebSocketResponse, controller: SessionController, limit: int) -> bool:
         try:
-            message = await ws.receive(timeout=self._config.websocket.init_timeout_seconds)
+            # One deadline for the whole wait: receive(timeout=) restarts it on control frames.
+            async with asyncio.timeout(self._config.websocket.init_timeout_seconds):
+                message = await ws.receive()
         except TimeoutError:
             await _refuse(
                 ws,
@@ -117,7 +123,11 @@ class WebSocketTransport:
         if problem is not None:
             await _refuse(ws, ErrorMessage(code="invalid_message", message=problem), WSCloseCode.UNSUPPORTED_DATA)
             return False
-        controller.start(init)
+        try:
+            await controller.begin(init)
+        except SessionRefused as exc:
+            await controller.refuse(exc.failure)
+            return False
         return True
 
     async def _receive_forever(self, ws: web.WebSocketResponse, controller: SessionController, limit: int) -> None:
