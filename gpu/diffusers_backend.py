@@ -54,6 +54,7 @@ from gpu.frames import (
 )
 from gpu.generator import (
     MAX_FRAME_EDGE_PX,
+    MAX_FRAMES_PER_SEGMENT,
     ContinuationState,
     FrameCallback,
     GeneratorError,
@@ -68,6 +69,7 @@ from gpu.generator import (
 __all__ = [
     "DEFAULT_CONDITIONING_FRAMES",
     "FRAMES_PER_CHUNK",
+    "MAX_STATE_COUNTER",
     "STATE_KIND",
     "DiffusersGenerator",
     "is_valid_length",
@@ -93,6 +95,10 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 _MODEL_INDEX = "model_index.json"
 _PAYLOAD_KEYS = ("segment_idx", "frame_number", "conditioning_frames", "width", "height", "frames")
+# segment_idx and frame_number of a state: years of video below it, and far from any overflow when a
+# state from a client or a store is continued (or printed: a 5 000-digit int cannot even be formatted).
+MAX_STATE_COUNTER = 2**31 - 1
+_QUOTE_CHARS = 40  # what an error message quotes of a state's content
 # What from_pretrained raises for a directory it cannot use (bad JSON, missing files or classes).
 _LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, RuntimeError)
 # What a pipeline call raises for inputs or a device it cannot handle (CUDA OOM is a RuntimeError).
@@ -143,6 +149,20 @@ def segment_seed(seed: int, segment_idx: int) -> int:
 
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_state_counter(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STATE_COUNTER
+
+
+def _quote(value: object) -> str:
+    """A short, always-formattable rendering of a state value for an error message."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    if isinstance(value, (list, tuple, dict, str)) and len(value) > _QUOTE_CHARS:
+        return f"a {type(value).__name__} of length {len(value)}"
+    text = repr(value)
+    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "..."
 
 
 def _is_edge(value: object, ratio: int) -> bool:
@@ -502,28 +522,40 @@ class DiffusersGenerator:
         if not isinstance(payload, Mapping) or any(key not in payload for key in _PAYLOAD_KEYS):
             raise IncompatibleStateError(f"{STATE_KIND} payload must be an object with keys {list(_PAYLOAD_KEYS)}")
         for key in ("segment_idx", "frame_number"):
-            if not _is_count(payload[key]):
-                raise IncompatibleStateError(f"{STATE_KIND} {key} must be a non-negative int, got {payload[key]!r}")
+            if not _is_state_counter(payload[key]):
+                raise IncompatibleStateError(
+                    f"{STATE_KIND} {key} must be an int in 0..{MAX_STATE_COUNTER}, got {_quote(payload[key])}"
+                )
         width, height = payload["width"], payload["height"]
         ratio = self._spatial_ratio
         if not all(_is_edge(edge, ratio) for edge in (width, height)):
             raise IncompatibleStateError(
                 f"{STATE_KIND} width and height must be multiples of {ratio} up to {MAX_FRAME_EDGE_PX}, "
-                f"got {width!r}x{height!r}"
+                f"got {_quote(width)}x{_quote(height)}"
             )
         history = self._parse_frames(payload["conditioning_frames"], payload["frames"], width, height)
-        kept = kept_conditioning_frames(self._conditioning_frames, history.shape[0], self._temporal_ratio)
-        return _Cursor(payload["segment_idx"], payload["frame_number"], history[-kept:])
+        return _Cursor(payload["segment_idx"], payload["frame_number"], history)
 
     def _parse_frames(self, count: object, frames: object, width: int, height: int) -> np.ndarray:
-        if not isinstance(count, int) or isinstance(count, bool) or not is_valid_length(count, self._temporal_ratio):
+        """The frames this generator continues from: the state's last K, decoded (the older ones never are)."""
+        ratio = self._temporal_ratio
+        if (
+            not isinstance(count, int)
+            or isinstance(count, bool)
+            or count > MAX_FRAMES_PER_SEGMENT
+            or not is_valid_length(count, ratio)
+        ):
             raise IncompatibleStateError(
-                f"{STATE_KIND} conditioning_frames must be {self._temporal_ratio}*n+1, got {count!r}"
+                f"{STATE_KIND} conditioning_frames must be {ratio}*n+1 up to {MAX_FRAMES_PER_SEGMENT}, "
+                f"got {_quote(count)}"
             )
         if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes)) or len(frames) != count:
             raise IncompatibleStateError(f"{STATE_KIND} frames must be a list of {count} base64 PNG frames")
+        kept = kept_conditioning_frames(self._conditioning_frames, count, ratio)
         try:
-            decoded = [decode_png(frame, width=width, height=height) for frame in frames]
+            # A state from a generator with a larger K holds frames this one drops: decoding only the
+            # kept ones bounds the work by this generator's K, not by the state.
+            decoded = [decode_png(frame, width=width, height=height) for frame in frames[count - kept :]]
         except FrameFormatError as exc:
             raise IncompatibleStateError(f"{STATE_KIND} frames: {exc}") from exc
         return np.stack(decoded)

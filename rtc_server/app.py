@@ -204,6 +204,7 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
         prompts=app[PROMPTS],
         streaming=config.streaming,
         defaults=config.default_request,
+        limits=config.limits,
         image_dir=app[IMAGE_DIR],
     )
     registry = SessionRegistry(config=config, services=services)

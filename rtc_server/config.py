@@ -7,18 +7,22 @@ ignored setting.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gpu.generator import MAX_FRAME_EDGE_PX, MAX_FRAMES_PER_SEGMENT, MAX_STEPS
 from prompt import ProviderSpec
+from rtc_server.protocol import MAX_CURATED_PROMPTS, MAX_PROMPT_CHARS, MAX_SEED
 
 __all__ = [
     "ConfigError",
     "DefaultRequestConfig",
     "GeneratorConfig",
+    "LimitsConfig",
     "PoolConfig",
     "SamplingConfig",
     "ServerConfig",
@@ -86,8 +90,8 @@ class SamplingConfig(_Section):
     fps: int = Field(24, ge=1, le=120)
     num_frames: int = Field(24, ge=1, le=1024)
     num_inference_steps: int = Field(4, ge=1, le=1000)
-    guidance_scale: float = Field(1.0, ge=0.0)
-    seed: int = 0
+    guidance_scale: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class DefaultRequestConfig(_Section):
@@ -209,6 +213,115 @@ class StoreConfig(_Section):
         return self
 
 
+# Pillow refuses images above twice its MAX_IMAGE_PIXELS (89 478 485) and warns above it; staying
+# below lets our own check give the clear message.
+MAX_IMAGE_PIXELS_CAP = 8192 * 8192  # pixels
+MAX_QUEUED_EVENT_BYTES_FLOOR = 64 * 1024  # bytes: one continuation snapshot held inline (store.inline_limit_bytes)
+
+
+class LimitsConfig(_Section):
+    """Server-side caps on what a client may ask for and on what one session or connection may hold.
+
+    Client values beyond a cap are answered ``invalid_message`` naming the field and the cap. The
+    config's own ``default_request`` must lie within them too.
+    """
+
+    max_inference_steps: int = Field(
+        50,
+        ge=1,
+        le=MAX_STEPS,
+        description="Denoising steps a client may ask for per segment. 50 is LTX-Video's full, non-distilled "
+        "schedule; more costs minutes per segment without a visible gain (1000 got workers killed).",
+    )
+    guidance_scale_range: tuple[float, float] = Field(
+        (0.0, 20.0),
+        description="[min, max] classifier-free guidance a client may ask for. Video diffusion models burn out "
+        "(saturated, flickering frames) well before 20; 0..1 turns guidance off.",
+    )
+    max_width: int = Field(
+        1280,
+        ge=16,
+        le=MAX_FRAME_EDGE_PX,
+        description="Frame width (px) of the config and of resumed continuation states. 1280 covers 720p "
+        "landscape, the largest LTX-Video generates near real time.",
+    )
+    max_height: int = Field(
+        1280,
+        ge=16,
+        le=MAX_FRAME_EDGE_PX,
+        description="Frame height (px) of the config and of resumed continuation states. 1280 covers 720p "
+        "portrait as max_width covers landscape.",
+    )
+    max_num_frames: int = Field(
+        240,
+        ge=1,
+        le=MAX_FRAMES_PER_SEGMENT,
+        description="New frames per segment. 240 is 10 s at 24 fps: a longer segment delays every prompt change "
+        "as long, and with 9 conditioning frames it would pass LTX-Video's 257-frame training length.",
+    )
+    max_prompt_chars: int = Field(
+        2000,
+        ge=1,
+        le=MAX_PROMPT_CHARS,
+        description="Characters in a prompt, negative prompt or curated/seed prompt. LTX's text encoder reads "
+        "256 tokens (about 1000-1500 characters of English); 2000 leaves room without paying LLM tokens for noise.",
+    )
+    max_curated_prompts: int = Field(
+        64,
+        ge=0,
+        le=MAX_CURATED_PROMPTS,
+        description="Curated prompts in session_init_v2 / seed_prompts_updated. The web client keeps a handful; "
+        "64 x max_prompt_chars bounds a session's list to about 128 KB.",
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096,
+        ge=1,
+        le=MAX_IMAGE_PIXELS_CAP,
+        description="Pixels (width x height) of an initial image, checked from its header before decoding. "
+        "4096^2 admits 12 MP phone photos and the largest frame any backend makes; its decode stays under 64 MiB.",
+    )
+    messages_per_second: float = Field(
+        20.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Control messages per connection per second, sustained. A UI sends a few per user action; "
+        "20/s never throttles a person yet caps a flood.",
+    )
+    message_burst: int = Field(
+        40,
+        ge=1,
+        description="Control messages a connection may send at once above the sustained rate (token bucket "
+        "size): a page restoring its settings sends about ten in a row.",
+    )
+    llm_calls_per_minute: int = Field(
+        30,
+        ge=1,
+        description="LLM calls (enhance, auto-extend, rewrite) per session per minute. One every 2 s keeps "
+        "auto-extension fresh for a story yet caps one session at about 1800 paid calls an hour.",
+    )
+    max_queued_event_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=MAX_QUEUED_EVENT_BYTES_FLOOR,
+        description="Bytes of control events queued for one session's client. Events are ~100 B and a "
+        "snapshot's inline payload at most store.inline_limit_bytes, so 4 MiB is tens of thousands of "
+        "events: only a client that stopped reading reaches it.",
+    )
+    max_rss_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="Server resident memory above which new sessions are refused (session_rejected, retryable). "
+        "None = no bound: an in-process diffusers model alone holds gigabytes, so only a deployment knows its "
+        "figure.",
+    )
+
+    @model_validator(mode="after")
+    def _check_guidance_range(self) -> LimitsConfig:
+        low, high = self.guidance_scale_range
+        if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low <= high):
+            raise ValueError(f"guidance_scale_range must be [min, max] with 0 <= min <= max, got [{low}, {high}]")
+        return self
+
+
 class ServiceConfig(_Section):
     """The whole service configuration."""
 
@@ -220,6 +333,45 @@ class ServiceConfig(_Section):
     webrtc: WebRTCConfig = Field(default_factory=WebRTCConfig)
     websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @model_validator(mode="after")
+    def _check_defaults_within_limits(self) -> ServiceConfig:
+        # The server must not itself ask for what it refuses from a client.
+        problems = _default_request_problems(self.default_request, self.limits)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _default_request_problems(request: DefaultRequestConfig, limits: LimitsConfig) -> list[str]:
+    """Each way ``request`` exceeds ``limits``, naming both keys; empty when it fits."""
+    sampling = request.sampling
+    checks = [
+        ("sampling.num_inference_steps", sampling.num_inference_steps, "max_inference_steps", limits.max_inference_steps),
+        ("sampling.width", sampling.width, "max_width", limits.max_width),
+        ("sampling.height", sampling.height, "max_height", limits.max_height),
+        ("sampling.num_frames", sampling.num_frames, "max_num_frames", limits.max_num_frames),
+        ("prompt length", len(request.prompt), "max_prompt_chars", limits.max_prompt_chars),
+        (
+            "negative_prompt length",
+            len(request.negative_prompt or ""),
+            "max_prompt_chars",
+            limits.max_prompt_chars,
+        ),
+    ]
+    problems = [
+        f"default_request.{key} {value} exceeds limits.{limit_key} {limit}"
+        for key, value, limit_key, limit in checks
+        if value > limit
+    ]
+    low, high = limits.guidance_scale_range
+    if not low <= sampling.guidance_scale <= high:
+        problems.append(
+            f"default_request.sampling.guidance_scale {sampling.guidance_scale} lies outside "
+            f"limits.guidance_scale_range [{low}, {high}]"
+        )
+    return problems
 
 
 class ConfigError(ValueError):

@@ -123,6 +123,7 @@ class SessionController:
             prompts=services.prompts,
             events=self._events,
             wait_s=services.streaming.prompt.wait_ms / 1000.0,
+            llm_calls_per_minute=services.limits.llm_calls_per_minute,
             spawn=self._side_tasks.spawn,
             on_user_prompt=lambda: self._wake(runner.supersede()),
         )
@@ -218,6 +219,8 @@ class SessionController:
                 self._on_closed(self)
             self._events.log("end", state=self._session.state.value, reason=reason.value, segments=self.segments_done)
             logger.info("session %s: ended as %s (%s)", self._session.short_id, self._session.state.value, reason.value)
+            # Its parts hold callbacks into this controller: let go of them, so nothing waits for a GC pass.
+            self._handlers = self._intake = self._runner = self._task = None
 
     async def _release_resources(self) -> None:
         # One by one, each failure logged: a broken store must not keep the GPU binding.

@@ -7,22 +7,32 @@ directly inside the event loop.
 ``data`` is strict base64 (no whitespace, correct padding). A browser ``data:`` URL prefix such as
 ``data:image/png;base64,`` (what ``FileReader.readAsDataURL`` yields) is tolerated and stripped;
 its media type must agree with ``mime``.
+
+The image is checked at the door, so that no fault reaches a generator: its dimensions are read from
+the header and refused above ``max_pixels`` before any pixel is decoded (a 12 000 x 12 000 PNG is a
+few KB compressed and 430 MB decoded), then it is decoded in full, so a truncated or corrupt body is
+an InitImageError here rather than a generator failure later.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import logging
 import os
 import re
+import struct
 import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "DEFAULT_MAX_INIT_IMAGE_BYTES",
     "DecodedInitImage",
     "InitImageError",
@@ -35,11 +45,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_INIT_IMAGE_BYTES = 32 * 1024 * 1024  # 32 MiB, decoded
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # width x height; limits.max_image_pixels' default
 MAX_DISPLAY_NAME_CHARS = 100
 # A data: URL header is short; bounding the search keeps a huge prefix-less string from being scanned.
 _MAX_DATA_URL_HEADER_CHARS = 128
 
-InitImageProblem = Literal["not_an_object", "bad_mime", "bad_data", "bad_base64", "empty", "too_large", "bad_name"]
+InitImageProblem = Literal[
+    "not_an_object", "bad_mime", "bad_data", "bad_base64", "empty", "too_large", "too_many_pixels", "corrupt", "bad_name"
+]
 
 # Declared mime -> canonical mime; image/jpg is a common misspelling the protocol accepts.
 _CANONICAL_MIME = {
@@ -50,6 +63,25 @@ _CANONICAL_MIME = {
 }
 _EXTENSION = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 _LABEL = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WebP"}
+# The format's own reader, built directly: it reads the header only, and unlike Image.open it runs no
+# decompression-bomb check, whose warning would fire for images our own limit refuses anyway.
+_READER: dict[str, type[ImageFile.ImageFile]] = {
+    "image/png": PngImagePlugin.PngImageFile,
+    "image/jpeg": JpegImagePlugin.JpegImageFile,
+    "image/webp": WebPImagePlugin.WebPImageFile,
+}
+# What Pillow's format plugins raise on a corrupt or truncated body (SyntaxError: "broken PNG file",
+# struct.error and the like from short reads).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+)
 _ACCEPTED_MIMES = ", ".join(sorted(_CANONICAL_MIME))
 _NAME_DISALLOWED = re.compile(r"[^A-Za-z0-9._ -]")
 
@@ -82,14 +114,21 @@ class DecodedInitImage:
 
 
 def decode_init_image(
-    payload: object, *, max_bytes: int = DEFAULT_MAX_INIT_IMAGE_BYTES
+    payload: object,
+    *,
+    max_bytes: int = DEFAULT_MAX_INIT_IMAGE_BYTES,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> DecodedInitImage | None:
     """Validate and decode an ``initial_image`` object; None when there is none.
 
+    ``max_bytes`` bounds the decoded file, ``max_pixels`` its width x height (checked from the
+    header, before decoding). The image is then decoded in full once, to prove it readable.
     Raises InitImageError naming the first fault found. Blocking: run it in a thread.
     """
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     if payload is None:
         return None
     if not isinstance(payload, dict):
@@ -107,6 +146,7 @@ def decode_init_image(
     if not data:
         raise InitImageError("empty", "initial_image.data is empty")
     _check_signature(data, mime)
+    _check_pixels(data, mime, max_pixels)
     return DecodedInitImage(data=data, mime=mime, display_name=_display_name(payload.get("name"), mime))
 
 
@@ -215,6 +255,31 @@ def _check_signature(data: bytes, mime: str) -> None:
     else:
         message = f"initial_image.data is a {_LABEL[actual]} image, but initial_image.mime is {mime!r}"
     raise InitImageError("bad_mime", message)
+
+
+def _check_pixels(data: bytes, mime: str, max_pixels: int) -> None:
+    """Refuse an image over ``max_pixels`` from its header alone, then decode it fully to prove it sound."""
+    label = _LABEL[mime]
+    try:
+        # The reader parses the header only; pixels are decoded by load().
+        with _READER[mime](io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InitImageError(
+                    "too_many_pixels",
+                    f"initial_image is {width}x{height} = {width * height} pixels, "
+                    f"more than the limit of {max_pixels} pixels",
+                )
+            image.load()
+    except InitImageError:
+        raise
+    except Image.DecompressionBombError as exc:  # WebP's reader checks, above twice Pillow's own limit
+        raise InitImageError(
+            "too_many_pixels", f"initial_image has more pixels than the limit of {max_pixels} pixels"
+        ) from exc
+    except _DECODE_ERRORS as exc:
+        # Pillow's own text names a buffer object and offsets: nothing a client can act on.
+        raise InitImageError("corrupt", f"initial_image.data is not a readable {label} image (corrupt or truncated)") from exc
 
 
 def _display_name(value: object, mime: str) -> str:

@@ -2,22 +2,41 @@
 
 Client messages are parsed as a union discriminated on ``type``; server messages
 are serialised without null fields. Pure code: no I/O.
+
+The client models hold the checks that need no configuration: strict types where the
+protocol's types are clear (no ``"12"`` for an int, no ``1`` for a bool, no NaN), and
+absolute caps that no config may raise. The configured ``limits`` and the hardened
+decoding of raw text live in ``rtc_server.inbound``, the one path every inbound message takes.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 __all__ = [
+    "MAX_CURATED_PROMPTS",
+    "MAX_ERROR_CHARS",
+    "MAX_PROMPT_CHARS",
+    "MAX_SEED",
     "ClientMessage",
     "ErrorCode",
     "InvalidMessage",
     "ServerMessage",
     "parse_client_message",
     "parse_client_text",
+    "preview",
     "serialize",
 ]
 
@@ -32,8 +51,32 @@ ErrorCode = Literal[
     "rate_limited",  # (new) a client asked for more than its share; retry later
 ]
 MAX_PROMPT_CHARS = 4000  # longer prompts are refused, as the enhancer would refuse them
+# Seeds are 0..2**32-1: every RNG a backend seeds (numpy, torch, a hash) takes them exactly, and a
+# JavaScript client can hold them without rounding (2**53); negative seeds mean nothing anywhere.
+MAX_SEED = 2**32 - 1
+MAX_CURATED_PROMPTS = 256  # hard cap on a curated/seed prompt list; limits.max_curated_prompts is below it
+MAX_LABEL_CHARS = 256  # client_id, preset, preset_label: identifiers, echoed in logs and ltx2_stream_start
+MAX_STATE_KIND_CHARS = 64  # "synthetic.v1", "ltx.v1": a generator family and version
+MAX_REWRITE_COUNT = 10  # alternatives one rewrite_seed_prompts may ask for
+MAX_STEPS = 1000  # hard cap on num_inference_steps; limits.max_inference_steps is below it
+MAX_ERROR_CHARS = 200  # an error message a client is sent
+MAX_QUOTE_CHARS = 40  # what an error message quotes of the client's own input
 PromptSource = Literal["curated", "enhanced", "user", "auto_extension"]
 StreamCompleteReason = Literal["segment_cap", "stop_requested", "error"]
+
+Prompt = Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=r"\S")]
+PromptList = Annotated[
+    list[Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS)]], Field(max_length=MAX_CURATED_PROMPTS)
+]
+Label = Annotated[StrictStr, Field(max_length=MAX_LABEL_CHARS)]
+Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
+# Strict: a JSON number, never "7" or true; ints are fine (7 is 7.0).
+GuidanceScale = Annotated[float, Strict(), Field(ge=0.0, allow_inf_nan=False)]
+
+
+def preview(text: str, limit: int = MAX_QUOTE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, marked with ``...`` when cut: how errors quote client input."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class _ClientModel(BaseModel):
@@ -55,7 +98,7 @@ class ContinuationStateModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(min_length=1)
+    kind: StrictStr = Field(min_length=1, max_length=MAX_STATE_KIND_CHARS)
     payload: dict[str, Any]
 
 
@@ -63,10 +106,10 @@ class SessionInitV2(_ClientModel):
     type: Literal["session_init_v2"] = "session_init_v2"
     model_config = ConfigDict(extra="allow")
 
-    client_id: str | None = None
-    preset: str | None = None
-    preset_label: str | None = None
-    curated_prompts: list[str] = Field(default_factory=list)
+    client_id: Label | None = None
+    preset: Label | None = None
+    preset_label: Label | None = None
+    curated_prompts: PromptList = Field(default_factory=list)
     initial_image: Any = None
     enhancement_enabled: StrictBool = False
     auto_extension_enabled: StrictBool = False
@@ -82,18 +125,18 @@ class SessionInitV2(_ClientModel):
 class SegmentPromptSource(_ClientModel):
     type: Literal["segment_prompt_source"] = "segment_prompt_source"
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=r"\S")
-    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    prompt: Prompt
+    negative_prompt: Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS)] | None = None
     source: PromptSource = "user"
-    seed: int | None = None
-    num_inference_steps: int | None = Field(None, ge=1, le=1000)
-    guidance_scale: float | None = Field(None, ge=0.0)
+    seed: Seed | None = None
+    num_inference_steps: Annotated[StrictInt, Field(ge=1, le=MAX_STEPS)] | None = None
+    guidance_scale: GuidanceScale | None = None
 
 
 class SeedPromptsUpdated(_ClientModel):
     type: Literal["seed_prompts_updated"] = "seed_prompts_updated"
 
-    seed_prompts: list[str] = Field(default_factory=list)
+    seed_prompts: PromptList = Field(default_factory=list)
 
 
 class EnhancementUpdated(_ClientModel):
@@ -127,8 +170,8 @@ class SnapshotState(_ClientModel):
 class RewriteSeedPrompts(_ClientModel):
     type: Literal["rewrite_seed_prompts"] = "rewrite_seed_prompts"
 
-    seed_prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=r"\S")
-    count: int = Field(3, ge=1, le=10)
+    seed_prompt: Prompt
+    count: Annotated[StrictInt, Field(ge=1, le=MAX_REWRITE_COUNT)] = 3
 
 
 ClientMessage: TypeAlias = Annotated[
@@ -162,27 +205,38 @@ CLIENT_MESSAGE_TYPES: frozenset[str] = frozenset(
 
 
 class InvalidMessage(ValueError):
-    """A client message that is not valid JSON, has an unknown type, or bad fields."""
+    """A client message that is not valid JSON, has an unknown type, or bad fields.
+
+    The message is what the client is told: at most MAX_ERROR_CHARS characters, whatever it is given.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(preview(message, MAX_ERROR_CHARS - 3))
 
 
 def _describe(exc: ValidationError) -> str:
     parts = []
-    for error in exc.errors()[:5]:
-        # The first location element is the union tag; the field path follows it.
-        loc = [str(p) for p in error["loc"][1:]] or [str(p) for p in error["loc"]]
-        parts.append(f"{'.'.join(loc) or 'message'}: {error['msg']}")
+    for error in exc.errors(include_url=False, include_input=False)[:3]:
+        # The first location element is the union tag; the field path follows it. Keys of extra
+        # fields are the client's own text, so each is quoted short.
+        loc = [preview(str(p), 24) for p in error["loc"][1:]] or [preview(str(p), 24) for p in error["loc"]]
+        parts.append(f"{'.'.join(loc) or 'message'}: {preview(error['msg'], 80)}")
     return "; ".join(parts)
 
 
 def parse_client_message(raw: Any) -> ClientMessage:
-    """Validate a decoded JSON value as a client message; raise InvalidMessage with a readable reason."""
+    """Validate a decoded JSON value as a client message; raise InvalidMessage with a readable reason.
+
+    Checks types and the absolute caps only; ``rtc_server.inbound.validate_inbound`` adds the
+    configured limits.
+    """
     if not isinstance(raw, dict):
-        raise InvalidMessage(f"a message must be a JSON object, got {type(raw).__name__}")
+        raise InvalidMessage(f"a message must be a JSON object, got {_json_type(raw)}")
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise InvalidMessage("a message needs a string field 'type'")
     if kind not in CLIENT_MESSAGE_TYPES:
-        raise InvalidMessage(f"unknown message type {kind!r}")
+        raise InvalidMessage(f"unknown message type {preview(kind)!r}")
     try:
         return _CLIENT_ADAPTER.validate_python(raw)
     except ValidationError as exc:
@@ -190,12 +244,28 @@ def parse_client_message(raw: Any) -> ClientMessage:
 
 
 def parse_client_text(text: str | bytes) -> ClientMessage:
-    """Decode and validate one text frame."""
-    try:
-        raw = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidMessage(f"not valid JSON: {exc}") from exc
-    return parse_client_message(raw)
+    """Decode and validate one text frame (hardened JSON, absolute caps, no configured limits).
+
+    Prefer ``rtc_server.inbound.parse_inbound``, which also applies the size limit and the config's limits.
+    """
+    # inbound builds on this module, so it is imported where it is used.
+    from rtc_server.inbound import DEFAULT_MAX_MESSAGE_BYTES, loads_json
+
+    return parse_client_message(loads_json(text, max_bytes=DEFAULT_MAX_MESSAGE_BYTES))
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if value is None:
+        return "null"
+    return type(value).__name__
 
 
 class _ServerModel(BaseModel):

@@ -18,6 +18,7 @@ from rtc_server.config import ServiceConfig
 from rtc_server.controller import SessionController
 from rtc_server.delivery import DeliveryLog
 from rtc_server.metrics import LiveCounts
+from rtc_server.process_memory import resident_bytes
 from rtc_server.session import Session, SessionRejected
 from rtc_server.session_services import SessionServices
 from rtc_server.sink import SessionSink
@@ -80,6 +81,9 @@ class SessionRegistry:
         if len(self._controllers) >= self.capacity.total:
             metrics.admission_rejections.labels(reason="full").inc()
             raise SessionRejected(f"server is full: {self.capacity.total} sessions are streaming or waiting")
+        if self._over_memory_bound():
+            metrics.admission_rejections.labels(reason="memory").inc()
+            raise SessionRejected("server is at its memory bound; try again shortly")
         session = Session(clock=self._clock, transport=transport)
         delivery = DeliveryLog(transport=transport, metrics=metrics, keep_frames=self._config.streaming.frame_log_size)
         controller = SessionController(
@@ -88,6 +92,13 @@ class SessionRegistry:
         self._controllers[session.id] = controller
         logger.info("session %s: opened over %s (%d live)", session.short_id, transport, len(self._controllers))
         return controller
+
+    def _over_memory_bound(self) -> bool:
+        bound = self._config.limits.max_rss_bytes
+        if bound is None:
+            return False
+        resident = resident_bytes()
+        return resident is not None and resident > bound
 
     def get(self, session_id: str) -> SessionController | None:
         return self._controllers.get(session_id)

@@ -28,6 +28,7 @@ from rtc_server.protocol import (
     SessionInitV2,
     StepComplete,
 )
+from rtc_server.redact import redact_paths
 from rtc_server.segment_feed import SegmentFeed
 from rtc_server.session import Session, SessionState
 from rtc_server.session_events import SessionEvents
@@ -80,7 +81,11 @@ class SegmentRunner:
         """Where the stream starts: the initial image kept on disk, a resumed state installed and stored."""
         services = self._services
         self._image_path = await store_initial_image(
-            init, max_bytes=services.streaming.max_init_image_bytes, directory=services.image_dir, events=self._events
+            init,
+            max_bytes=services.streaming.max_init_image_bytes,
+            max_pixels=services.limits.max_image_pixels,
+            directory=services.image_dir,
+            events=self._events,
         )
         start = await resume_point(
             init, session_id=self._session.id, store=services.store, pool=services.pool, events=self._events
@@ -120,7 +125,7 @@ class SegmentRunner:
             state = await self._services.store.snapshot(self._session.id)
         except StoreError as exc:
             logger.error("session %s: snapshot failed: %s", self._session.short_id, exc)
-            self._events.error("internal_error", f"snapshot failed: {exc}", retryable=True)
+            self._events.error("internal_error", redact_paths(f"snapshot failed: {exc}"), retryable=True)
             return
         if state is None:
             self._events.error("invalid_message", "no segment has been generated yet; nothing to snapshot")
@@ -172,7 +177,7 @@ class SegmentRunner:
             except WorkerFailedError as exc:
                 if attempt == MAX_SEGMENT_ATTEMPTS:
                     raise
-                self._events.error("worker_failed", f"{exc}; continuing on another worker", retryable=True)
+                self._events.error("worker_failed", redact_paths(f"{exc}; continuing on another worker"), retryable=True)
                 state = await self._rebind()
                 continue
             return result, (time.monotonic() - started) * 1000.0

@@ -1,4 +1,10 @@
-"""How a failure that ends a session is told to its client: error code, message, retryable."""
+"""How a failure that ends a session is told to its client: error code, message, retryable.
+
+Messages come from exceptions raised deep in the generator, the pool, PIL or the store, which
+name server files (an initial image's temporary path, a model directory). ``describe_failure``
+replaces every absolute filesystem path in them with ``<server path>``: the client learns what
+went wrong, not how the server's disk is laid out.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,12 @@ from gpu.generator import GeneratorError, IncompatibleStateError
 from gpu.pool import PoolError, PoolUnavailableError, WorkerFailedError
 from rtc_server.init_image import InitImageError
 from rtc_server.protocol import ErrorCode
+from rtc_server.redact import REDACTED_PATH, redact_paths
 from rtc_server.session_start import ResumeRefused
 from rtc_server.store.base import StoreError
 
-__all__ = ["SessionFailure", "describe_failure"]
+__all__ = ["REDACTED_PATH", "SessionFailure", "describe_failure", "redact_paths"]
+
 
 
 @dataclass(frozen=True)
@@ -37,8 +45,9 @@ _FAILURES: tuple[tuple[type[Exception], ErrorCode, str, bool], ...] = (
 
 
 def describe_failure(exc: Exception) -> SessionFailure | None:
-    """The error for an expected failure; None for anything else (a bug: log it, report internal_error)."""
+    """The error for an expected failure, server paths redacted; None for anything else (a bug: log
+    it, report internal_error)."""
     for kind, code, text, retryable in _FAILURES:
         if isinstance(exc, kind):
-            return SessionFailure(code, text.format(exc), retryable)
+            return SessionFailure(code, redact_paths(text.format(exc)), retryable)
     return None

@@ -1,14 +1,22 @@
 """One JSON-lines file per session, written by one background thread so the event loop never blocks.
 
-``SessionLogger.event`` serialises the record and hands it to a queue; the logger's writer thread
-appends it to ``<log_dir>/<session_id>.jsonl``, keeps that file open until the session's ``end``
-event (its last line) or ``close()``, and logs a write failure once per session instead of raising.
+``SessionLogger.event`` bounds and serialises the record and hands it to a queue; the logger's
+writer thread appends it to ``<log_dir>/<session_id>.jsonl``, keeps that file open until the
+session's ``end`` event (its last line) or ``close()``, and logs a write failure once per session
+instead of raising.
+
+Records carry what clients sent (prompts, invalid messages), so no record may grow with client
+input: long strings are cut with a marker saying how long they were, long lists and dicts keep
+their first items and say how many were left out, deep nesting is cut off, and a record's strings
+share one overall budget. Session logs hold client prompts, so files are created 0600 and a
+directory the logger creates 0700, whatever the umask.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -19,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TextIO, TypeAlias
 
-__all__ = ["END_EVENT", "SessionLogger", "validate_session_id"]
+__all__ = ["END_EVENT", "LogLimits", "SessionLogger", "validate_session_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +35,8 @@ END_EVENT = "end"
 DEFAULT_MAX_OPEN_FILES = 256  # files; least recently used ones are closed beyond this
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _RESERVED_FIELDS = frozenset({"ts"})
+FILE_MODE = 0o600  # session logs hold what clients sent: owner only
+DIR_MODE = 0o700
 
 
 def validate_session_id(session_id: object) -> str:
@@ -34,6 +44,110 @@ def validate_session_id(session_id: object) -> str:
     if not isinstance(session_id, str) or _SESSION_ID.fullmatch(session_id) is None:
         raise ValueError(f"session id {session_id!r} must be 1-64 characters of [A-Za-z0-9_-]")
     return session_id
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogLimits:
+    """How much of a record's field values is written; what is cut says how much there was."""
+
+    max_string_chars: int = 1024  # characters of one string
+    max_items: int = 64  # items of one list or entries of one dict
+    max_depth: int = 8  # levels of lists and dicts inside a field
+    max_values: int = 1024  # values (strings, numbers, lists, dicts) in one record
+    max_record_chars: int = 16384  # characters of all the strings in one record together
+    max_int_bits: int = 128  # bits; larger ints are written as their size
+
+    def __post_init__(self) -> None:
+        for name in ("max_string_chars", "max_items", "max_depth", "max_values", "max_record_chars", "max_int_bits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LogLimits.{name} must be a positive int, got {value!r}")
+
+
+class _Bounder:
+    """Copies one record's fields, cutting them to the limits; a circular structure is a ValueError."""
+
+    def __init__(self, limits: LogLimits) -> None:
+        self._limits = limits
+        self._chars_left = limits.max_record_chars
+        self._values_left = limits.max_values
+        self._walking: set[int] = set()  # ids of the containers being copied, to catch cycles
+
+    def fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        return {name: self._value(value, depth=0) for name, value in fields.items()}
+
+    def _value(self, value: Any, *, depth: int) -> Any:
+        self._values_left -= 1
+        if value is None or isinstance(value, bool | float):
+            return value
+        if isinstance(value, int):
+            bits = value.bit_length()
+            return value if bits <= self._limits.max_int_bits else f"<int of {bits} bits>"
+        if isinstance(value, str):
+            return self._string(value)
+        if isinstance(value, dict | list | tuple):
+            if depth >= self._limits.max_depth:
+                return f"<{type(value).__name__} nested deeper than {self._limits.max_depth} levels>"
+            if id(value) in self._walking:
+                raise ValueError("circular reference")
+            self._walking.add(id(value))
+            try:
+                return self._dict(value, depth) if isinstance(value, dict) else self._list(value, depth)
+            finally:
+                self._walking.discard(id(value))
+        return self._string(str(value))  # as json's default=str would write it
+
+    def _string(self, text: str) -> str:
+        limit = max(0, min(self._limits.max_string_chars, self._chars_left))
+        if len(text) <= limit:
+            self._chars_left -= len(text)
+            return text
+        self._chars_left -= limit
+        return f"{text[:limit]}...<cut: {len(text)} chars>"
+
+    def _list(self, items: list[Any] | tuple[Any, ...], depth: int) -> list[Any]:
+        copied: list[Any] = []
+        for index, item in enumerate(items):
+            if index >= self._limits.max_items or self._values_left <= 0:
+                copied.append(f"<cut: {len(items) - index} more items>")
+                break
+            copied.append(self._value(item, depth=depth + 1))
+        return copied
+
+    def _dict(self, entries: dict[Any, Any], depth: int) -> dict[Any, Any]:
+        copied: dict[Any, Any] = {}
+        for index, (key, item) in enumerate(entries.items()):
+            if index >= self._limits.max_items or self._values_left <= 0:
+                copied["<cut>"] = f"{len(entries) - index} more entries"
+                break
+            # Non-string keys go through as they are: json.dumps writes numbers, refuses the rest.
+            copied[self._string(key) if isinstance(key, str) else key] = self._value(item, depth=depth + 1)
+        return copied
+
+
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each 0700 whatever the umask; existing ones are left alone."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # made by someone else meanwhile: not ours to change
+        os.chmod(directory, DIR_MODE)  # mkdir's mode is narrowed by the umask
+
+
+def _open_private(path: Path) -> TextIO:
+    """Open ``path`` for appending, created 0600 (an existing file is narrowed to 0600); never via a symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask may have narrowed it, or the file predates this logger
+        return os.fdopen(fd, "a", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass(frozen=True)
@@ -62,13 +176,21 @@ class SessionLogger:
     ``close()`` (and ``flush()``) block until the writer catches up: from async code call them via
     ``asyncio.to_thread``. Lines still queued when the process exits without ``close()`` are lost.
     A session's ``end`` event closes its file; an event sent after it would reopen it for appending.
+    Field values are cut to ``limits`` (see :class:`LogLimits`) before they are serialised.
     """
 
-    def __init__(self, log_dir: str | Path | None, *, max_open_files: int = DEFAULT_MAX_OPEN_FILES) -> None:
+    def __init__(
+        self,
+        log_dir: str | Path | None,
+        *,
+        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+        limits: LogLimits | None = None,
+    ) -> None:
         if max_open_files < 1:
             raise ValueError(f"max_open_files must be positive, got {max_open_files}")
         self._log_dir = None if log_dir is None else Path(log_dir)
         self._max_open_files = max_open_files
+        self._limits = limits if limits is not None else LogLimits()
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         # Guards _thread and _closed so that no line is queued behind the stop marker.
         self._lock = threading.Lock()
@@ -93,15 +215,17 @@ class SessionLogger:
             self._start_locked()
 
     def event(self, session_id: str, event: str, **fields: Any) -> None:
-        """Queue one line ``{"ts", "session_id", "event", **fields}``; never blocks, never raises on I/O."""
+        """Queue one line ``{"ts", "session_id", "event", **fields}``, values cut to the limits;
+        never blocks, never raises on I/O."""
         if self._log_dir is None:
             return
         validate_session_id(session_id)
         reserved = _RESERVED_FIELDS.intersection(fields)
         if reserved:
             raise ValueError(f"field names {sorted(reserved)} are reserved in session log records")
-        record = {"ts": time.time(), "session_id": session_id, "event": event, **fields}
         try:
+            bounded = _Bounder(self._limits).fields(fields)
+            record = {"ts": time.time(), "session_id": session_id, "event": event, **bounded}
             text = json.dumps(record, default=str) + "\n"
         except (TypeError, ValueError) as exc:  # circular references, non-string keys
             logger.warning("session %s: dropped log event %r that cannot be serialised: %s", session_id, event, exc)
@@ -226,9 +350,9 @@ class _Writer:
         if file is not None:
             self._files.move_to_end(session_id)
             return file
-        self._log_dir.mkdir(parents=True, exist_ok=True)
+        _make_dirs(self._log_dir)
         # Not a with-block: the file stays open across events until the session's end.
-        file = open(self._log_dir / f"{session_id}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        file = _open_private(self._log_dir / f"{session_id}.jsonl")
         self._files[session_id] = file
         while len(self._files) > self._max_open_files:
             self._close(next(iter(self._files)))

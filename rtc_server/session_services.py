@@ -8,7 +8,7 @@ from typing import Protocol
 
 from gpu.pool import GpuPool
 from rtc_server.admission import PositionCallback
-from rtc_server.config import DefaultRequestConfig, StreamingConfig
+from rtc_server.config import DefaultRequestConfig, LimitsConfig, StreamingConfig
 from rtc_server.generation_policy import PolicySettings
 from rtc_server.metrics import ServiceMetrics
 from rtc_server.prompt_pipeline import PromptPipeline
@@ -30,6 +30,7 @@ class SessionServices:
     prompts: PromptPipeline
     streaming: StreamingConfig
     defaults: DefaultRequestConfig
+    limits: LimitsConfig
     image_dir: Path
 
 

@@ -15,11 +15,12 @@ from gpu.pool import GpuPool
 from rtc_server.config import SamplingConfig
 from rtc_server.init_image import decode_init_image, persist_init_image
 from rtc_server.protocol import SessionInitV2, StreamStart
+from rtc_server.redact import redact_paths
 from rtc_server.session_events import SessionEvents
-
-if TYPE_CHECKING:
-    from rtc_server.session_failures import SessionFailure
 from rtc_server.store.base import InvalidStateError, SessionStore
+
+if TYPE_CHECKING:  # session_failures maps this module's ResumeRefused
+    from rtc_server.session_failures import SessionFailure
 
 __all__ = [
     "ResumeRefused",
@@ -72,12 +73,13 @@ def stream_start(init: SessionInitV2, sampling: SamplingConfig) -> StreamStart:
 
 
 async def store_initial_image(
-    init: SessionInitV2, *, max_bytes: int, directory: Path, events: SessionEvents
+    init: SessionInitV2, *, max_bytes: int, max_pixels: int, directory: Path, events: SessionEvents
 ) -> Path | None:
-    """Decode and keep the init's ``initial_image`` in a private file; raises InitImageError."""
+    """Decode (whole: a corrupt image is refused here) and keep the init's ``initial_image`` in a
+    private file; raises InitImageError."""
     if init.initial_image is None:
         return None
-    image = await asyncio.to_thread(decode_init_image, init.initial_image, max_bytes=max_bytes)
+    image = await asyncio.to_thread(decode_init_image, init.initial_image, max_bytes=max_bytes, max_pixels=max_pixels)
     if image is None:
         return None
     path = await asyncio.to_thread(persist_init_image, image, directory)
@@ -98,7 +100,7 @@ async def resume_point(
     except ResumeRefused as exc:
         if init.continuation_fallback != "fresh":
             raise
-        events.error("invalid_message", f"{exc}; starting a fresh stream as asked", retryable=False)
+        events.error("invalid_message", redact_paths(f"{exc}; starting a fresh stream as asked"), retryable=False)
         return StartPoint()
 
 

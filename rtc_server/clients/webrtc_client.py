@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import numpy as np
@@ -22,7 +22,7 @@ from av import VideoFrame
 
 from gpu.frame_marker import FrameMarker, read_marker
 from rtc_server.clients.events import EventLog
-from rtc_server.transports.ice import build_rtc_configuration, restrict_host_candidates
+from rtc_server.transports.ice import build_rtc_configuration, release_listeners, restrict_host_candidates
 
 __all__ = ["OfferRejected", "ReceivedFrame", "WebRTCClient"]
 
@@ -148,12 +148,14 @@ class WebRTCClient(EventLog):
 
     async def close(self) -> None:
         await self.pc.close()
+        release_listeners(self.pc)
+        self.channel.remove_all_listeners()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
 
-    async def __aenter__(self) -> WebRTCClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -8,7 +8,7 @@ import json
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
@@ -134,7 +134,7 @@ class WebSocketClient(EventLog):
         if self._http is not None:
             await self._http.close()
 
-    async def __aenter__(self) -> WebSocketClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -13,12 +13,14 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
+from av.video.reformatter import VideoReformatter
 
 from rtc_server.media.pacing import RTP_VIDEO_CLOCK_HZ, PlayoutClock
 
 __all__ = ["PacedVideoTrack", "PlayoutBuffer", "PlayoutStats"]
 
 _TIME_BASE = fractions.Fraction(1, RTP_VIDEO_CLOCK_HZ)
+_CONVERT_THREADS = 1  # per-frame conversion is ~1 ms at 512x512; worker threads would cost more than they save
 
 ReleaseCallback = Callable[[np.ndarray], None]
 """Called as ``on_release(frame)`` for each fresh frame handed to the encoder."""
@@ -130,6 +132,7 @@ class PacedVideoTrack(MediaStreamTrack):
         self._on_stall = on_stall
         self._clock = clock
         self._last: VideoFrame | None = None
+        self._converter = VideoReformatter()
         self._stalled = False
         self.stats = PlayoutStats()
 
@@ -147,12 +150,12 @@ class PacedVideoTrack(MediaStreamTrack):
             await asyncio.sleep(delay)
         if self.readyState != "live":
             raise MediaStreamError
-        frame = self._take_frame()
+        frame = await self._take_frame()
         frame.pts = tick.pts
         frame.time_base = _TIME_BASE
         return frame
 
-    def _take_frame(self) -> VideoFrame:
+    async def _take_frame(self) -> VideoFrame:
         pixels = self._buffer.pop()
         if pixels is None:
             assert self._last is not None
@@ -167,10 +170,17 @@ class PacedVideoTrack(MediaStreamTrack):
         self.stats.frames_released += 1
         if self._on_release is not None:
             self._on_release(pixels)
-        # Zero-copy: the frame wraps the segment's own memory, which the frame keeps alive.
-        self._last = VideoFrame.from_numpy_buffer(np.ascontiguousarray(pixels), format="rgb24")
+        self._last = await asyncio.get_running_loop().run_in_executor(None, self._to_yuv, pixels)
         return self._last
+
+    def _to_yuv(self, pixels: np.ndarray) -> VideoFrame:
+        # The encoder wants yuv420p. Converted here, with one single-threaded converter per track:
+        # given RGB, aiortc's encoder converts with a new converter per frame, each starting a
+        # thread per core (~2 ms a frame on 2 cores) and keeping them while the frame lives.
+        rgb = VideoFrame.from_numpy_buffer(np.ascontiguousarray(pixels), format="rgb24")  # zero-copy
+        return self._converter.reformat(rgb, format="yuv420p", threads=_CONVERT_THREADS)
 
     def stop(self) -> None:
         super().stop()
         self._buffer.close()
+        self._last = None  # the frame holds its pixels; nothing is sent after stop

@@ -12,7 +12,7 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.codecs import h264, vpx
 
-__all__ = ["apply_bitrate_bounds", "build_rtc_configuration", "restrict_host_candidates"]
+__all__ = ["apply_bitrate_bounds", "build_rtc_configuration", "release_listeners", "restrict_host_candidates"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,28 @@ def restrict_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) ->
             return await _original(component=component, addresses=pinned, timeout=timeout)
 
         connection.get_component_candidates = pinned_candidates
+
+
+def release_listeners(pc: RTCPeerConnection) -> None:
+    """After ``pc.close()``: drop the listeners aiortc leaves on the connection's transports.
+
+    They are bound methods of the connection, held by objects it holds: a cycle that keeps every
+    closed connection (with its RTP history and buffers) until a full garbage-collector pass.
+    """
+    emitters: list[Any] = [pc]
+    for transceiver in pc.getTransceivers():
+        emitters.extend(_transport_chain(transceiver.sender.transport))
+    if pc.sctp is not None:
+        emitters.append(pc.sctp)
+        emitters.extend(_transport_chain(pc.sctp.transport))
+    for emitter in {id(e): e for e in emitters if e is not None}.values():
+        emitter.remove_all_listeners()
+
+
+def _transport_chain(dtls: Any) -> list[Any]:
+    """A DTLS transport, its ICE transport and that one's gatherer (any may be missing)."""
+    ice = getattr(dtls, "transport", None)
+    return [dtls, ice, getattr(ice, "iceGatherer", None)]
 
 
 def _ice_gatherers(pc: RTCPeerConnection) -> list[Any]:

@@ -12,17 +12,19 @@ from aiohttp import web
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rtc_server.config import ServiceConfig
+from rtc_server.config import LimitsConfig, ServiceConfig
 from rtc_server.controller import SessionController
 from rtc_server.http_errors import HttpError, read_json_body
+from rtc_server.inbound import validate_session_init
 from rtc_server.media.track import PacedVideoTrack, PlayoutBuffer
-from rtc_server.protocol import InvalidMessage, SessionInitV2, parse_client_message, parse_client_text
+from rtc_server.protocol import InvalidMessage, SessionInitV2
 from rtc_server.registry import SessionRegistry
 from rtc_server.session import SessionRejected
 from rtc_server.session_failures import SessionFailure
 from rtc_server.session_start import SessionRefused
 from rtc_server.sink import CloseReason
-from rtc_server.transports.ice import build_rtc_configuration, restrict_host_candidates
+from rtc_server.transports.ice import build_rtc_configuration, release_listeners, restrict_host_candidates
+from rtc_server.transports.inbox import ControlInbox
 from rtc_server.transports.webrtc_sink import WebRTCSink
 
 __all__ = ["OfferBody", "PeerSession", "WebRTCTransport"]
@@ -56,7 +58,7 @@ class PeerSession:
         peer_timeout_s: float,
         connect_timeout_s: float,
         init_timeout_s: float,
-        max_message_bytes: int,
+        inbox: ControlInbox,
     ) -> None:
         self.pc = pc
         self.track = track
@@ -65,9 +67,10 @@ class PeerSession:
         self._peer_timeout_s = peer_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._init_timeout_s = init_timeout_s
-        self._max_message_bytes = max_message_bytes
+        self._inbox = inbox
         self._created = time.monotonic()
         self._watchdog: asyncio.Task[None] | None = None
+        self._channels: list[RTCDataChannel] = []
         self._closing: asyncio.Future[None] | None = None
         self._label = f"session {controller.session.short_id}"
 
@@ -79,6 +82,7 @@ class PeerSession:
         """Subscribe to the connection's events and start the liveness watchdog."""
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
+        self.sink.on_backlog = lambda: self._begin_departure("control channel backed up")
         self._watchdog = asyncio.create_task(self._watch(), name=f"watchdog-{self.controller.session.short_id}")
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
@@ -86,24 +90,9 @@ class PeerSession:
             logger.info("%s: ignoring data channel %r", self._label, channel.label)
             return
         self.sink.attach_channel(channel)
-        channel.on("message", self._on_message)
+        self._channels.append(channel)
+        channel.on("message", self._inbox.push)
         channel.on("close", self._on_channel_close)
-
-    def _on_message(self, data: str | bytes) -> None:
-        if isinstance(data, bytes):
-            self.controller.report_error("invalid_message", "binary messages are not accepted on the control channel")
-            return
-        if len(data) > self._max_message_bytes:
-            self.controller.report_error(
-                "invalid_message", f"message of {len(data)} bytes exceeds the {self._max_message_bytes} byte limit"
-            )
-            return
-        try:
-            message = parse_client_text(data)
-        except InvalidMessage as exc:
-            self.controller.report_error("invalid_message", str(exc))
-            return
-        self.controller.handle(message)
 
     def _on_channel_close(self) -> None:
         self._begin_departure("control channel closed")
@@ -164,8 +153,16 @@ class PeerSession:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._watchdog
             self.track.stop()
+            await self._inbox.close()
             await self.pc.close()
         finally:
+            # Listeners are bound methods of this peer: dropping them leaves no cycle through the
+            # connection, so the session's objects go when the last reference does, not at a GC pass.
+            for channel in self._channels:
+                channel.remove_all_listeners()
+            self._channels.clear()
+            release_listeners(self.pc)
+            self._watchdog = None
             self._closing.set_result(None)
 
 
@@ -201,7 +198,7 @@ class WebRTCTransport:
             offer = OfferBody.model_validate(body)
         except ValidationError as exc:
             raise HttpError(400, "invalid_message", f"invalid offer: {_first_error(exc)}") from exc
-        init = _parse_init(offer.session_init)
+        init = _parse_init(offer.session_init, self._config.limits)
         sampling = self._config.default_request.sampling
         buffer = PlayoutBuffer()
         peer_box: list[PeerSession] = []
@@ -215,6 +212,7 @@ class WebRTCTransport:
             lookahead_frames=self._config.streaming.lookahead_segments * sampling.num_frames,
             queue_limit=self._config.webrtc.channel_queue_limit,
             on_close=close_peer,
+            max_queued_event_bytes=self._config.limits.max_queued_event_bytes,
         )
         try:
             controller = self._registry.open(transport="webrtc", sink=sink)
@@ -241,7 +239,9 @@ class WebRTCTransport:
             peer_timeout_s=self._config.webrtc.peer_timeout_seconds,
             connect_timeout_s=self._config.webrtc.connect_timeout_seconds,
             init_timeout_s=self._config.websocket.init_timeout_seconds,
-            max_message_bytes=self._config.server.max_message_bytes,
+            inbox=ControlInbox(
+                controller=controller, limits=self._config.limits, max_message_bytes=self._config.server.max_message_bytes
+            ),
         )
         peer_box.append(peer)
         sink.label = f"session {controller.session.short_id}"
@@ -301,16 +301,13 @@ async def _begin_or_answer(controller: SessionController, init: SessionInitV2) -
         raise HttpError(status, failure.code, failure.message, retryable=failure.retryable, headers=headers) from exc
 
 
-def _parse_init(raw: dict[str, Any] | None) -> SessionInitV2 | None:
+def _parse_init(raw: dict[str, Any] | None, limits: LimitsConfig) -> SessionInitV2 | None:
     if raw is None:
         return None
     try:
-        message = parse_client_message({**raw, "type": raw.get("type", "session_init_v2")})
+        return validate_session_init(raw, limits=limits)
     except InvalidMessage as exc:
         raise HttpError(400, "invalid_message", f"invalid session_init: {exc}") from exc
-    if not isinstance(message, SessionInitV2):
-        raise HttpError(400, "invalid_message", "session_init must be a session_init_v2 message")
-    return message
 
 
 def _first_error(exc: ValidationError) -> str:

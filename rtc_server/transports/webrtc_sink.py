@@ -66,15 +66,19 @@ class WebRTCSink:
         lookahead_frames: int,
         queue_limit: int,
         on_close: Callable[[CloseReason], Awaitable[None]],
+        max_queued_event_bytes: int = 4 * 1024 * 1024,
         label: str = "",
     ) -> None:
         self._buffer = buffer
+        self._max_event_bytes = max_queued_event_bytes
+        self.on_backlog: Callable[[], None] | None = None  # the client reads nothing of the channel
         self._lookahead_frames = lookahead_frames
         self._pending: deque[str] = deque(maxlen=queue_limit)
-        self._on_close = on_close
+        self._on_close: Callable[[CloseReason], Awaitable[None]] | None = on_close
         self.label = label
         self._channel: RTCDataChannel | None = None
         self._closed = False
+        self._backlogged = False
 
     @property
     def channel(self) -> RTCDataChannel | None:
@@ -94,16 +98,27 @@ class WebRTCSink:
             channel.send(self._pending.popleft())
 
     def send_event(self, message: ServerMessage) -> None:
-        if self._closed:
+        if self._closed or self._backlogged:
             return
         text = serialize(message)
         channel = self._channel
         if channel is not None and channel.readyState == "open" and not self._pending:
+            if channel.bufferedAmount > self._max_event_bytes:
+                # aiortc queues data-channel sends without bound while the peer's window is shut:
+                # a client that stopped reading is ended, not fed more.
+                self._backlog(channel.bufferedAmount)
+                return
             channel.send(text)
             return
         if len(self._pending) == self._pending.maxlen:
             logger.warning("%s: control channel not open, dropping the oldest queued event", self.label)
         self._pending.append(text)
+
+    def _backlog(self, queued: int) -> None:
+        logger.info("%s: %d bytes of events wait for a client that reads nothing; dropping it", self.label, queued)
+        self._backlogged = True  # nothing more is queued for it
+        if self.on_backlog is not None:
+            self.on_backlog()
 
     async def wait_for_room(self) -> None:
         await self._buffer.wait_for_room(self._lookahead_frames)
@@ -121,7 +136,12 @@ class WebRTCSink:
             await self._flush_channel()
         self._closed = True
         self._buffer.close()
-        await self._on_close(reason)
+        self._pending.clear()
+        on_close, self._on_close = self._on_close, None
+        self.on_backlog = None
+        self._channel = None  # its listeners point back at the peer: let the whole session go at once
+        if on_close is not None:
+            await on_close(reason)
 
     async def _flush_channel(self) -> None:
         # aiortc queues data-channel sends inside SCTP; closing the peer at once would lose

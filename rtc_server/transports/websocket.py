@@ -20,10 +20,11 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from rtc_server.config import ServiceConfig
 from rtc_server.controller import SessionController
 from rtc_server.media.fmp4 import Fmp4Encoder
-from rtc_server.protocol import ErrorMessage, InvalidMessage, SessionInitV2, parse_client_text, serialize
+from rtc_server.protocol import ErrorMessage, InvalidMessage, SessionInitV2, serialize
 from rtc_server.registry import SessionRegistry
 from rtc_server.session import SessionRejected
 from rtc_server.session_start import SessionRefused
+from rtc_server.transports.inbox import ControlInbox, parse_control
 from rtc_server.transports.websocket_sink import WebSocketSink
 
 __all__ = ["WebSocketTransport", "register_routes"]
@@ -73,6 +74,7 @@ class WebSocketTransport:
             lookahead_segments=self._config.streaming.lookahead_segments,
             max_pending_segments=self._config.websocket.max_pending_segments,
             stalled_client_timeout_s=self._config.websocket.stalled_client_timeout_seconds,
+            max_queued_event_bytes=self._config.limits.max_queued_event_bytes,
             transport=request.transport if isinstance(request.transport, asyncio.Transport) else None,
         )
         try:
@@ -111,11 +113,9 @@ class WebSocketTransport:
         init: Any = None
         if message.type != WSMsgType.TEXT:
             problem = "the first message must be a session_init_v2 text frame"
-        elif len(message.data) > limit:
-            problem = f"message of {len(message.data)} bytes exceeds the {limit} byte limit"
         else:
             try:
-                init = parse_client_text(message.data)
+                init = await parse_control(message.data, limits=self._config.limits, max_bytes=limit)
             except InvalidMessage as exc:
                 problem = str(exc)
             if problem is None and not isinstance(init, SessionInitV2):
@@ -131,24 +131,16 @@ class WebSocketTransport:
         return True
 
     async def _receive_forever(self, ws: web.WebSocketResponse, controller: SessionController, limit: int) -> None:
-        async for message in ws:
-            if message.type == WSMsgType.TEXT:
-                if len(message.data) > limit:
-                    controller.report_error(
-                        "invalid_message", f"message of {len(message.data)} bytes exceeds the {limit} byte limit"
-                    )
-                    continue
-                try:
-                    parsed = parse_client_text(message.data)
-                except InvalidMessage as exc:
-                    controller.report_error("invalid_message", str(exc))
-                    continue
-                controller.handle(parsed)
-            elif message.type == WSMsgType.BINARY:
-                controller.report_error("invalid_message", "binary frames are not accepted from clients")
-            elif message.type == WSMsgType.ERROR:
-                logger.info("session %s: websocket error: %s", controller.session.short_id, ws.exception())
-                return
+        inbox = ControlInbox(controller=controller, limits=self._config.limits, max_message_bytes=limit)
+        try:
+            async for message in ws:
+                if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    await inbox.receive(message.data)
+                elif message.type == WSMsgType.ERROR:
+                    logger.info("session %s: websocket error: %s", controller.session.short_id, ws.exception())
+                    return
+        finally:
+            await inbox.close()
 
     async def close(self) -> None:
         """Close every open socket (the read loops then end their sessions), then the encoding threads."""

@@ -125,6 +125,7 @@ class WebSocketSink:
         lookahead_segments: int,
         max_pending_segments: int,
         stalled_client_timeout_s: float = 30.0,
+        max_queued_event_bytes: int = 4 * 1024 * 1024,
         transport: asyncio.Transport | None = None,
         on_segment_sent: Callable[[int], None] | None = None,
         on_encoded: Callable[[float], None] | None = None,
@@ -144,6 +145,9 @@ class WebSocketSink:
         self.on_segment_sent = on_segment_sent
         self.on_encoded = on_encoded
         self._bytes_written = 0  # payload bytes handed to the transport
+        self._max_event_bytes = max_queued_event_bytes
+        self._event_bytes = 0  # text frames queued or parked, not yet handed to the socket
+        self._overflowed = False
         self._watchdog: asyncio.Task[None] | None = None
         self.label = label
         self._clock = clock
@@ -195,10 +199,12 @@ class WebSocketSink:
     def send_event(self, message: ServerMessage) -> None:
         # A segment's media goes out contiguously (media_init, init, fragments, complete);
         # events that arrive meanwhile follow it.
+        text = serialize(message)
         if self._open_segment:
-            self._parked.append(serialize(message))
+            self._parked.append(text)
+            self._count_event_bytes(len(text))
         else:
-            self._enqueue(serialize(message))
+            self._enqueue(text)
 
     async def wait_for_room(self) -> None:
         """Wait until the client's estimated buffer holds at most ``lookahead_segments`` segments."""
@@ -248,6 +254,7 @@ class WebSocketSink:
         finally:
             self._open_segment = False
             parked, self._parked = self._parked, []
+            self._count_event_bytes(-sum(len(text) for text in parked))
             for text in parked:
                 self._enqueue(text)
 
@@ -328,9 +335,26 @@ class WebSocketSink:
                 transport.abort()
                 return
 
+    def _count_event_bytes(self, change: int) -> None:
+        self._event_bytes += change
+        if self._event_bytes > self._max_event_bytes and not self._overflowed:
+            # Events pile up only when the client has stopped reading (media is bounded by
+            # skipping segments): end it now rather than hold more of its backlog.
+            self._overflowed = True
+            logger.info("%s: %d bytes of events wait for a client that reads nothing; dropping it", self.label, self._event_bytes)
+            self._queue.clear()
+            self._parked.clear()
+            self._event_bytes = 0
+            if self._transport is not None:
+                self._transport.abort()
+
     def _enqueue(self, item: _Item) -> None:
-        if self._closed:
+        if self._closed or self._overflowed:
             return
+        if isinstance(item, str):
+            self._count_event_bytes(len(item))
+            if self._overflowed:
+                return
         self._queue.append(item)
         self._idle.clear()
         self._wakeup.set()
@@ -346,6 +370,7 @@ class WebSocketSink:
                 if isinstance(item, str):
                     await self._ws.send_str(item)
                     self._bytes_written += len(item)
+                    self._event_bytes -= len(item)
                 elif isinstance(item, bytes):
                     await self._ws.send_bytes(item)
                     self._bytes_written += len(item)
@@ -354,7 +379,8 @@ class WebSocketSink:
                     self.segments_sent += 1
                     if self.on_segment_sent is not None:
                         self.on_segment_sent(item.frames)
-                self._queue.popleft()
+                if self._queue and self._queue[0] is item:  # an overflow may have emptied it meanwhile
+                    self._queue.popleft()
         except (ConnectionError, RuntimeError) as exc:
             # The socket went away under us; the read loop sees the close and ends the session.
             logger.info("%s: writer stopped: %s", self.label, exc)

@@ -359,6 +359,11 @@ def _other_size_png() -> str:
     [
         ({"segment_idx": -1}, "segment_idx"),
         ({"frame_number": "12"}, "frame_number"),
+        ({"segment_idx": 2**31}, r"segment_idx must be an int in 0\.\.2147483647, got 2147483648"),
+        ({"frame_number": 10**5000}, r"frame_number must be an int in 0\.\.2147483647, got an int of 16610 bits"),
+        ({"width": 2**70}, "multiples of 32 up to 4096, got an int of 71 bits"),
+        ({"conditioning_frames": 8 * 2**70 + 1}, r"8\*n\+1 up to 1024, got an int of 74 bits"),
+        ({"conditioning_frames": 1025}, r"8\*n\+1 up to 1024, got 1025"),
         ({"width": 50}, "multiples of 32"),
         ({"height": True}, "multiples of 32"),
         ({"conditioning_frames": 8}, r"8\*n\+1"),
@@ -375,6 +380,22 @@ def test_check_state_refuses_bad_fields_and_frame_data(
     payload = {**state.payload, **changes}
     with pytest.raises(IncompatibleStateError, match=message):
         generator.check_state(ContinuationState(kind=STATE_KIND, payload=payload))
+
+
+def test_only_the_kept_frames_of_a_longer_state_are_decoded(
+    tiny_dir: Path, no_network: None, generator: DiffusersGenerator
+) -> None:
+    wide = DiffusersGenerator(model_path=tiny_dir, device="cpu", conditioning_frames=17)
+    try:
+        long_state = wide.generate(replace(REQUEST, num_frames=20)).continuation
+    finally:
+        wide.close()
+    frames = list(long_state.payload["frames"])
+    frames[: 17 - K] = ["@@@ never decoded @@@"] * (17 - K)  # the older frames this generator drops
+    generator.check_state(ContinuationState(kind=STATE_KIND, payload={**long_state.payload, "frames": frames}))
+    frames[17 - K] = "@@@"  # the oldest frame it keeps
+    with pytest.raises(IncompatibleStateError, match="base64"):
+        generator.check_state(ContinuationState(kind=STATE_KIND, payload={**long_state.payload, "frames": frames}))
 
 
 def test_longer_state_than_k_continues_from_its_last_k_frames(

@@ -21,7 +21,7 @@ from gpu.generator import (
     SegmentCancelled,
     SegmentRequest,
 )
-from gpu.synthetic import STATE_KIND, SyntheticGenerator
+from gpu.synthetic import MAX_STATE_COUNTER, STATE_KIND, SyntheticGenerator
 
 SIZE_PX = 256
 FRAMES = 8
@@ -167,6 +167,41 @@ def test_corrupt_payload_is_incompatible(generator: SyntheticGenerator, corrupt:
     state = ContinuationState(kind=STATE_KIND, payload=corrupt(_valid_payload(generator)))
     with pytest.raises(IncompatibleStateError, match=STATE_KIND):
         generator.generate(_request(continuation=state))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("segment_idx", MAX_STATE_COUNTER + 1),
+        ("segment_idx", 2**70),
+        ("frame_number", 2**70),
+        ("frame_number", 10**5000),  # too long even to print under sys.set_int_max_str_digits
+    ],
+    ids=["segment-2**31", "segment-2**70", "frame-2**70", "frame-10**5000"],
+)
+def test_state_counters_beyond_2_31_are_incompatible_with_a_short_message(
+    generator: SyntheticGenerator, key: str, value: int
+) -> None:
+    state = ContinuationState(kind=STATE_KIND, payload={**_valid_payload(generator), key: value})
+    with pytest.raises(IncompatibleStateError) as info:
+        generator.check_state(state)
+    assert f"ints in 0..{MAX_STATE_COUNTER}" in str(info.value)
+    assert len(str(info.value)) < 200
+
+
+def test_a_state_at_the_counter_bound_still_continues(generator: SyntheticGenerator) -> None:
+    payload = {**_valid_payload(generator), "segment_idx": MAX_STATE_COUNTER, "frame_number": MAX_STATE_COUNTER}
+    result = generator.generate(_request(num_frames=2, continuation=ContinuationState(STATE_KIND, payload)))
+    assert result.frames.shape == (2, SIZE_PX, SIZE_PX, 3)
+    assert result.continuation.payload["segment_idx"] == MAX_STATE_COUNTER + 1
+
+
+def test_a_huge_shape_slot_is_quoted_short(generator: SyntheticGenerator) -> None:
+    payload = _valid_payload(generator)
+    payload["shapes"] = [[0.5] * 100_000] * len(payload["shapes"])
+    with pytest.raises(IncompatibleStateError) as info:
+        generator.check_state(ContinuationState(STATE_KIND, payload))
+    assert str(info.value).endswith("got a list of length 100000")
 
 
 @pytest.mark.parametrize(("steps", "num_frames"), [(4, 8), (1, 3), (6, 2)])

@@ -5,14 +5,19 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import stat
+import struct
+import time
+import zlib
 from pathlib import Path
 from typing import Any, Self
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from rtc_server.init_image import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     DecodedInitImage,
     InitImageError,
     decode_init_image,
@@ -20,15 +25,47 @@ from rtc_server.init_image import (
     persist_init_image,
 )
 
-JPEG_BYTES = b"\xff\xd8\xff\xe0" + b"\x00" * 16
-WEBP_BYTES = b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 8
 _MISSING = object()
+BOMB_EDGE_PX = 12_000
+
+
+def image_bytes(format: str, size: tuple[int, int] = (4, 3)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 90)).save(buffer, format=format)
+    return buffer.getvalue()
 
 
 def png_bytes(size: tuple[int, int] = (4, 3)) -> bytes:
+    return image_bytes("PNG", size)
+
+
+def noisy_png_bytes(size: tuple[int, int] = (64, 64)) -> bytes:
+    """A PNG whose pixel data is most of the file, so cutting it loses pixels, not just the end marker."""
     buffer = io.BytesIO()
-    Image.new("RGB", size, (200, 30, 90)).save(buffer, format="PNG")
+    Image.effect_noise(size, 60).convert("RGB").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def bilevel_png(width: int, height: int) -> bytes:
+    """A valid all-black 1-bit PNG built row by row: 12 000 x 12 000 is 18 KB here, 144 MP decoded."""
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte, then 8 pixels per byte
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, greyscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", pixels)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+JPEG_BYTES = image_bytes("JPEG")
+WEBP_BYTES = image_bytes("WEBP")
 
 
 def b64(data: bytes) -> str:
@@ -71,6 +108,7 @@ def test_real_png_round_trips() -> None:
         ("image/jpg", JPEG_BYTES, "image/jpeg", ".jpg"),
         ("image/webp", WEBP_BYTES, "image/webp", ".webp"),
         ("IMAGE/PNG", png_bytes(), "image/png", ".png"),
+        ("image/png", bilevel_png(64, 48), "image/png", ".png"),
     ],
 )
 def test_each_accepted_mime_decodes(mime: str, data: bytes, canonical: str, extension: str) -> None:
@@ -282,3 +320,84 @@ def test_persist_removes_the_partial_file_when_writing_fails(tmp_path: Path, mon
     with pytest.raises(OSError, match="No space left"):
         persist_init_image(image, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+# Pixels and decoding, checked at the door.
+
+
+def test_an_image_bomb_is_refused_from_its_header_without_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    bomb = bilevel_png(BOMB_EDGE_PX, BOMB_EDGE_PX)
+    assert len(bomb) < 64 * 1024  # a few KB on the wire...
+    loads: list[object] = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy_load(self: ImageFile.ImageFile) -> Any:
+        loads.append(self)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy_load)
+    started = time.perf_counter()
+    error = problem_of(payload(data=b64(bomb)))
+    elapsed = time.perf_counter() - started
+    assert error.problem == "too_many_pixels"
+    assert str(error) == (
+        "initial_image is 12000x12000 = 144000000 pixels, more than the limit of "
+        f"{DEFAULT_MAX_IMAGE_PIXELS} pixels"
+    )
+    assert loads == []  # ...and not one pixel of its 144 MP was decoded
+    assert elapsed < 0.5
+    decode_init_image(payload())
+    assert len(loads) == 1  # the spy does see the full decode of an image within the limit
+
+
+def test_the_pixel_limit_is_exact_at_the_boundary() -> None:
+    data = bilevel_png(40, 25)
+    image = decode_init_image(payload(data=b64(data)), max_pixels=1000)
+    assert image is not None and image.data == data
+    error = problem_of(payload(data=b64(data)), max_pixels=999)
+    assert error.problem == "too_many_pixels"
+    assert "40x25 = 1000 pixels, more than the limit of 999 pixels" in str(error)
+
+
+def test_a_bomb_under_a_generous_limit_is_decoded_in_full() -> None:
+    # Pillow's own bomb check does not stand in the way of a limit the config allows.
+    image = decode_init_image(payload(data=b64(bilevel_png(3000, 3000))), max_pixels=3000 * 3000)
+    assert image is not None
+
+
+def test_a_truncated_png_is_corrupt() -> None:
+    data = noisy_png_bytes()
+    error = problem_of(payload(data=b64(data[: len(data) * 2 // 3])))
+    assert error.problem == "corrupt"
+    assert str(error) == "initial_image.data is not a readable PNG image (corrupt or truncated)"
+
+
+@pytest.mark.parametrize(
+    ("mime", "data", "label"),
+    [
+        ("image/png", b"\x89PNG\r\n\x1a\n" + b"not a png chunk at all" * 4, "PNG"),
+        ("image/jpeg", b"\xff\xd8\xff\xe0" + b"\x00" * 16, "JPEG"),
+        ("image/webp", b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 8, "WebP"),
+        ("image/jpeg", JPEG_BYTES[: len(JPEG_BYTES) // 2], "JPEG"),
+        ("image/webp", WEBP_BYTES[: len(WEBP_BYTES) - 10], "WebP"),
+    ],
+)
+def test_wrong_bytes_behind_a_correct_signature_are_corrupt(mime: str, data: bytes, label: str) -> None:
+    error = problem_of({"mime": mime, "data": b64(data)})
+    assert error.problem == "corrupt"
+    assert str(error) == f"initial_image.data is not a readable {label} image (corrupt or truncated)"
+
+
+def test_messages_name_no_server_path_or_object() -> None:
+    data = noisy_png_bytes()
+    for error in (
+        problem_of(payload(data=b64(data[:100]))),
+        problem_of(payload(data=b64(bilevel_png(BOMB_EDGE_PX, BOMB_EDGE_PX)))),
+    ):
+        assert "/" not in str(error).replace("image/png", "")
+        assert re.search(r"<|0x[0-9a-f]{6,}|BytesIO", str(error)) is None  # no Python object's repr
+
+
+def test_pixel_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_pixels"):
+        decode_init_image(payload(), max_pixels=0)

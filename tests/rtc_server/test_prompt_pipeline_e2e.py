@@ -9,11 +9,13 @@ answers is switchable per test and per route, so one server can play several pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,7 @@ class LLMCall:
 
 Reply = str | int | None  # text to answer with, an HTTP error status, or None to hang
 Responder = Callable[[LLMCall], Reply]
+Delay = Callable[[LLMCall], float]  # seconds to wait before replying
 
 
 def operation_of(user: str) -> str:
@@ -92,6 +95,8 @@ class FakeLLM:
 
     ``derive`` answers enhance with "ENHANCED: <prompt>" (or ``enhance_map[prompt]``), auto_extend
     with "NEXT: scene <n>" (n counts the auto_extend calls), and rewrite with a heading and numbered lines.
+    ``delay`` holds each reply back (until teardown at most). ``peak_in_flight`` is the most calls
+    of each operation the server saw open at once (a call its client gave up on counts until replied).
     """
 
     url: str = ""
@@ -99,6 +104,9 @@ class FakeLLM:
     responders: dict[str, Responder] = field(default_factory=dict)
     enhance_map: dict[str, str] = field(default_factory=dict)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    delay: Delay = field(default=lambda call: 0.0)
+    in_flight: Counter[str] = field(default_factory=Counter)
+    peak_in_flight: Counter[str] = field(default_factory=Counter)
     _scenes: int = 0
 
     def base_url(self, route: str) -> str:
@@ -141,6 +149,18 @@ class FakeLLM:
         route = request.match_info["route"]
         call = LLMCall(route, operation_of(user), messages.get("system", ""), user, body.get("model"))
         self.calls.append(call)
+        self.in_flight[call.operation] += 1
+        self.peak_in_flight[call.operation] = max(self.peak_in_flight[call.operation], self.in_flight[call.operation])
+        try:
+            delay = self.delay(call)
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.release.wait(), delay)  # released at teardown
+            return await self._reply(call, body)
+        finally:
+            self.in_flight[call.operation] -= 1
+
+    async def _reply(self, call: LLMCall, body: dict[str, Any]) -> web.StreamResponse:
         responder = self.responders.get(call.route, self.derive)
         reply = responder(call)
         if reply is None:
@@ -207,6 +227,7 @@ def prompt_config(
     deadline_ms: int = 5000,
     safety_model: Path | None = None,
     server: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
     **prompt: Any,
 ) -> ServiceConfig:
     streaming: dict[str, Any] = {
@@ -214,7 +235,8 @@ def prompt_config(
     }
     if safety_model is not None:
         streaming["safety"] = {"enabled": True, "classifier_path": str(safety_model)}
-    return make_config(streaming=streaming, **({"server": server} if server else {}))
+    sections = {name: value for name, value in (("server", server), ("limits", limits)) if value}
+    return make_config(streaming=streaming, **sections)
 
 
 def safety_config(safety_model: Path) -> ServiceConfig:
@@ -475,6 +497,8 @@ async def test_provider_outage_degrades_to_the_raw_prompt_without_stalling_the_s
     await client.send({"type": "rewrite_seed_prompts", "seed_prompt": "a fox in the snow", "count": 3})
     error = await client.wait_for_event("error", timeout=5)
     assert error["code"] == "upstream_timeout" and error["retryable"] is True
+    # The providers' own words (error bodies, addresses) are not passed on to the client.
+    assert not any(word in error["message"] for word in ("simulated", LOOPBACK, "main:", "transport error"))
     assert client.events_of("rewrite_seed_prompts_started") == [
         {"type": "rewrite_seed_prompts_started", "seed_prompt": "a fox in the snow"}
     ]
@@ -656,3 +680,196 @@ async def test_reload_without_providers_is_a_conflict(start_server: Callable[...
     status, body = await reload_prompts(server, {"Authorization": "Bearer s3cret"})
     assert status == 409
     assert body["error"]["code"] == "invalid_message" and "providers" in body["error"]["message"]
+
+
+# -- 7. LLM work bounded per session -------------------------------------------
+
+
+SLOW_REPLY_S = 1.5  # an LLM reply slow enough for a burst of requests to arrive while it is awaited
+HANG_S = 60.0  # an LLM reply that comes only after the test: the call ends when its client gives up
+BURST = 50
+# The connection's own message throttle is not under test here: let the bursts through.
+NO_MESSAGE_THROTTLE = {"message_burst": 4 * BURST}
+
+
+def rewrite(seed_prompt: str, count: int = 2) -> dict[str, Any]:
+    return {"type": "rewrite_seed_prompts", "seed_prompt": seed_prompt, "count": count}
+
+
+async def wait_for_count(client: Client, kind: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The first ``count`` events of ``kind``, once that many have arrived."""
+    await client.wait_for_event(kind, lambda e: len(client.events_of(kind)) >= count, timeout)
+    return client.events_of(kind)[:count]
+
+
+def field_is(name: str, value: object) -> Callable[[dict[str, Any]], bool]:
+    """A wait_for_event predicate: the event's ``name`` is ``value``."""
+    return lambda event: event.get(name) == value
+
+
+def retry_after_in(message: str) -> float:
+    found = re.search(r"retry in (\d+(?:\.\d+)?) s", message)
+    assert found is not None, message
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_burst_of_rewrites_makes_one_llm_call_at_a_time_and_the_rest_are_rate_limited(
+    transport: str, llm: FakeLLM, start_server: Callable[..., Any], open_session: Opener
+) -> None:
+    llm.delay = lambda call: SLOW_REPLY_S if call.operation == "rewrite" else 0.0
+    limits = {**NO_MESSAGE_THROTTLE, "llm_calls_per_minute": 4 * BURST}
+    server = await start_server(prompt_config([llm.provider("main")], limits=limits))
+    client = await open_session(server, transport, {})
+    for index in range(BURST):
+        await client.send(rewrite(f"a fox in the snow, take {index}"))
+
+    refused = await wait_for_count(client, "error", BURST - 1, timeout=SLOW_REPLY_S + 5)
+    assert client.events_of("rewrite_seed_prompts_complete") == []  # all refused while the first was running
+    assert all(e["code"] == "rate_limited" and e["retryable"] is True for e in refused)
+    assert all("'a fox in the snow, take 0' is still in progress" in e["message"] for e in refused)
+    done = await client.wait_for_event("rewrite_seed_prompts_complete", timeout=SLOW_REPLY_S + 5)
+    assert done["seed_prompt"] == "a fox in the snow, take 0" and len(done["alternatives"]) == 2
+    assert [e["seed_prompt"] for e in client.events_of("rewrite_seed_prompts_started")] == [done["seed_prompt"]]
+    assert [c.user.splitlines()[0] for c in llm.calls_of("rewrite")] == ["Seed prompt: a fox in the snow, take 0"]
+
+    # Once it is answered the next one runs.
+    await client.send(rewrite("a heron at dawn"))
+    again = await client.wait_for_event(
+        "rewrite_seed_prompts_complete", lambda e: e["seed_prompt"] == "a heron at dawn", timeout=SLOW_REPLY_S + 5
+    )
+    assert len(again["alternatives"]) == 2
+    assert len(llm.calls_of("rewrite")) == 2 and llm.peak_in_flight["rewrite"] == 1
+    assert len(client.events_of("error")) == BURST - 1
+    await wait_segment_complete(client, 1)  # the session went on throughout
+
+
+async def test_rewrites_beyond_the_llm_budget_are_refused_with_a_retry_after(
+    llm: FakeLLM, start_server: Callable[..., Any], open_session: Opener
+) -> None:
+    budget = 3
+    server = await start_server(prompt_config([llm.provider("main")], limits={"llm_calls_per_minute": budget}))
+    client = await open_session(server, "websocket", {})
+    for index in range(budget):
+        await client.send(rewrite(f"scene {index}"))
+        await client.wait_for_event("rewrite_seed_prompts_complete", field_is("seed_prompt", f"scene {index}"))
+
+    await client.send(rewrite(f"scene {budget}"))
+    error = await client.wait_for_event("error")
+    assert (error["code"], error["retryable"]) == ("rate_limited", True)
+    assert f"LLM budget of {budget} calls per minute is used up" in error["message"]
+    assert 0 < retry_after_in(error["message"]) <= 60 / budget
+    assert [e["seed_prompt"] for e in client.events_of("rewrite_seed_prompts_started")] == [
+        f"scene {i}" for i in range(budget)
+    ]
+    assert len(llm.calls) == budget  # the provider never saw the refused one
+    await wait_segment_complete(client, 1)  # the session goes on
+    assert len(llm.calls) == budget
+
+
+async def test_user_prompts_beyond_the_llm_budget_are_acknowledged_and_streamed_unenhanced(
+    llm: FakeLLM, start_server: Callable[..., Any], open_session: Opener
+) -> None:
+    budget = 2  # the default prompt's enhancement and one user prompt's
+    server = await start_server(prompt_config([llm.provider("main")], limits={"llm_calls_per_minute": budget}))
+    client = await open_session(server, "webrtc", {"enhancement_enabled": True})
+    await wait_segment_complete(client, 0)
+    prompts = SAFE_PROMPTS[:3]
+
+    await user_prompt(client, prompts[0])
+    ack = await client.wait_for_event("prompt_received", lambda e: e["prompt"] == prompts[0])
+    assert (ack["prompt_used"], ack["enhanced"]) == (f"ENHANCED: {prompts[0]}", True)
+    assert client.events_of("error") == []
+
+    for text in prompts[1:]:
+        await user_prompt(client, text)
+        ack = await client.wait_for_event("prompt_received", field_is("prompt", text))
+        assert (ack["prompt_used"], ack["enhanced"]) == (text, False)
+        await client.wait_for_event("ltx2_segment_start", field_is("prompt", text))
+
+    [told] = client.events_of("error")  # once, however many prompts go un-enhanced
+    assert (told["code"], told["retryable"]) == ("rate_limited", True)
+    assert "used without enhancement" in told["message"]
+    assert client.events.index(told) < client.events.index(client.events_of("prompt_received")[1])
+    assert [c.user for c in llm.calls_of("enhance")] == [DEFAULT_PROMPT, prompts[0]]
+    assert len(llm.calls) <= budget
+
+
+async def test_server_llm_work_beyond_the_budget_is_skipped_quietly_and_leaves_the_client_a_call(
+    llm: FakeLLM, start_server: Callable[..., Any], open_session: Opener
+) -> None:
+    budget = 3
+    server = await start_server(prompt_config([llm.provider("main")], limits={"llm_calls_per_minute": budget}))
+    client = await open_session(server, "websocket", {"auto_extension_enabled": True})
+    last = await wait_segment_complete(client, 5, timeout=15)
+
+    # Auto-extension spent all but the client's reserve; the stream repeats its last prompt, no error.
+    extensions = llm.calls_of("auto_extend")
+    assert len(extensions) == budget - 1
+    prompts = segment_prompts(client)
+    assert prompts[0] == DEFAULT_PROMPT
+    assert [prompts[i] for i in range(3, last["segment_idx"] + 1)] == ["NEXT: scene 2"] * (last["segment_idx"] - 2)
+    assert client.events_of("error") == []
+    assert max_completion_gap(client) < SEGMENT_GAP_MAX_S
+
+    # The reserve: the client's own request still gets its call, and then the budget is spent.
+    await client.send(rewrite("a fox in the snow"))
+    await client.wait_for_event("rewrite_seed_prompts_complete")
+    await client.send(rewrite("a heron at dawn"))
+    error = await client.wait_for_event("error")
+    assert error["code"] == "rate_limited" and "retry in" in error["message"]
+    assert len(llm.calls) == budget
+
+
+async def test_user_prompts_queued_behind_an_enhancement_wait_their_turn_and_the_newest_wins(
+    llm: FakeLLM, start_server: Callable[..., Any], open_session: Opener
+) -> None:
+    server = await start_server(prompt_config([llm.provider("main")], limits=NO_MESSAGE_THROTTLE))
+    client = await open_session(server, "websocket", {"enhancement_enabled": True})
+    await wait_segment_complete(client, 0)
+    llm.delay = lambda call: SLOW_REPLY_S if call.operation == "enhance" else 0.0
+    prompts = [f"a quiet garden at dusk, take {i}" for i in range(5)]
+    for text in prompts:
+        await user_prompt(client, text)
+
+    # Every prompt is answered: the first (already being enhanced) and the newest are used; the ones
+    # that waited behind the first were replaced by the newest before their turn.
+    acks = await wait_for_count(client, "prompt_received", 2, timeout=2 * SLOW_REPLY_S + 5)
+    assert [(a["prompt"], a["prompt_used"], a["enhanced"]) for a in acks] == [
+        (prompts[0], f"ENHANCED: {prompts[0]}", True),
+        (prompts[-1], f"ENHANCED: {prompts[-1]}", True),
+    ]
+    replaced = client.events_of("error")
+    assert [e["code"] for e in replaced] == ["rate_limited"] * 3
+    assert all(f"'{text}' was replaced by a newer one" in e["message"] for e, text in zip(replaced, prompts[1:4]))
+    await client.wait_for_event("ltx2_segment_start", lambda e: e["prompt"] == f"ENHANCED: {prompts[-1]}")
+    assert [c.user for c in llm.calls_of("enhance")] == [DEFAULT_PROMPT, prompts[0], prompts[-1]]
+    assert llm.peak_in_flight["enhance"] == 1
+
+
+async def test_a_user_prompt_preempts_the_servers_own_enhancement_in_flight(
+    llm: FakeLLM, start_server: Callable[..., Any], open_session: Opener
+) -> None:
+    curated = SAFE_PROMPTS[0]
+    llm.delay = lambda call: HANG_S if call.user == curated else 0.0
+    # Provider limits far beyond the test: only the user's prompt can end the curated prompt's call.
+    server = await start_server(prompt_config([llm.provider("main")], timeout_ms=30_000, deadline_ms=40_000))
+    client = await open_session(
+        server, "webrtc", {"enhancement_enabled": True, "loop_generation_enabled": True, "curated_prompts": [curated]}
+    )
+    await wait_segment_complete(client, 1)
+    # The curated prompt's enhancement hangs; it is asked once, and used un-enhanced meanwhile.
+    assert [c.user for c in llm.calls_of("enhance")] == [curated]
+    assert set(segment_prompts(client).values()) == {curated}
+
+    sent_at = await user_prompt(client, "a lighthouse in a storm")
+    ack = await client.wait_for_event("prompt_received", timeout=5)
+    assert (ack["prompt_used"], ack["enhanced"]) == ("ENHANCED: a lighthouse in a storm", True)
+    assert arrival_of(client, ack) - sent_at < 2.0  # not held behind the hanging call
+    await client.wait_for_event("ltx2_segment_start", lambda e: e["prompt"] == ack["prompt_used"])
+    # The server's own call gave way: once the loop comes back to the curated prompt it is asked
+    # again (a call still open would have kept it from being asked twice).
+    await client.wait_for_event("ltx2_segment_start", lambda e: e["segment_idx"] > ack["segment_idx"])
+    await wait_segment_complete(client, ack["segment_idx"] + 1)
+    assert [c.user for c in llm.calls_of("enhance")] == [curated, "a lighthouse in a storm", curated]
+    assert client.events_of("error") == []

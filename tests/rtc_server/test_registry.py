@@ -66,6 +66,7 @@ async def _registry(config: ServiceConfig, pool: InProcessGpuPool, clock: list[f
         prompts=PromptPipeline(enhancer=None, safety=None, deadline_s=1.0),
         streaming=config.streaming,
         defaults=config.default_request,
+        limits=config.limits,
         image_dir=Path("/nonexistent"),
     )
     return SessionRegistry(config=config, services=services, clock=lambda: clock[0])

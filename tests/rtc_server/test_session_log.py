@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from rtc_server.session_log import SessionLogger, validate_session_id
+from rtc_server.session_log import LogLimits, SessionLogger, validate_session_id
 
 WRITER_THREAD = "session-log-writer"
 
@@ -166,9 +167,22 @@ def test_ts_is_a_reserved_field(session_logger: SessionLogger) -> None:
         session_logger.event("s1", "start", ts=1.0)
 
 
-def test_many_threads_keep_lines_whole(session_logger: SessionLogger, log_dir: Path) -> None:
+def test_many_threads_keep_lines_whole(log_dir: Path) -> None:
     writers, events_each = 8, 200
     blob = "x" * 4096  # long lines make torn writes visible
+    with SessionLogger(log_dir, limits=LogLimits(max_string_chars=len(blob))) as session_logger:
+        _write_from_threads(session_logger, writers, events_each, blob)
+    shared = read_records(log_dir / "shared.jsonl")
+    assert len(shared) == writers * events_each
+    assert all(record["blob"] == blob for record in shared)
+    for worker in range(writers):
+        seqs = [record["seq"] for record in shared if record["worker"] == worker]
+        assert seqs == list(range(events_each))
+        own = read_records(log_dir / f"own-{worker}.jsonl")
+        assert [record["seq"] for record in own] == list(range(events_each))
+
+
+def _write_from_threads(session_logger: SessionLogger, writers: int, events_each: int, blob: str) -> None:
     start = threading.Barrier(writers)
 
     def write(worker: int) -> None:
@@ -183,15 +197,6 @@ def test_many_threads_keep_lines_whole(session_logger: SessionLogger, log_dir: P
     for thread in threads:
         thread.join(timeout=30)
     assert session_logger.flush(timeout=30)
-
-    shared = read_records(log_dir / "shared.jsonl")
-    assert len(shared) == writers * events_each
-    assert all(record["blob"] == blob for record in shared)
-    for worker in range(writers):
-        seqs = [record["seq"] for record in shared if record["worker"] == worker]
-        assert seqs == list(range(events_each))
-        own = read_records(log_dir / f"own-{worker}.jsonl")
-        assert [record["seq"] for record in own] == list(range(events_each))
 
 
 def test_more_sessions_than_open_files_are_all_written(log_dir: Path) -> None:
@@ -239,3 +244,158 @@ async def test_event_from_the_event_loop_and_close_in_a_thread(log_dir: Path) ->
     session_logger.event("s1", "end")
     await asyncio.to_thread(session_logger.close)
     assert [record["event"] for record in read_records(log_dir / "s1.jsonl")] == ["start", "end"]
+
+
+# -- what clients sent is bounded ------------------------------------------------------------
+
+MEGABYTE = 1 << 20
+
+
+def test_forty_one_megabyte_values_do_not_write_forty_megabytes(session_logger: SessionLogger, log_dir: Path) -> None:
+    for index in range(40):
+        session_logger.event("flood", "error", code="invalid_message", message=chr(ord("a") + index % 26) * MEGABYTE)
+    assert session_logger.flush(timeout=10)
+
+    path = log_dir / "flood.jsonl"
+    assert path.stat().st_size < 40 * 2 * 1024  # each line: 1 KB of the value and a little more
+    records = read_records(path)
+    assert len(records) == 40
+    first = records[0]["message"]
+    assert first.startswith("a" * 1024) and not first.startswith("a" * 1025)
+    assert first.endswith(f"<cut: {MEGABYTE} chars>")
+    assert records[0]["code"] == "invalid_message"  # short fields are written whole
+
+
+def test_one_record_with_many_large_fields_is_bounded_as_a_whole(session_logger: SessionLogger, log_dir: Path) -> None:
+    fields = {f"field{index}": "x" * MEGABYTE for index in range(40)}
+    session_logger.event("wide", "init", **fields)
+    assert session_logger.flush(timeout=10)
+    path = log_dir / "wide.jsonl"
+    assert path.stat().st_size < 64 * 1024
+    [record] = read_records(path)
+    assert set(fields) <= set(record)  # every field is named, even when its value is cut to nothing
+    assert all(record[name].endswith(f"<cut: {MEGABYTE} chars>") for name in fields)
+
+
+def test_long_lists_and_dicts_keep_their_first_items_and_say_how_many_were_cut(
+    session_logger: SessionLogger, log_dir: Path
+) -> None:
+    session_logger.event(
+        "lists", "init", curated=[f"p{i}" for i in range(1000)], headers={f"h{i}": i for i in range(100)}, pair=(1, 2)
+    )
+    assert session_logger.flush(timeout=5)
+    [record] = read_records(log_dir / "lists.jsonl")
+    assert record["curated"] == [f"p{i}" for i in range(64)] + ["<cut: 936 more items>"]
+    assert list(record["headers"])[:64] == [f"h{i}" for i in range(64)]
+    assert record["headers"]["<cut>"] == "36 more entries"
+    assert record["pair"] == [1, 2]
+
+
+def test_deep_nesting_and_huge_numbers_are_cut(session_logger: SessionLogger, log_dir: Path) -> None:
+    deep: Any = "bottom"
+    for _ in range(10_000):
+        deep = [deep]
+    session_logger.event("deep", "invalid", nested=deep, big=10**5000, small=2**64, ratio=0.5)
+    assert session_logger.flush(timeout=5)
+    [record] = read_records(log_dir / "deep.jsonl")
+    value = record["nested"]
+    for _ in range(8):
+        assert isinstance(value, list) and len(value) == 1
+        value = value[0]
+    assert value == "<list nested deeper than 8 levels>"
+    assert record["big"] == f"<int of {(10**5000).bit_length()} bits>"
+    assert (record["small"], record["ratio"]) == (2**64, 0.5)
+
+
+def test_a_record_of_many_small_values_is_bounded(session_logger: SessionLogger, log_dir: Path) -> None:
+    wide = [[[f"v{i}-{j}-{k}" for k in range(64)] for j in range(64)] for i in range(64)]  # 262 144 strings
+    session_logger.event("many", "invalid", wide=wide)
+    assert session_logger.flush(timeout=5)
+    path = log_dir / "many.jsonl"
+    assert path.stat().st_size < 128 * 1024
+    [record] = read_records(path)
+    assert record["wide"][0][0][:3] == ["v0-0-0", "v0-0-1", "v0-0-2"]
+
+
+def test_values_json_cannot_write_are_written_as_bounded_text(session_logger: SessionLogger, log_dir: Path) -> None:
+    class Huge:
+        def __str__(self) -> str:
+            return "h" * MEGABYTE
+
+    session_logger.event("objs", "tick", obj=Huge(), raw=b"\x00\x01", where=Path("/x/y"))
+    assert session_logger.flush(timeout=5)
+    [record] = read_records(log_dir / "objs.jsonl")
+    assert record["obj"].endswith(f"<cut: {MEGABYTE} chars>") and len(record["obj"]) < 1100
+    assert (record["raw"], record["where"]) == ("b'\\x00\\x01'", "/x/y")
+
+
+def test_limits_are_configurable(log_dir: Path) -> None:
+    with SessionLogger(log_dir, limits=LogLimits(max_string_chars=4, max_items=2)) as session_logger:
+        session_logger.event("small", "tick", text="abcdefgh", items=[1, 2, 3])
+    [record] = read_records(log_dir / "small.jsonl")
+    assert (record["text"], record["items"]) == ("abcd...<cut: 8 chars>", [1, 2, "<cut: 1 more items>"])
+
+
+@pytest.mark.parametrize("field", ["max_string_chars", "max_items", "max_depth", "max_values", "max_record_chars"])
+@pytest.mark.parametrize("value", [0, -1, True, 2.5])
+def test_limits_must_be_positive_ints(field: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"LogLimits.{field}"):
+        LogLimits(**{field: value})
+
+
+# -- files are private ------------------------------------------------------------------------
+
+
+@pytest.fixture(params=[0o000, 0o022, 0o277], ids=["umask-000", "umask-022", "umask-277"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Run the test under each umask: none must widen or narrow the modes the logger sets."""
+    previous = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(previous)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_files_and_the_directories_the_logger_makes_are_owner_only(tmp_path: Path, umask: int) -> None:
+    log_dir = tmp_path / "var" / "logs"
+    with SessionLogger(log_dir) as session_logger:
+        session_logger.event("s1", "start")
+        session_logger.event("s2", "start")
+    assert mode_of(tmp_path / "var") == 0o700
+    assert mode_of(log_dir) == 0o700
+    assert mode_of(log_dir / "s1.jsonl") == mode_of(log_dir / "s2.jsonl") == 0o600
+    assert [record["event"] for record in read_records(log_dir / "s1.jsonl")] == ["start"]
+
+
+def test_an_existing_directory_is_left_alone_and_an_existing_file_is_narrowed(tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    os.chmod(log_dir, 0o755)
+    old = log_dir / "s1.jsonl"
+    old.write_text('{"event": "earlier"}\n', encoding="utf-8")
+    os.chmod(old, 0o644)
+    with SessionLogger(log_dir) as session_logger:
+        session_logger.event("s1", "start")
+    assert mode_of(log_dir) == 0o755  # the operator's choice
+    assert mode_of(old) == 0o600
+    assert [record["event"] for record in read_records(old)] == ["earlier", "start"]
+
+
+def test_a_symlink_in_place_of_a_log_file_is_not_followed(
+    tmp_path: Path, log_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("precious\n", encoding="utf-8")
+    os.chmod(target, 0o644)
+    log_dir.mkdir()
+    (log_dir / "s1.jsonl").symlink_to(target)
+    caplog.set_level(logging.WARNING, logger="rtc_server.session_log")
+    with SessionLogger(log_dir) as session_logger:
+        session_logger.event("s1", "start")
+    assert target.read_text(encoding="utf-8") == "precious\n"
+    assert mode_of(target) == 0o644
+    assert "cannot write session log" in caplog.text
