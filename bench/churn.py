@@ -103,7 +103,8 @@ async def ws_cycle(url: str, abrupt: bool) -> None:
         await client.connect()
         await client.wait_for_event("ltx2_segment_complete", timeout=FIRST_SEGMENT_TIMEOUT_S)
         if abrupt and client.ws is not None:
-            connection = client.ws._response.connection  # noqa: SLF001  (the only way to drop TCP without a close frame)
+            # The only way to drop the TCP connection without a close frame.
+            connection = client.ws._response.connection
             if connection is not None and connection.transport is not None:
                 connection.transport.abort()
     finally:

@@ -12,7 +12,15 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.codecs import h264, vpx
 
-__all__ = ["apply_bitrate_bounds", "build_rtc_configuration", "release_listeners", "restrict_host_candidates"]
+__all__ = [
+    "apply_bitrate_bounds",
+    "build_rtc_configuration",
+    "refuse_invalid_text_gently",
+    "release_listeners",
+    "restrict_host_candidates",
+]
+
+_WEBRTC_STRING = 51  # SCTP payload protocol id of a data-channel text message (RFC 8831)
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +53,40 @@ def restrict_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) ->
         connection.get_component_candidates = pinned_candidates
 
 
+def refuse_invalid_text_gently(pc: RTCPeerConnection) -> None:
+    """Hand a data-channel text message that is not UTF-8 to its listeners instead of failing.
+
+    aiortc decodes text messages inside its SCTP receive path, where a UnicodeDecodeError ends the
+    association, and with it the session: one bad message from a client must not do that. The
+    bytes arrive decoded with ``surrogateescape``, which the inbound path refuses as not UTF-8.
+    Call after the remote description (it creates ``pc.sctp``).
+    """
+    sctp = pc.sctp
+    if sctp is None:
+        return
+    original = sctp._data_channel_receive
+
+    async def receive(stream_id: int, pp_id: int, data: bytes) -> None:
+        channel = sctp._data_channels.get(stream_id) if pp_id == _WEBRTC_STRING else None
+        if channel is None:
+            await original(stream_id, pp_id, data)
+            return
+        channel.emit("message", data.decode("utf-8", errors="surrogateescape"))
+
+    sctp._data_channel_receive = receive  # type: ignore[method-assign]
+
+
 def release_listeners(pc: RTCPeerConnection) -> None:
-    """After ``pc.close()``: drop the listeners aiortc leaves on the connection's transports.
+    """After ``pc.close()``: drop the listeners aiortc leaves on the connection's transports, and
+    the wrappers this module installed.
 
     They are bound methods of the connection, held by objects it holds: a cycle that keeps every
     closed connection (with its RTP history and buffers) until a full garbage-collector pass.
     """
+    for gatherer in _ice_gatherers(pc):
+        vars(gatherer._connection).pop("get_component_candidates", None)
+    if pc.sctp is not None:
+        vars(pc.sctp).pop("_data_channel_receive", None)
     emitters: list[Any] = [pc]
     for transceiver in pc.getTransceivers():
         emitters.extend(_transport_chain(transceiver.sender.transport))
@@ -68,12 +104,11 @@ def _transport_chain(dtls: Any) -> list[Any]:
 
 
 def _ice_gatherers(pc: RTCPeerConnection) -> list[Any]:
-    gatherers: list[Any] = []
-    for transceiver in pc.getTransceivers():
-        gatherers.append(transceiver.sender.transport.transport.iceGatherer)
+    dtls_transports = [transceiver.sender.transport for transceiver in pc.getTransceivers()]
     if pc.sctp is not None:
-        gatherers.append(pc.sctp.transport.transport.iceGatherer)
-    unique: dict[int, Any] = {id(g): g for g in gatherers}
+        dtls_transports.append(pc.sctp.transport)
+    gatherers = [_transport_chain(dtls)[2] for dtls in dtls_transports]
+    unique: dict[int, Any] = {id(g): g for g in gatherers if g is not None}
     return list(unique.values())
 
 

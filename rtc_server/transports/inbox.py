@@ -61,6 +61,7 @@ class ControlInbox:
             await asyncio.sleep(delay)
         self._bucket.try_take()
         await self._deliver(data)
+        await asyncio.sleep(0)  # one message per loop turn: a fast sender must not starve the pacers
 
     def push(self, data: str | bytes) -> None:
         """One message handed over by a callback (data channel); never blocks."""
@@ -104,6 +105,7 @@ class ControlInbox:
             data = self._queue.popleft()
             self._queued_bytes -= len(data)
             await self._deliver(data)
+            await asyncio.sleep(0)  # one message per loop turn: a fast sender must not starve the pacers
 
     async def _deliver(self, data: str | bytes) -> None:
         try:

@@ -23,7 +23,12 @@ from rtc_server.session import SessionRejected
 from rtc_server.session_failures import SessionFailure
 from rtc_server.session_start import SessionRefused
 from rtc_server.sink import CloseReason
-from rtc_server.transports.ice import build_rtc_configuration, release_listeners, restrict_host_candidates
+from rtc_server.transports.ice import (
+    build_rtc_configuration,
+    refuse_invalid_text_gently,
+    release_listeners,
+    restrict_host_candidates,
+)
 from rtc_server.transports.inbox import ControlInbox
 from rtc_server.transports.webrtc_sink import WebRTCSink
 
@@ -264,6 +269,7 @@ class WebRTCTransport:
             raise HttpError(400, "invalid_message", "the offer has no video media section to receive the stream")
         if pc.sctp is None:
             raise HttpError(400, "invalid_message", "the offer has no data channel (expected one labelled 'control')")
+        refuse_invalid_text_gently(pc)
         pc.addTrack(track)
         addresses = self._config.webrtc.ice_host_addresses
         if addresses is not None:

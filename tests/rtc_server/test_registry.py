@@ -133,3 +133,16 @@ async def test_idle_sessions_are_reported_after_the_timeout_but_not_ended_ones(p
     clock[0] += 3
     assert registry.timed_out() == [idle]
     await registry.close()
+
+
+async def test_a_server_above_its_memory_bound_refuses_new_sessions(pool: InProcessGpuPool) -> None:
+    config = make_config(limits={"max_rss_bytes": 1024 * 1024})  # far below any Python process
+    registry = await _registry(config, pool, [0.0])
+    with pytest.raises(SessionRejected) as info:
+        registry.open(transport="webrtc", sink=IdleSink())
+    assert info.value.code == "session_rejected" and "memory" in str(info.value)
+    metrics = registry.services.metrics.registry
+    assert metrics.get_sample_value("rtcvs_admission_rejections_total", {"reason": "memory"}) == 1
+    roomy = await _registry(make_config(limits={"max_rss_bytes": 1 << 40}), pool, [0.0])
+    roomy.open(transport="webrtc", sink=IdleSink())
+    await roomy.close()

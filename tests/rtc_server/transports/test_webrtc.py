@@ -288,3 +288,25 @@ async def test_a_client_killed_without_closing_is_released_within_10s(server: Ru
     killed_at = time.monotonic()
     await wait_until(lambda: len(server.app[REGISTRY]) == 0 and len(server.app[WEBRTC]) == 0, 10, "not released")
     assert time.monotonic() - killed_at < 10
+
+
+async def test_a_peer_that_stops_reading_its_control_channel_is_ended_not_fed(start_server: Any) -> None:
+    from aiortc.rtcsctptransport import DataChunk
+
+    server = await start_server(
+        make_config(limits={"max_queued_event_bytes": 64 * 1024, "messages_per_second": 10_000, "message_burst": 10_000})
+    )
+    async with await open_client(server) as client:
+        await client.wait_channel_open()
+        await client.wait_for_event("ltx2_segment_start")
+        sctp = client.pc.sctp
+        original = sctp._receive_chunk
+
+        async def deaf(chunk: Any) -> None:  # takes no data in, so acknowledges none: its window stays shut
+            if not isinstance(chunk, DataChunk):
+                await original(chunk)
+
+        sctp._receive_chunk = deaf
+        for _ in range(2000):  # each answered with an error event that cannot be delivered
+            client.channel.send('{"type": "warp_drive"}')
+        await wait_until(lambda: len(server.app[REGISTRY]) == 0, 15, "a peer that reads nothing was kept")

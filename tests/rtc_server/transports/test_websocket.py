@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,21 @@ async def test_text_events_never_split_a_segments_media(server: RunningServer) -
         assert client.binary_before_init == 0
         for segment in client.complete_segments:
             assert segment.init[4:8] == b"ftyp" and all(chunk[4:8] == b"moof" for chunk in segment.chunks)
+
+
+async def test_events_piling_up_for_a_client_that_reads_nothing_end_it(start_server: Any) -> None:
+    config = make_config(
+        websocket={"send_buffer_bytes": 16 * 1024},
+        limits={"max_queued_event_bytes": 64 * 1024, "messages_per_second": 10_000, "message_burst": 10_000},
+    )
+    server = await start_server(config)
+    async with WebSocketClient(server.url, session_init=INIT, receive_buffer_bytes=16 * 1024) as client:
+        await client.connect()
+        await client.wait_for_event("media_segment_complete")
+        client.pause_reading()
+        for _ in range(2000):  # each is answered with an error event the client never reads
+            await client.send(json.dumps({"type": "warp_drive"}))
+        deadline = time.monotonic() + 10
+        while len(server.app[REGISTRY]):
+            assert time.monotonic() < deadline, "the session was kept for a client that reads nothing"
+            await asyncio.sleep(0.05)
