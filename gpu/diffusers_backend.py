@@ -55,6 +55,7 @@ from gpu.frames import (
 from gpu.generator import (
     MAX_FRAME_EDGE_PX,
     MAX_FRAMES_PER_SEGMENT,
+    MAX_STATE_COUNTER,
     ContinuationState,
     FrameCallback,
     GeneratorError,
@@ -64,12 +65,13 @@ from gpu.generator import (
     SegmentResult,
     StepCallback,
     check_segment_limits,
+    is_state_counter,
+    quote_state_value,
 )
 
 __all__ = [
     "DEFAULT_CONDITIONING_FRAMES",
     "FRAMES_PER_CHUNK",
-    "MAX_STATE_COUNTER",
     "STATE_KIND",
     "DiffusersGenerator",
     "is_valid_length",
@@ -95,10 +97,6 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 _MODEL_INDEX = "model_index.json"
 _PAYLOAD_KEYS = ("segment_idx", "frame_number", "conditioning_frames", "width", "height", "frames")
-# segment_idx and frame_number of a state: years of video below it, and far from any overflow when a
-# state from a client or a store is continued (or printed: a 5 000-digit int cannot even be formatted).
-MAX_STATE_COUNTER = 2**31 - 1
-_QUOTE_CHARS = 40  # what an error message quotes of a state's content
 # What from_pretrained raises for a directory it cannot use (bad JSON, missing files or classes).
 _LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, RuntimeError)
 # What a pipeline call raises for inputs or a device it cannot handle (CUDA OOM is a RuntimeError).
@@ -150,19 +148,6 @@ def segment_seed(seed: int, segment_idx: int) -> int:
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
-
-def _is_state_counter(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STATE_COUNTER
-
-
-def _quote(value: object) -> str:
-    """A short, always-formattable rendering of a state value for an error message."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"an int of {value.bit_length()} bits"
-    if isinstance(value, (list, tuple, dict, str)) and len(value) > _QUOTE_CHARS:
-        return f"a {type(value).__name__} of length {len(value)}"
-    text = repr(value)
-    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "..."
 
 
 def _is_edge(value: object, ratio: int) -> bool:
@@ -522,16 +507,16 @@ class DiffusersGenerator:
         if not isinstance(payload, Mapping) or any(key not in payload for key in _PAYLOAD_KEYS):
             raise IncompatibleStateError(f"{STATE_KIND} payload must be an object with keys {list(_PAYLOAD_KEYS)}")
         for key in ("segment_idx", "frame_number"):
-            if not _is_state_counter(payload[key]):
+            if not is_state_counter(payload[key]):
                 raise IncompatibleStateError(
-                    f"{STATE_KIND} {key} must be an int in 0..{MAX_STATE_COUNTER}, got {_quote(payload[key])}"
+                    f"{STATE_KIND} {key} must be an int in 0..{MAX_STATE_COUNTER}, got {quote_state_value(payload[key])}"
                 )
         width, height = payload["width"], payload["height"]
         ratio = self._spatial_ratio
         if not all(_is_edge(edge, ratio) for edge in (width, height)):
             raise IncompatibleStateError(
                 f"{STATE_KIND} width and height must be multiples of {ratio} up to {MAX_FRAME_EDGE_PX}, "
-                f"got {_quote(width)}x{_quote(height)}"
+                f"got {quote_state_value(width)}x{quote_state_value(height)}"
             )
         history = self._parse_frames(payload["conditioning_frames"], payload["frames"], width, height)
         return _Cursor(payload["segment_idx"], payload["frame_number"], history)
@@ -547,7 +532,7 @@ class DiffusersGenerator:
         ):
             raise IncompatibleStateError(
                 f"{STATE_KIND} conditioning_frames must be {ratio}*n+1 up to {MAX_FRAMES_PER_SEGMENT}, "
-                f"got {_quote(count)}"
+                f"got {quote_state_value(count)}"
             )
         if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes)) or len(frames) != count:
             raise IncompatibleStateError(f"{STATE_KIND} frames must be a list of {count} base64 PNG frames")

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
+    "MAX_STATE_COUNTER",
     "ContinuationState",
     "FrameCallback",
     "Generator",
@@ -27,11 +28,18 @@ __all__ = [
     "check_segment_limits",
     "empty_frames",
     "generate_streaming",
+    "is_state_counter",
+    "quote_state_value",
 ]
 
 MAX_FRAME_EDGE_PX = 4096  # largest frame width or height any backend accepts
 MAX_FRAMES_PER_SEGMENT = 1024
 MAX_STEPS = 1000
+# segment_idx and frame_number of a continuation state: years of video below it, and far from any
+# overflow when a state from a client or a store is continued (or printed: a 5 000-digit int cannot
+# even be formatted).
+MAX_STATE_COUNTER = 2**31 - 1
+_QUOTE_CHARS = 40  # what an error message quotes of a state's content
 
 StepCallback = Callable[[int, int], None]
 """Called as ``on_step(step, total_steps)`` after each denoising step (1-based)."""
@@ -90,6 +98,21 @@ class SegmentResult:
 
     frames: np.ndarray
     continuation: ContinuationState
+
+
+def is_state_counter(value: object) -> bool:
+    """Whether ``value`` is a usable segment_idx / frame_number of a continuation state."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STATE_COUNTER
+
+
+def quote_state_value(value: object) -> str:
+    """A short, always-formattable rendering of a state value for an error message."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    if isinstance(value, (list, tuple, dict, str)) and len(value) > _QUOTE_CHARS:
+        return f"a {type(value).__name__} of length {len(value)}"
+    text = repr(value)
+    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "..."
 
 
 def check_segment_limits(request: SegmentRequest) -> None:

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from gpu.frame_marker import FrameMarker, draw_marker, marker_region, prompt_tag
 from gpu.generator import (
     MAX_FRAME_EDGE_PX,
+    MAX_STATE_COUNTER,
     ContinuationState,
     FrameCallback,
     GeneratorError,
@@ -31,9 +32,11 @@ from gpu.generator import (
     SegmentResult,
     StepCallback,
     check_segment_limits,
+    is_state_counter,
+    quote_state_value,
 )
 
-__all__ = ["MAX_STATE_COUNTER", "STATE_KIND", "SyntheticGenerator"]
+__all__ = ["STATE_KIND", "SyntheticGenerator"]
 
 STATE_KIND = "synthetic.v1"
 DEFAULT_SHAPES = 6
@@ -55,10 +58,6 @@ INIT_IMAGE_WEIGHT_MAX = 230  # of 256: how strongly the init image shows at fram
 _FIXED_ONE = 256  # fixed-point unit for blending
 
 _PAYLOAD_KEYS = ("segment_idx", "frame_number", "shapes")
-# segment_idx and frame_number of a state: years of video below it, and far from any overflow when a
-# state from a client or a store is continued (or printed: a 5 000-digit int cannot even be formatted).
-MAX_STATE_COUNTER = 2**31 - 1
-_QUOTE_CHARS = 40  # what an error message quotes of a state's content
 _MOTION_FIELDS = 4  # x, y, vx, vy per shape slot
 
 
@@ -187,15 +186,6 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STATE_COUNTER
 
 
-def _quote(value: object) -> str:
-    """A short, always-formattable rendering of a state value for an error message."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"an int of {value.bit_length()} bits"
-    if isinstance(value, (list, tuple, dict, str)) and len(value) > _QUOTE_CHARS:
-        return f"a {type(value).__name__} of length {len(value)}"
-    text = repr(value)
-    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "..."
-
 
 def _advance(motion: np.ndarray) -> None:
     """One frame of motion in place: move, then bounce off the edges of the unit square."""
@@ -315,10 +305,10 @@ class SyntheticGenerator:
                 f"{STATE_KIND} payload must be an object with keys {list(_PAYLOAD_KEYS)}"
             )
         segment_idx, frame_number = payload["segment_idx"], payload["frame_number"]
-        if not _is_count(segment_idx) or not _is_count(frame_number):
+        if not is_state_counter(segment_idx) or not is_state_counter(frame_number):
             raise IncompatibleStateError(
                 f"{STATE_KIND} payload needs segment_idx and frame_number as ints in 0..{MAX_STATE_COUNTER}, "
-                f"got {_quote(segment_idx)} and {_quote(frame_number)}"
+                f"got {quote_state_value(segment_idx)} and {quote_state_value(frame_number)}"
             )
         return _Cursor(segment_idx, frame_number, self._parse_shapes(payload["shapes"]))
 
@@ -338,7 +328,7 @@ class SyntheticGenerator:
                 or not all(_is_number(value) for value in slot)
             ):
                 raise IncompatibleStateError(
-                    f"{STATE_KIND} shape slot must be 4 finite numbers [x, y, vx, vy], got {_quote(slot)}"
+                    f"{STATE_KIND} shape slot must be 4 finite numbers [x, y, vx, vy], got {quote_state_value(slot)}"
                 )
         motion = np.array(shapes, dtype=np.float64)
         if np.any(motion[:, :2] < 0.0) or np.any(motion[:, :2] > 1.0) or np.any(np.abs(motion[:, 2:]) > 1.0):

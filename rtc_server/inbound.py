@@ -31,6 +31,7 @@ import math
 import re
 from typing import Any
 
+from gpu.generator import MAX_STATE_COUNTER
 from rtc_server.config import LimitsConfig
 from rtc_server.protocol import (
     ClientMessage,
@@ -69,7 +70,6 @@ MAX_JSON_STRUCTURE = 100_000
 MAX_JSON_INT_DIGITS = 32
 MAX_JSON_FLOAT_CHARS = 64  # a double needs at most 24 characters in its shortest form
 # segment_idx / frame_number of a continuation state: a stream would need years of video to reach 2**31.
-MAX_STATE_COUNTER = 2**31 - 1
 _STATE_COUNTERS = ("segment_idx", "frame_number")
 
 # Every byte but the structural ones, deleted to make the skeleton; UTF-8 continuation bytes are all

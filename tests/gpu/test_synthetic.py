@@ -14,6 +14,7 @@ from PIL import Image
 
 from gpu.frame_marker import FrameMarker, marker_region, prompt_tag, read_marker
 from gpu.generator import (
+    MAX_STATE_COUNTER,
     ContinuationState,
     Generator,
     GeneratorError,
@@ -21,7 +22,7 @@ from gpu.generator import (
     SegmentCancelled,
     SegmentRequest,
 )
-from gpu.synthetic import MAX_STATE_COUNTER, STATE_KIND, SyntheticGenerator
+from gpu.synthetic import STATE_KIND, SyntheticGenerator
 
 SIZE_PX = 256
 FRAMES = 8
