@@ -21,7 +21,7 @@ from rtc_server.prompt_intake import PromptIntake
 from rtc_server.segment_runner import SegmentRunner
 from rtc_server.session import Session, SessionState
 from rtc_server.session_events import SessionEvents
-from rtc_server.session_failures import SessionFailure, describe_failure
+from rtc_server.session_failures import SessionFailure, failure_for
 from rtc_server.session_services import Admission, SessionServices, policy_settings
 from rtc_server.session_start import SessionRefused, describe_init, stream_start
 from rtc_server.sink import CloseReason, SessionSink
@@ -95,7 +95,7 @@ class SessionController:
         try:
             await runner.prepare(init)
         except Exception as exc:
-            raise SessionRefused(self._failure(exc)) from exc
+            raise SessionRefused(failure_for(exc, label=f"session {self._session.short_id}")) from exc
         self._task = asyncio.create_task(self._run(), name=f"session-{self._session.short_id}")
 
     async def _start_or_refuse(self, runner: SegmentRunner, init: wire.SessionInitV2) -> None:
@@ -117,6 +117,7 @@ class SessionController:
             events=self._events,
             policy=policy,
             rebind=lambda: self._bind(after="worker_failed"),
+            on_change=self._changed.set,
         )
         self._intake = PromptIntake(
             policy=policy,
@@ -125,7 +126,7 @@ class SessionController:
             wait_s=services.streaming.prompt.wait_ms / 1000.0,
             llm_calls_per_minute=services.limits.llm_calls_per_minute,
             spawn=self._side_tasks.spawn,
-            on_user_prompt=lambda: self._wake(runner.supersede()),
+            on_user_prompt=runner.supersede,
         )
         self._handlers = self._dispatch_table(policy, self._intake, runner)
         self._events.log("init", transport=self._session.transport, **describe_init(init))
@@ -152,9 +153,7 @@ class SessionController:
     ) -> dict[type[Any], Callable[[Any], object]]:
         """What each client message does once the session has started."""
         return {
-            wire.SessionInitV2: lambda m: self.report_error(
-                "invalid_message", "session_init_v2 was already received for this session"
-            ),
+            wire.SessionInitV2: lambda m: self.report_error("invalid_message", "session_init_v2 was already received"),
             wire.SegmentPromptSource: lambda m: self._side_tasks.spawn(intake.accept(m)),
             wire.SeedPromptsUpdated: lambda m: policy.set_curated(m.seed_prompts),
             wire.EnhancementUpdated: lambda m: setattr(policy, "enhancement", m.enabled),
@@ -168,11 +167,6 @@ class SessionController:
     def report_error(self, code: wire.ErrorCode, message: str, *, retryable: bool = False) -> None:
         """Tell the client about a problem without ending the session."""
         self._events.error(code, message, retryable=retryable)
-
-    def _wake(self, value: int) -> int:
-        """Let the generation loop look at the policy again; passes ``value`` through."""
-        self._changed.set()
-        return value
 
     # -- ending ----------------------------------------------------------
 
@@ -239,13 +233,6 @@ class SessionController:
             self._events.send(wire.StreamComplete(reason="error"))
         await self._finish(state, CloseReason.INVALID if failure.code == "invalid_message" else CloseReason.ERROR)
 
-    def _failure(self, exc: Exception) -> SessionFailure:
-        failure = describe_failure(exc)
-        if failure is None:
-            logger.error("session %s: unexpected failure", self._session.short_id, exc_info=exc)
-            return SessionFailure("internal_error", "unexpected server error", True)
-        return failure
-
     # -- the session's life ----------------------------------------------
 
     async def _run(self) -> None:
@@ -256,7 +243,7 @@ class SessionController:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001  (the top of the session's task: every failure ends it, told)
-            await self._end(self._failure(exc), SessionState.ERROR)
+            await self._end(failure_for(exc, label=f"session {self._session.short_id}"), SessionState.ERROR)
 
     async def _admit(self) -> None:
         def on_position(position: int, depth: int) -> None:

@@ -57,14 +57,17 @@ class SegmentRunner:
         events: SessionEvents,
         policy: GenerationPolicy,
         rebind: Callable[[], Awaitable[None]],
+        on_change: Callable[[], None],
     ) -> None:
-        """``rebind`` binds the session to a worker again (and tells the client) after one died."""
+        """``rebind`` binds the session to a worker again (and tells the client) after one died;
+        ``on_change`` tells the generation loop to look at the policy again (a prompt superseded)."""
         self._session = session
         self._services = services
         self._sink = sink
         self._events = events
         self._policy = policy
         self._rebind_worker = rebind
+        self._on_change = on_change
         self._state: ContinuationState | None = None  # what the next segment continues from
         self._persisted: ContinuationState | None = None
         self._next_idx = 0
@@ -108,15 +111,15 @@ class SegmentRunner:
     def supersede(self) -> int:
         """A user prompt was queued: take back look-ahead none of whose frames was shown; returns
         the index of the segment the prompt lands on."""
-        if self._policy.hold() is not None:
-            return self._next_idx  # nothing is made now: it lands on the next segment made
-        taken = self._lookahead.take_back()
+        # While nothing may be made (paused), nothing is taken back: the prompt lands on the next segment made.
+        taken = self._lookahead.take_back() if self._policy.hold() is None else []
         if taken:
             if self._task is not None:
                 self._task.cancel()  # the segment being made is the newest, so it was taken back too
             self._state, self._next_idx = taken[0].state_before, taken[0].idx
             self._policy.retracted([p.choice for p in taken if p.generated])
             self._events.log("superseded", segment_idx=taken[0].idx, segments=len(taken))
+        self._on_change()
         return self._next_idx
 
     async def send_snapshot(self) -> None:

@@ -8,6 +8,7 @@ went wrong, not how the server's disk is laid out.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from gpu.generator import GeneratorError, IncompatibleStateError
@@ -18,7 +19,9 @@ from rtc_server.redact import REDACTED_PATH, redact_paths
 from rtc_server.session_start import ResumeRefused
 from rtc_server.store.base import StoreError
 
-__all__ = ["REDACTED_PATH", "SessionFailure", "describe_failure", "redact_paths"]
+__all__ = ["REDACTED_PATH", "UNEXPECTED", "SessionFailure", "describe_failure", "failure_for", "redact_paths"]
+
+logger = logging.getLogger(__name__)
 
 
 
@@ -42,6 +45,18 @@ _FAILURES: tuple[tuple[type[Exception], ErrorCode, str, bool], ...] = (
     (GeneratorError, "internal_error", "generation failed: {}", True),
     (PoolError, "internal_error", "generation failed: {}", True),
 )
+
+
+UNEXPECTED = SessionFailure("internal_error", "unexpected server error", True)
+
+
+def failure_for(exc: Exception, *, label: str) -> SessionFailure:
+    """What a session that ``exc`` ended tells its client; an unexpected one is logged as the bug it is."""
+    failure = describe_failure(exc)
+    if failure is None:
+        logger.error("%s: unexpected failure", label, exc_info=exc)
+        return UNEXPECTED
+    return failure
 
 
 def describe_failure(exc: Exception) -> SessionFailure | None:
