@@ -77,11 +77,7 @@ class PromptIntake:
     ) -> None:
         """``on_user_prompt`` is called once a user prompt is queued and returns the segment it lands on;
         ``llm_calls_per_minute`` is the session's LLM budget (a burst of that many, then one every
-        ``60 / llm_calls_per_minute`` s), measured on ``clock``."""
-        if isinstance(llm_calls_per_minute, bool) or not isinstance(llm_calls_per_minute, int):
-            raise TypeError(f"llm_calls_per_minute must be an int, got {type(llm_calls_per_minute).__name__}")
-        if llm_calls_per_minute < 1:
-            raise ValueError(f"llm_calls_per_minute must be at least 1, got {llm_calls_per_minute}")
+        ``60 / llm_calls_per_minute`` s), measured on ``clock`` (the bucket refuses a budget below 1)."""
         self._policy = policy
         self._prompts = prompts
         self._events = events
@@ -125,35 +121,36 @@ class PromptIntake:
                     enhanced = await self._enhance_user(message.prompt)
                 if enhanced is not None and await self._rejected(enhanced, sent=message.prompt):
                     return
-            text = enhanced if enhanced is not None else message.prompt
-            self._policy.submit_user(
-                PromptChoice(
-                    text=text,
-                    origin=PromptOrigin.USER,
-                    negative_prompt=message.negative_prompt,
-                    seed=message.seed,
-                    num_inference_steps=message.num_inference_steps,
-                    guidance_scale=message.guidance_scale,
-                    checked=True,
-                )
+            self._queue_user_prompt(message, enhanced)
+
+    def _queue_user_prompt(self, message: SegmentPromptSource, enhanced: str | None) -> None:
+        """Hand a checked user prompt to the policy and tell the client which segment it lands on."""
+        text = enhanced if enhanced is not None else message.prompt
+        self._policy.submit_user(
+            PromptChoice(
+                text=text,
+                origin=PromptOrigin.USER,
+                negative_prompt=message.negative_prompt,
+                seed=message.seed,
+                num_inference_steps=message.num_inference_steps,
+                guidance_scale=message.guidance_scale,
+                checked=True,
             )
-            segment_idx = self._on_user_prompt()
-            self._events.log(
-                "prompt_received",
+        )
+        segment_idx = self._on_user_prompt()
+        was_enhanced = enhanced is not None
+        self._events.log(
+            "prompt_received", prompt=message.prompt, prompt_used=text, enhanced=was_enhanced, segment_idx=segment_idx
+        )
+        self._events.send(
+            PromptReceived(
                 prompt=message.prompt,
                 prompt_used=text,
-                enhanced=enhanced is not None,
+                source=message.source,
+                enhanced=was_enhanced,
                 segment_idx=segment_idx,
             )
-            self._events.send(
-                PromptReceived(
-                    prompt=message.prompt,
-                    prompt_used=text,
-                    source=message.source,
-                    enhanced=enhanced is not None,
-                    segment_idx=segment_idx,
-                )
-            )
+        )
 
     def _enhancement_slot(self) -> asyncio.Lock:
         """The enhancement lock, for a user prompt: the server's own enhancement in flight gives way
