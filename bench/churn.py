@@ -70,6 +70,8 @@ def write_config(path: Path, *, port: int, pool: str) -> None:
         "pool": {"backend": pool, "num_workers": 1, "sessions_per_worker": 16},
         "default_request": {"sampling": {"width": 128, "height": 128, "fps": 24, "num_frames": 12}},
         "streaming": {"max_sessions": 16, "max_queue": 16},
+        # Every session here comes from this one client: lift its per-client share (DESIGN §9).
+        "limits": {"sessions_per_client": 1000, "offers_per_minute": 100_000},
         "webrtc": {"ice_host_addresses": ["127.0.0.1"], "peer_timeout_seconds": PEER_TIMEOUT_S},
     }
     path.write_text(yaml.safe_dump(config))

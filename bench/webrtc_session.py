@@ -78,6 +78,8 @@ def write_config(
         "server": {"host": "127.0.0.1", "port": port},
         "default_request": {"sampling": {"width": size, "height": size, "fps": fps, "num_frames": fps}},
         "streaming": {"max_sessions": max_sessions},
+        # Every session here comes from this one client: lift its per-client share (DESIGN §9).
+        "limits": {"sessions_per_client": 1000, "offers_per_minute": 100_000},
         # The encoder's bitrate pinned to the start bitrate: REMB from a loopback client would
         # otherwise raise it (and the encoder's cost) above what the bare-encoder figure uses.
         "webrtc": {

@@ -25,9 +25,11 @@ from gpu.pool import GpuPool, InProcessGpuPool
 from gpu.subprocess_pool import SubprocessGpuPool, WorkerSettings
 from prompt import PromptEnhancer, open_providers
 from prompt.safety import PromptSafetyFilter
+from rtc_server.admin import is_admin, public_status
+from rtc_server.auth import Authenticator, bearer_token
 from rtc_server.config import ServiceConfig, StoreConfig
 from rtc_server.health import healthz_payload, readyz_payload
-from rtc_server.http_errors import json_error
+from rtc_server.http_errors import HttpError, json_error
 from rtc_server.metrics import CONTENT_TYPE, ServiceMetrics
 from rtc_server.prompt_pipeline import PromptPipeline
 from rtc_server.registry import SessionRegistry
@@ -35,10 +37,12 @@ from rtc_server.session_log import SessionLogger
 from rtc_server.session_services import SessionServices
 from rtc_server.store import InMemoryBlobStore, InMemorySessionStore, SessionStore
 from rtc_server.transports import webrtc, websocket
+from rtc_server.transports.gate import Gate
 from rtc_server.transports.ice import apply_bitrate_bounds
 
 __all__ = [
     "CONFIG",
+    "GATE",
     "IMAGE_DIR",
     "METRICS",
     "POOL",
@@ -63,6 +67,7 @@ METRICS = web.AppKey("metrics", ServiceMetrics)
 PROMPTS = web.AppKey("prompts", PromptPipeline)
 WEBRTC = web.AppKey("webrtc", webrtc.WebRTCTransport)
 WEBSOCKET = web.AppKey("websocket", websocket.WebSocketTransport)
+GATE = web.AppKey("gate", Gate)
 
 DEFAULT_WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
 
@@ -175,7 +180,9 @@ async def _prompt_ctx(app: web.Application) -> AsyncIterator[None]:
         block_threshold=safety_settings.block_threshold,
     )
     if safety.enabled:
-        await asyncio.to_thread(safety.load)  # load once now, not on the first user's prompt
+        # Load once now, not on the first user's prompt. Fail closed: a filter that cannot run
+        # stops the start (SafetyModelError naming the path), it never lets prompts through unchecked.
+        await asyncio.to_thread(safety.require_ready)
     async with contextlib.AsyncExitStack() as stack:
         enhancer = None
         if settings.providers:
@@ -220,14 +227,22 @@ async def _webrtc_ctx(app: web.Application) -> AsyncIterator[None]:
     apply_bitrate_bounds(
         min_bps=config.webrtc.min_bitrate, max_bps=config.webrtc.max_bitrate, start_bps=config.webrtc.start_bitrate
     )
-    transport = webrtc.WebRTCTransport(config=config, registry=app[REGISTRY])
+    transport = webrtc.WebRTCTransport(config=config, registry=app[REGISTRY], gate=app[GATE])
     app[WEBRTC] = transport
     yield
     await transport.close()
 
 
+async def _gate_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    # Secrets are read now: a missing one stops the server at start, not every client later.
+    authenticator = Authenticator(config.auth)
+    app[GATE] = Gate(authenticator=authenticator, allowed_origins=config.server.allowed_origins)
+    yield
+
+
 async def _websocket_ctx(app: web.Application) -> AsyncIterator[None]:
-    transport = websocket.WebSocketTransport(config=app[CONFIG], registry=app[REGISTRY])
+    transport = websocket.WebSocketTransport(config=app[CONFIG], registry=app[REGISTRY], gate=app[GATE])
     app[WEBSOCKET] = transport
     yield
     await transport.close()
@@ -253,10 +268,23 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[POOL].status().to_json())
+    status = request.app[POOL].status()
+    if is_admin(request, request.app[CONFIG].server.admin_token):
+        return web.json_response(status.to_json())
+    return web.json_response(public_status(status))
+
+
+def _admin_refusal(request: web.Request) -> web.Response | None:
+    """None for an operator; else the answer that refuses the request."""
+    if is_admin(request, request.app[CONFIG].server.admin_token):
+        return None
+    return json_error(401, "unauthorized", "this endpoint needs the operators' bearer token (server.admin_token)")
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    refusal = _admin_refusal(request)
+    if refusal is not None:
+        return refusal
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -269,9 +297,9 @@ async def _session_frames(request: web.Request) -> web.Response:
 
 
 async def _reload_prompts(request: web.Request) -> web.Response:
-    token = request.app[CONFIG].server.admin_token
-    if token is not None and request.headers.get("Authorization") != f"Bearer {token}":
-        return json_error(401, "invalid_message", "admin endpoints need the configured bearer token")
+    refusal = _admin_refusal(request)
+    if refusal is not None:
+        return refusal
     if not await request.app[PROMPTS].reload_system_prompts():
         return json_error(409, "invalid_message", "no prompt enhancer is configured (streaming.prompt.providers)")
     return web.json_response({"reloaded": True})
@@ -279,9 +307,17 @@ async def _reload_prompts(request: web.Request) -> web.Response:
 
 async def _delete_session(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
-    controller = request.app[REGISTRY].get(session_id)
+    registry, gate = request.app[REGISTRY], request.app[GATE]
+    controller = registry.get(session_id)
     if controller is None:
         return json_error(404, "invalid_message", f"no live session {session_id!r}")
+    if not is_admin(request, request.app[CONFIG].server.admin_token):
+        try:
+            caller = gate.caller(request, bearer_token(request.headers.get("Authorization")))
+        except HttpError as exc:
+            return exc.response()
+        if caller.client != registry.owner(session_id):
+            return json_error(403, "unauthorized", "only the client that opened a session (or an operator) may end it")
     await controller.request_stop()
     return web.json_response({"session_id": session_id, "state": controller.session.state.value})
 
@@ -305,7 +341,7 @@ def build_app(config: ServiceConfig) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = ServiceMetrics()
     app.cleanup_ctx.extend(
-        [_pool_ctx, _store_ctx, _session_files_ctx, _prompt_ctx, _registry_ctx, _webrtc_ctx, _websocket_ctx]
+        [_gate_ctx, _pool_ctx, _store_ctx, _session_files_ctx, _prompt_ctx, _registry_ctx, _webrtc_ctx, _websocket_ctx]
     )
     app.on_shutdown.append(_end_sessions)
     app.router.add_get("/healthz", _healthz)

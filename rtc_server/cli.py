@@ -1,7 +1,8 @@
 """Command line: ``python -m rtc_server [--config PATH] [--host H] [--port P]``.
 
 Exit status: 0 after a clean shutdown on SIGINT/SIGTERM, 2 for a bad config (including a
-generator whose model directory is missing or broken).
+generator whose model directory is missing or broken, and an enabled safety filter whose model
+cannot be used: the filter fails closed, it never lets prompts through unchecked).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from aiohttp import web
 
 from gpu.factory import preflight
 from gpu.generator import GeneratorError
+from prompt.safety import SafetyModelError, preflight_safety
 from rtc_server.app import build_app
+from rtc_server.auth import Authenticator, AuthSetupError, is_loopback_host
 from rtc_server.config import ConfigError, ServiceConfig, load_config
 
-__all__ = ["main"]
+__all__ = ["access_problem", "main"]
 
 EXIT_BAD_CONFIG = 2
 SHUTDOWN_TIMEOUT_S = 3.0  # connections still open after this are dropped at shutdown
@@ -40,6 +43,21 @@ def _with_overrides(config: ServiceConfig, host: str | None, port: int | None) -
     return config.model_copy(update={"server": server})
 
 
+def access_problem(config: ServiceConfig) -> str | None:
+    """Why the server must not start as configured for who may use it, or None."""
+    if config.auth is None and not is_loopback_host(config.server.host):
+        return (
+            f"server.host {config.server.host} is reachable from other machines, and there is no auth section: "
+            "anyone could use the GPUs. Add auth: {mode: token, token_envs: [...]} or {mode: jwt, ...}, "
+            "or write auth: {mode: none} to serve everyone knowingly."
+        )
+    try:
+        Authenticator(config.auth)  # reads its secrets now: a missing one is a configuration error
+    except AuthSetupError as exc:
+        return str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -54,6 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GeneratorError as exc:
         print(f"error: generator: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    problem = access_problem(config)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    safety = config.streaming.safety
+    if safety.enabled:
+        try:
+            preflight_safety(safety.classifier_path, block_threshold=safety.block_threshold)
+        except SafetyModelError as exc:
+            print(f"error: streaming.safety: {exc}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
     app = build_app(config)
     url = f"http://{config.server.host}:{config.server.port}/"
 

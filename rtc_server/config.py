@@ -19,6 +19,7 @@ from prompt import ProviderSpec
 from rtc_server.protocol import MAX_CURATED_PROMPTS, MAX_PROMPT_CHARS, MAX_SEED
 
 __all__ = [
+    "AuthConfig",
     "ConfigError",
     "DefaultRequestConfig",
     "GeneratorConfig",
@@ -45,7 +46,17 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest offer body accepted (bytes).")
-    admin_token: str | None = Field(None, description="Bearer token required by /v1/admin endpoints; open when unset.")
+    admin_token: str | None = Field(
+        None,
+        description="Bearer token of the operators: required by /v1/admin endpoints, /metrics and the detail of "
+        "/status. Unset: those are refused (status shows counts only).",
+    )
+    allowed_origins: list[str] | None = Field(
+        None,
+        description="Web origins (scheme://host[:port]) whose pages may open sessions (offer CORS, WebSocket "
+        "upgrade). Unset: the server's own origin only (and clients that send no Origin, i.e. not browsers); "
+        '["*"]: any.',
+    )
     max_message_bytes: int = Field(
         48 * 1024 * 1024, gt=0, description="Largest control message accepted (bytes); fits a 32 MiB image in base64."
     )
@@ -293,6 +304,18 @@ class LimitsConfig(_Section):
         description="Control messages a connection may send at once above the sustained rate (token bucket "
         "size): a page restoring its settings sends about ten in a row.",
     )
+    sessions_per_client: int = Field(
+        4,
+        ge=1,
+        description="Sessions one client (token subject, else address) may hold or open at once: a person watches "
+        "one or two; a JWT may lower it with a max_sessions claim.",
+    )
+    offers_per_minute: int = Field(
+        30,
+        ge=1,
+        description="Offers (and WebSocket session starts) per client per minute: a page retrying after errors "
+        "stays well under it; a script squatting slots does not.",
+    )
     llm_calls_per_minute: int = Field(
         30,
         ge=1,
@@ -322,6 +345,30 @@ class LimitsConfig(_Section):
         return self
 
 
+class AuthConfig(_Section):
+    """Who may open sessions. Without this section the server serves loopback only (DESIGN §9)."""
+
+    mode: Literal["none", "token", "jwt"] = Field(
+        description="none: anyone who reaches the port; token: bearer tokens from the environment; jwt: signed tokens."
+    )
+    token_envs: list[str] = Field(
+        default_factory=list, description="token: names of environment variables, each holding one accepted token."
+    )
+    secret_env: str | None = Field(None, description="jwt (HS256): environment variable holding the shared secret.")
+    public_key_path: str | None = Field(None, description="jwt (RS256): PEM file with the issuer's public key.")
+    audience: str | None = Field(None, description="jwt: the aud claim required (recommended).")
+    issuer: str | None = Field(None, description="jwt: the iss claim required, when set.")
+    leeway_seconds: float = Field(30.0, ge=0, description="jwt: clock skew allowed on exp/nbf/iat.")
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> AuthConfig:
+        if self.mode == "token" and not self.token_envs:
+            raise ValueError("auth.mode token needs auth.token_envs: the environment variables holding the tokens")
+        if self.mode == "jwt" and (self.secret_env is None) == (self.public_key_path is None):
+            raise ValueError("auth.mode jwt needs exactly one of auth.secret_env (HS256) or auth.public_key_path (RS256)")
+        return self
+
+
 class ServiceConfig(_Section):
     """The whole service configuration."""
 
@@ -334,6 +381,9 @@ class ServiceConfig(_Section):
     websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: AuthConfig | None = Field(
+        None, description="Absent: loopback only; a server bound elsewhere without it refuses to start."
+    )
 
     @model_validator(mode="after")
     def _check_defaults_within_limits(self) -> ServiceConfig:

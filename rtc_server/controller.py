@@ -237,6 +237,7 @@ class SessionController:
 
     async def _run(self) -> None:
         try:
+            await self._sink.wait_connected()
             await self._admit()
             await self._bind()
             await self._stream()

@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from prompt import SafetyDecision
 from rtc_server.generation_policy import GenerationPolicy, Lookup, LookupKind
 from rtc_server.prompt_pipeline import PromptPipeline, PromptUnavailable
 from rtc_server.prompt_schedule import PromptChoice, PromptOrigin
@@ -198,12 +199,13 @@ class PromptIntake:
             return False
         self._events.log("prompt_rejected", prompt=text, score=blocked.unsafe_score)
         self._events.metrics.errors.labels(code="prompt_rejected").inc()
-        reason = (
-            "blocked by the safety filter" if sent is None else "its enhanced version was blocked by the safety filter"
-        )
-        self._events.send(
-            PromptRejected(prompt=sent or text, reason=reason, label="unsafe", score=blocked.unsafe_score)
-        )
+        if blocked.decision is SafetyDecision.UNAVAILABLE:
+            reason, label = "the safety filter could not check it", "unchecked"
+        elif sent is None:
+            reason, label = "blocked by the safety filter", "unsafe"
+        else:
+            reason, label = "its enhanced version was blocked by the safety filter", "unsafe"
+        self._events.send(PromptRejected(prompt=sent or text, reason=reason, label=label, score=blocked.unsafe_score))
         return True
 
     # -- the next segment's prompt ------------------------------------------------------------

@@ -56,13 +56,16 @@ class PromptPipeline:
         return self._enhancer is not None
 
     async def check(self, text: str) -> SafetyResult | None:
-        """The safety result when ``text`` is blocked, else None (an unavailable filter allows, and says so once)."""
+        """The safety result when ``text`` is refused, else None. An enabled filter that cannot decide
+        refuses (fail closed): its model was checked at start, so this is a fault, logged once."""
         if self._safety is None or not self._safety.enabled:
             return None
         result = await asyncio.to_thread(self._safety.classify, text)
-        if result.decision is SafetyDecision.UNAVAILABLE and not self._unavailable_logged:
-            self._unavailable_logged = True
-            logger.warning("safety filter unavailable, prompts pass unchecked: %s", result.reason)
+        if result.decision is SafetyDecision.UNAVAILABLE:
+            if not self._unavailable_logged:
+                self._unavailable_logged = True
+                logger.error("safety filter unavailable, prompts are refused: %s", result.reason)
+            return result
         return result if result.blocked else None
 
     async def enhance(self, text: str, *, cached: bool = False) -> EnhancedPrompt:

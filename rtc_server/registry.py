@@ -14,18 +14,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rtc_server.admission import AdmissionQueue, PositionCallback
+from rtc_server.auth import Principal
+from rtc_server.client_limits import ClientLimits, TooManyRequests
 from rtc_server.config import ServiceConfig
 from rtc_server.controller import SessionController
 from rtc_server.delivery import DeliveryLog
-from rtc_server.metrics import LiveCounts
+from rtc_server.metrics import LiveCounts, ServiceMetrics
 from rtc_server.process_memory import resident_bytes
-from rtc_server.session import Session, SessionRejected
+from rtc_server.session import Session, SessionRejected, SessionState
 from rtc_server.session_services import SessionServices
 from rtc_server.sink import SessionSink
 
 __all__ = ["Capacity", "SessionRegistry"]
 
 logger = logging.getLogger(__name__)
+
+# Sessions that have not started (offers waiting for ICE, sockets waiting for their init) are held
+# against their client's share; this bounds them all together, whoever opens them.
+PENDING_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,10 @@ class SessionRegistry:
         self.capacity = Capacity.for_config(config)
         self._admission = AdmissionQueue(slots=self.capacity.slots)
         self._controllers: dict[str, SessionController] = {}
+        self._owners: dict[str, str] = {}
+        self._clients = ClientLimits(
+            sessions_per_client=config.limits.sessions_per_client, starts_per_minute=config.limits.offers_per_minute, clock=clock
+        )
         self._reaper: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -72,26 +82,48 @@ class SessionRegistry:
 
     # -- transports --------------------------------------------------------
 
-    def open(self, *, transport: str, sink: SessionSink) -> SessionController:
-        """Register a session for ``sink``; raises SessionRejected when the server is full or not ready."""
+    def open(
+        self, *, transport: str, sink: SessionSink, client: str, principal: Principal | None = None
+    ) -> SessionController:
+        """Register a session of ``client`` (token subject, else address) for ``sink``.
+
+        SessionRejected when the server is full, warming or at its memory bound; TooManyRequests
+        when the client is over its own share. Only sessions that started (connected, with a valid
+        init) count against the server's capacity: offers that never connect count against their
+        client alone.
+        """
         metrics = self._services.metrics
-        if not self._services.pool.ready:
-            metrics.admission_rejections.labels(reason="warming").inc()
-            raise SessionRejected("no GPU worker is ready yet", code="gpu_unavailable")
-        if len(self._controllers) >= self.capacity.total:
-            metrics.admission_rejections.labels(reason="full").inc()
-            raise SessionRejected(f"server is full: {self.capacity.total} sessions are streaming or waiting")
-        if self._over_memory_bound():
-            metrics.admission_rejections.labels(reason="memory").inc()
-            raise SessionRejected("server is at its memory bound; try again shortly")
-        session = Session(clock=self._clock, transport=transport)
+        self._check_room(metrics)
+        try:
+            self._clients.open(client, max_sessions=principal.max_sessions if principal else None)
+        except TooManyRequests:
+            metrics.admission_rejections.labels(reason="client").inc()
+            raise
+        session = Session(clock=self._clock, transport=transport, client_id=None)
         delivery = DeliveryLog(transport=transport, metrics=metrics, keep_frames=self._config.streaming.frame_log_size)
         controller = SessionController(
             session=session, services=self._services, sink=sink, delivery=delivery, admission=self, on_closed=self._forget
         )
         self._controllers[session.id] = controller
+        self._owners[session.id] = client
         logger.info("session %s: opened over %s (%d live)", session.short_id, transport, len(self._controllers))
         return controller
+
+    def _check_room(self, metrics: ServiceMetrics) -> None:
+        if not self._services.pool.ready:
+            metrics.admission_rejections.labels(reason="warming").inc()
+            raise SessionRejected("no GPU worker is ready yet", code="gpu_unavailable")
+        started = sum(1 for c in self._controllers.values() if c.session.state is not SessionState.INITIALIZING)
+        if started >= self.capacity.total or len(self._controllers) >= PENDING_FACTOR * self.capacity.total:
+            metrics.admission_rejections.labels(reason="full").inc()
+            raise SessionRejected(f"server is full: {self.capacity.total} sessions are streaming or waiting")
+        if self._over_memory_bound():
+            metrics.admission_rejections.labels(reason="memory").inc()
+            raise SessionRejected("server is at its memory bound; try again shortly")
+
+    def owner(self, session_id: str) -> str | None:
+        """The client (token subject, else address) that opened a live session."""
+        return self._owners.get(session_id)
 
     def _over_memory_bound(self) -> bool:
         bound = self._config.limits.max_rss_bytes
@@ -105,6 +137,9 @@ class SessionRegistry:
 
     def _forget(self, controller: SessionController) -> None:
         self._controllers.pop(controller.session.id, None)
+        owner = self._owners.pop(controller.session.id, None)
+        if owner is not None:
+            self._clients.close(owner)
 
     # -- admission (what controllers use) ---------------------------------
 

@@ -4,8 +4,10 @@
 // back to the WebSocket/MSE path when WebRTC fails to connect within a few seconds, or fails later.
 // Both transports speak the same control protocol (protocol.js) and share one StreamModel.
 // Modules: webrtc_player.js (POST /v1/webrtc/offer, RTP video, data channel "control"),
-// ws_player.js (GET /v1/stream, fMP4 into Media Source Extensions), stats.js (overlay), ui.js (DOM).
+// ws_player.js (GET /v1/stream, fMP4 into Media Source Extensions), stats.js (overlay), ui.js (DOM),
+// auth.js (the access token: URL fragment, this tab's storage or client-config.json).
 
+import { forgetStoredToken, loadAccessToken } from "./auth.js";
 import {
   IMAGE_MIME_TYPES,
   MAX_IMAGE_BYTES,
@@ -61,6 +63,8 @@ const app = {
   lastUserPrompt: null,
   pending: null, // {kind: "snapshot"|"rewrite", message, index?, timer}
   rewrites: new Map(), // seed index -> {busy, alternatives}
+  token: null, // access token for the server, null when none was given (auth.js)
+  tokenSource: null, // "fragment" | "session" | "client-config" | null
 };
 
 // -- settings --------------------------------------------------------------------------------
@@ -158,6 +162,7 @@ async function startSession({ kind = preferredKind(), init = null, resend = null
     init: sessionInit,
     onMessage: (message) => onMessage(session, message),
     onEvent: (type, detail) => onTransportEvent(session, type, detail),
+    token: app.token,
   });
   app.session = session;
   model.reset();
@@ -233,7 +238,9 @@ function onTransportFailed(session, detail) {
     return;
   }
   const described = detail.error ? describeError(detail.error) : null;
-  const retryable = detail.retryable !== false && (described ? described.retryable || detail.status >= 500 : true);
+  const unauthorized = Boolean(described && described.code === "unauthorized");
+  if (unauthorized) forgetStoredToken(); // a reload must not present a refused token again
+  const retryable = !unauthorized && detail.retryable !== false && (described ? described.retryable || detail.status >= 500 : true);
   let text = detail.text;
   if (session.errorNotice) {
     // The server already said why (e.g. error{session_rejected} before close 1013): add the close to it.
@@ -243,16 +250,22 @@ function onTransportFailed(session, detail) {
   } else {
     const title = described ? described.title : session.connected ? "Connection lost" : "Could not connect";
     const wait = detail.retryAfterS ? ` The server suggests retrying in ${detail.retryAfterS} s.` : "";
+    const hint = described && described.hint ? ` ${described.hint}` : "";
+    let actions = [];
+    // Starting again with the same refused token cannot work: no Retry, no Restart.
+    if (retryable) actions = [{ label: "Retry", id: "retry", primary: true, run: restart }];
+    else if (!unauthorized) actions = [{ label: "Restart", id: "restart", run: restart }];
     session.errorNotice = showNotice(ui, {
       kind: "error",
       title,
       code: described ? described.code : null,
-      detail: `${detail.text}.${wait}`,
-      actions: retryable ? [{ label: "Retry", id: "retry", primary: true, run: restart }] : [{ label: "Restart", id: "restart", run: restart }],
+      detail: `${detail.text}.${wait}${hint}`,
+      actions,
     });
   }
+  if (unauthorized) text = described.title; // the notice has the server's words
   setStatus(ui, text, "error");
-  setBadge(ui, "error", "disconnected");
+  setBadge(ui, "error", unauthorized ? "not authorized" : "disconnected");
   ui.placeholder.textContent = "no stream";
   ui.placeholder.hidden = ui.video.readyState >= 2;
   updateSessionButtons();
@@ -311,6 +324,7 @@ function onMessage(session, message) {
 
 function onServerError(session, message) {
   const described = describeError(message);
+  if (described.code === "unauthorized") forgetStoredToken();
   const actions = [];
   const pending = app.pending;
   const forRewrite = pending && pending.kind === "rewrite" && (/rewrit/i.test(message.message) || message.code === "invalid_message");
@@ -329,7 +343,8 @@ function onServerError(session, message) {
   if (/continuation_state/i.test(message.message) && !described.retryable) {
     actions.push({ label: "Start fresh", id: "fresh", primary: true, run: restart });
   }
-  const notice = showNotice(ui, { kind: "error", title: described.title, code: described.code, detail: described.detail, actions });
+  const detail = [described.detail, described.hint].filter(Boolean).join(" ");
+  const notice = showNotice(ui, { kind: "error", title: described.title, code: described.code, detail, actions });
   if (!forRewrite && !forSnapshot) session.errorNotice = notice;
 }
 
@@ -671,7 +686,9 @@ function wireControls() {
   ui.video.addEventListener("loadeddata", hidePlaceholder);
 }
 
-function main() {
+async function main() {
+  // First: take a token out of the address bar before anything else can read or show it.
+  const access = loadAccessToken();
   const requested = new URLSearchParams(location.search).get("transport");
   const mode = requested === null || requested === "" ? "auto" : requested.toLowerCase();
   wireControls();
@@ -694,6 +711,7 @@ function main() {
     return;
   }
   app.mode = mode;
+  ({ token: app.token, source: app.tokenSource } = await access);
   window.addEventListener("pagehide", () => {
     const session = app.session;
     if (session && !session.ended) {
@@ -701,7 +719,7 @@ function main() {
       session.transport.leave();
     }
   });
-  startSession().catch(reportBug);
+  await startSession();
 }
 
-main();
+main().catch(reportBug);

@@ -104,9 +104,18 @@ const ERROR_TITLES = {
   preset_mismatch: "Preset mismatch",
   invalid_message: "Request refused",
   rate_limited: "Too many requests",
+  unauthorized: "Not authorized: this page needs a valid access token",
 };
 
-/** A server `error` message (or an HTTP `{error:{...}}` body) as {title, detail, code, retryable}. */
+// What the viewer can do about an error, where the server's message does not say it.
+const ERROR_HINTS = {
+  unauthorized: "Open the link you were given (it ends in #token=…), or ask whoever runs this service for access.",
+};
+
+/**
+ * A server `error` message (or an HTTP `{error:{...}}` body) as {title, detail, code, retryable, hint}.
+ * `hint` is what the viewer can do about it ("" when nothing to add).
+ */
 export function describeError(error) {
   const code = error && typeof error.code === "string" ? error.code : "internal_error";
   const message = error && typeof error.message === "string" ? error.message : "";
@@ -114,7 +123,9 @@ export function describeError(error) {
   if (code === "invalid_message" && /rewrit/i.test(message)) title = "Prompt suggestions are unavailable";
   else if (code === "invalid_message" && /continuation_state|snapshot/i.test(message)) title = "Snapshot not usable";
   else if (code === "invalid_message" && /image/i.test(message)) title = "Initial image refused";
-  return { title, detail: message, code, retryable: Boolean(error && error.retryable) };
+  // A refused token stays refused: never offer a Retry for it, whatever the answer says.
+  const retryable = code !== "unauthorized" && Boolean(error && error.retryable);
+  return { title, detail: message, code, retryable, hint: ERROR_HINTS[code] || "" };
 }
 
 /** `prompt_rejected` as {title, detail}. */
@@ -138,13 +149,19 @@ const CLOSE_CODES = {
   1009: { text: "a message was too large", retryable: false },
   1011: { text: "internal server failure", retryable: true },
   1013: { text: "server full, try again later", retryable: true },
+  4401: { text: "not authorized", retryable: false, error: "unauthorized" },
+  4429: { text: "too many requests, try again later", retryable: true, error: "rate_limited" },
 };
 
-/** A WebSocket close as {code, text, retryable, normal}. */
+/**
+ * A WebSocket close as {code, text, retryable, normal, error}; `error` is the `{code, message,
+ * retryable}` the close stands for (4401: unauthorized, 4429: rate_limited), else null.
+ */
 export function describeClose(code, reason = "") {
   const known = CLOSE_CODES[code] || { text: "connection closed", retryable: true };
   const text = `${known.text} (code ${code}${reason ? `: ${reason}` : ""})`;
-  return { code, text, retryable: known.retryable, normal: code === 1000 };
+  const error = known.error ? { code: known.error, message: text, retryable: known.retryable } : null;
+  return { code, text, retryable: known.retryable, normal: code === 1000, error };
 }
 
 /**

@@ -4,7 +4,10 @@
 // It reports "failed" with `fallback: true` when WebRTC itself is the problem (the offer endpoint
 // unreachable or answering 5xx/413, ICE not connecting within connectTimeoutMs, the connection
 // failing or the channel closing mid-stream); the app then falls back to the WebSocket path.
+// Answers that any transport would get (400, 401, 403, 429) are reported without `fallback`.
+// With a token, every request carries `Authorization: Bearer <token>` (auth.js).
 
+import { authHeaders } from "./auth.js";
 import { describeError, parseMessage } from "./protocol.js";
 import { RateMeter } from "./stats.js";
 
@@ -13,6 +16,9 @@ import { RateMeter } from "./stats.js";
 const ICE_GATHERING_TIMEOUT_MS = 2000;
 export const CONNECT_TIMEOUT_MS = 6000; // from start to a connected peer with the channel open
 const DISCONNECTED_GRACE_MS = 3000; // "disconnected" may recover; after this it counts as failed
+// Offer answers that say nothing about WebRTC itself: a malformed request, no or a refused token,
+// a refused origin, too many requests. The WebSocket would be answered the same, so no fallback.
+const NO_FALLBACK_STATUSES = new Set([400, 401, 403, 429]);
 
 async function waitForIceGathering(pc) {
   if (pc.iceGatheringState === "complete") return;
@@ -36,10 +42,11 @@ async function readJson(response) {
 }
 
 export class WebRtcTransport {
-  constructor({ video, init, onMessage, onEvent, connectTimeoutMs = CONNECT_TIMEOUT_MS }) {
+  constructor({ video, init, onMessage, onEvent, token = null, connectTimeoutMs = CONNECT_TIMEOUT_MS }) {
     this.kind = "webrtc";
     this.video = video;
     this.init = init;
+    this.token = token;
     this.onMessage = onMessage;
     this.onEvent = onEvent;
     this.connectTimeoutMs = connectTimeoutMs;
@@ -80,7 +87,7 @@ export class WebRtcTransport {
     this.onEvent("progress", { text: "fetching ICE servers" });
     let iceServers = [];
     try {
-      const response = await fetch("/v1/webrtc/ice-servers");
+      const response = await fetch("/v1/webrtc/ice-servers", { headers: authHeaders(this.token) });
       if (response.ok) iceServers = ((await readJson(response)) || {}).ice_servers || [];
     } catch {
       // no STUN/TURN then: host candidates still work on a local network
@@ -121,7 +128,7 @@ export class WebRtcTransport {
     try {
       response = await fetch("/v1/webrtc/offer", {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: authHeaders(this.token, { "Content-Type": "application/json" }),
         body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", session_init: this.init }),
       });
     } catch (error) {
@@ -137,8 +144,7 @@ export class WebRtcTransport {
         : { title: "Offer refused", detail: response.statusText || "no answer", code: null, retryable: response.status >= 500 };
       const retryAfter = Number(response.headers.get("Retry-After"));
       this.fail(`offer refused (HTTP ${response.status}${described.code ? ` ${described.code}` : ""}): ${described.detail}`, {
-        // A malformed request (400) fails the same way over any transport; the rest may be WebRTC's alone.
-        fallback: response.status !== 400,
+        fallback: !NO_FALLBACK_STATUSES.has(response.status),
         status: response.status,
         error: error || null,
         retryable: described.retryable,
@@ -226,7 +232,9 @@ export class WebRtcTransport {
   }
 
   deleteSession(sessionId) {
-    return fetch(`/v1/sessions/${encodeURIComponent(sessionId)}`, { method: "DELETE" }).catch(() => null);
+    return fetch(`/v1/sessions/${encodeURIComponent(sessionId)}`, { method: "DELETE", headers: authHeaders(this.token) }).catch(
+      () => null,
+    );
   }
 
   /** Ends the session on the server (it answers ltx2_stream_complete{stop_requested}), then closes. */
@@ -246,7 +254,8 @@ export class WebRtcTransport {
   /** The page is going away: end the session with a request that outlives the page. */
   leave() {
     if (this.sessionId && !this.serverEnded && !this.closed) {
-      fetch(`/v1/sessions/${encodeURIComponent(this.sessionId)}`, { method: "DELETE", keepalive: true }).catch(() => null);
+      const request = { method: "DELETE", keepalive: true, headers: authHeaders(this.token) };
+      fetch(`/v1/sessions/${encodeURIComponent(this.sessionId)}`, request).catch(() => null);
     }
     this.close();
   }

@@ -5,7 +5,10 @@
 // binary frame, then moof+mdat fragments, then media_segment_complete. Media timestamps continue
 // across segments, so one SourceBuffer in "segments" mode takes init + fragments of every segment
 // in order.
+// With a token, the socket offers the subprotocols ["rtcvs", "bearer.<token>"] (auth.js); a refused
+// token is answered with error{unauthorized} and close 4401.
 
+import { webSocketAuth } from "./auth.js";
 import { describeClose, parseMessage } from "./protocol.js";
 import { RateMeter } from "./stats.js";
 
@@ -231,13 +234,14 @@ const CLIENT_STOP_REASON = "client stop";
 /**
  * One session over GET /v1/stream. `onMessage(message)` gets every control message (media ones
  * included, after the player took them); `onEvent(type, detail)` gets "progress" {text},
- * "connected", "failed" {text, retryable, code} and "closed" {text, code}.
+ * "connected", "failed" {text, retryable, code, error?} and "closed" {text, code}.
  */
 export class WebSocketTransport {
-  constructor({ video, init, onMessage, onEvent }) {
+  constructor({ video, init, onMessage, onEvent, token = null }) {
     this.kind = "ws";
     this.video = video;
     this.init = init;
+    this.token = token;
     this.onMessage = onMessage;
     this.onEvent = onEvent;
     this.ws = null;
@@ -253,7 +257,8 @@ export class WebSocketTransport {
 
   start() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${scheme}://${location.host}/v1/stream`);
+    const { url, protocols } = webSocketAuth(`${scheme}://${location.host}/v1/stream`, this.token);
+    const ws = new WebSocket(url, protocols);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     this.player = new MsePlayer(this.video, {
@@ -281,7 +286,7 @@ export class WebSocketTransport {
       this.closed = true;
       const close = describeClose(event.code, event.reason);
       if (close.normal || this.serverEnded) this.onEvent("closed", { text: close.text, code: event.code });
-      else this.onEvent("failed", { text: close.text, retryable: close.retryable, code: event.code });
+      else this.onEvent("failed", { text: close.text, retryable: close.retryable, code: event.code, error: close.error });
     });
     return Promise.resolve();
   }

@@ -8,6 +8,7 @@ from prompt.safety.filter import (
     SafetyResult,
     first_blocked,
     load_fasttext_model,
+    preflight_safety,
 )
 from prompt.safety.train import (
     DEFAULT_DATA_PATH,
@@ -34,6 +35,7 @@ __all__ = [
     "evaluate",
     "first_blocked",
     "load_fasttext_model",
+    "preflight_safety",
     "read_labelled",
     "train_classifier",
 ]

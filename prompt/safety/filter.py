@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from prompt.safety.model_file import ModelFileError, check_fasttext_file
 from prompt.safety.text import LABEL_PREFIX, UNSAFE_LABEL, normalize_text
 
 __all__ = [
@@ -27,11 +28,13 @@ __all__ = [
     "SafetyResult",
     "first_blocked",
     "load_fasttext_model",
+    "preflight_safety",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_THRESHOLD = 0.5  # probability of "unsafe" at or above which a prompt is blocked
+_PROBE_PROMPT = "a red fox running through fresh snow"  # scored once by require_ready
 
 
 class SafetyModelError(RuntimeError):
@@ -44,7 +47,8 @@ class SafetyDecision(enum.Enum):
     ALLOW = "allow"
     BLOCK = "block"
     # The classifier could not run (disabled, not configured, model missing, prediction failed).
-    # Safety is opt-in: the server treats this as ALLOW and logs it so operators see the filter is off.
+    # An enabled filter whose model cannot be used stops the server at start (require_ready, fail
+    # closed); what is left at run time (a prediction failing) the server refuses the prompt for.
     UNAVAILABLE = "unavailable"
 
 
@@ -79,6 +83,11 @@ def load_fasttext_model(path: str) -> FastTextModel:
         raise SafetyModelError("fastText is not installed (pip install the 'safety' extra)") from exc
     if not Path(path).is_file():
         raise SafetyModelError(f"safety model {path} does not exist")
+    try:
+        # fastText trusts the sizes in the file: a truncated one can get the process killed.
+        check_fasttext_file(path)
+    except ModelFileError as exc:
+        raise SafetyModelError(f"safety model {path} is not a usable fastText model: {exc}") from exc
     try:
         model: FastTextModel = fasttext.load_model(path)
     except (ValueError, RuntimeError, MemoryError) as exc:
@@ -158,6 +167,26 @@ class PromptSafetyFilter:
             logger.info("safety filter: loaded %s", self._classifier_path)
             return True
 
+    def require_ready(self) -> None:
+        """Load the model now and check that it scores prompts; :class:`SafetyModelError` naming the path if not.
+
+        For an enabled filter that must fail closed (the server at start): where :meth:`classify`
+        would answer UNAVAILABLE and let prompts through, this raises. Blocking.
+        """
+        if not self._enabled:
+            return
+        path = self._classifier_path
+        if path is None:
+            raise SafetyModelError("the safety filter is enabled but no classifier_path is configured")
+        reason = None if self.load() else self._load_error or "the model did not load"
+        if reason is None:
+            probe = self.classify(_PROBE_PROMPT)
+            if probe.decision is SafetyDecision.UNAVAILABLE:
+                reason = f"the model cannot score prompts: {probe.reason}"
+        if reason is not None:
+            where = "" if path in reason else f" (classifier_path {path})"
+            raise SafetyModelError(f"the safety filter is enabled but cannot run: {reason}{where}")
+
     def classify(self, prompt: str) -> SafetyResult:
         """ALLOW or BLOCK ``prompt``, or UNAVAILABLE when the classifier cannot run. Blocking."""
         reason = self.unavailable_reason
@@ -204,6 +233,21 @@ class PromptSafetyFilter:
             unsafe_score=score,
             reason=f"unsafe score {score:.3f} < {self._block_threshold}",
         )
+
+
+def preflight_safety(
+    classifier_path: str | Path | None,
+    *,
+    block_threshold: float = DEFAULT_BLOCK_THRESHOLD,
+    loader: ModelLoader = load_fasttext_model,
+) -> None:
+    """Check before starting a server that an enabled safety filter can run (fail closed).
+
+    Loads the model at ``classifier_path`` with ``loader`` and scores one prompt; raises
+    :class:`SafetyModelError` naming the path when fastText is missing, the file is missing,
+    truncated or not a model, or the model has no ``unsafe`` label. Blocking.
+    """
+    PromptSafetyFilter(classifier_path=classifier_path, block_threshold=block_threshold, loader=loader).require_ready()
 
 
 def first_blocked(filter_: PromptSafetyFilter, prompts: Sequence[str]) -> SafetyResult | None:

@@ -70,12 +70,14 @@ class WebRTCClient(EventLog):
         host_addresses: list[str] | None = None,
         on_frame: Callable[[ReceivedFrame], None] | None = None,
         keep_frames: bool = True,
+        auth_token: str | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._session_init = session_init
         self._host_addresses = host_addresses if host_addresses is not None else ["127.0.0.1"]
         self._on_frame = on_frame
         self._keep_frames = keep_frames
+        self._auth_token = auth_token
         super().__init__()
         self.pc = RTCPeerConnection(build_rtc_configuration([]))
         self.channel = self.pc.createDataChannel("control")
@@ -102,7 +104,8 @@ class WebRTCClient(EventLog):
         async with contextlib.AsyncExitStack() as stack:
             if http is None:
                 http = await stack.enter_async_context(aiohttp.ClientSession())
-            async with http.post(f"{self._base_url}/v1/webrtc/offer", json=body) as response:
+            headers = {"Authorization": f"Bearer {self._auth_token}"} if self._auth_token else {}
+            async with http.post(f"{self._base_url}/v1/webrtc/offer", json=body, headers=headers) as response:
                 payload = await response.json(content_type=None)
                 if response.status != 200:
                     raise OfferRejected(response.status, payload, dict(response.headers))

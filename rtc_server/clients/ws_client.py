@@ -38,9 +38,16 @@ class WebSocketClient(EventLog):
     """One session over ``/v1/stream``; ``pause_reading()`` simulates a client that stops reading."""
 
     def __init__(
-        self, base_url: str, *, session_init: dict[str, Any] | None = None, receive_buffer_bytes: int | None = None
+        self,
+        base_url: str,
+        *,
+        session_init: dict[str, Any] | None = None,
+        receive_buffer_bytes: int | None = None,
+        auth_token: str | None = None,
     ) -> None:
         super().__init__()
+        # A browser cannot set headers on a WebSocket: the token rides as a subprotocol, as the page sends it.
+        self._protocols = ("rtcvs", f"bearer.{auth_token}") if auth_token else ()
         self._url = base_url.rstrip("/").replace("http://", "ws://", 1) + "/v1/stream"
         self._session_init = session_init
         self._receive_buffer_bytes = receive_buffer_bytes
@@ -57,7 +64,7 @@ class WebSocketClient(EventLog):
 
     async def connect(self, *, send_init: bool = True) -> None:
         self._http = aiohttp.ClientSession()
-        self.ws = await self._http.ws_connect(self._url, max_msg_size=0)
+        self.ws = await self._http.ws_connect(self._url, max_msg_size=0, protocols=self._protocols)
         if self._receive_buffer_bytes is not None:
             # A small window makes "stops reading" felt by the server at once, like a slow network.
             sock = self.ws.get_extra_info("socket")

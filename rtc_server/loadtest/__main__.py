@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt-interval", type=float, default=5.0, help="seconds between prompts per session")
     parser.add_argument("--ice-host", action="append", help="pin client ICE host candidates (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("loadtest-results"), help="directory for report.json and plot.png")
+    parser.add_argument(
+        "--token", default=os.environ.get("RTCVS_TOKEN"), help="bearer token for a server with auth (default: $RTCVS_TOKEN)"
+    )
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
 
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         ramp_s=args.ramp,
         prompt_interval_s=args.prompt_interval,
         host_addresses=args.ice_host,
+        token=args.token,
     )
     records = asyncio.run(run_load(settings, progress=None if args.quiet else _progress))
     if not args.quiet:
@@ -66,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         f"p95 {summary['prompt_to_pixels_ms']['p95']} ms ({summary['prompt_to_pixels_samples']} prompts); "
         f"stalls {summary['stalls']}; errors {summary['errors']}"
     )
+    if summary["errors"].get("rate_limited") or summary["errors"].get("unauthorized"):
+        # All load sessions come from one address (or one token): the server's per-client share applies.
+        print(
+            "note: the server refused sessions as one client's share (rate_limited) or without a token "
+            "(unauthorized): give the server under test higher limits.sessions_per_client and "
+            "limits.offers_per_minute, and pass --token when it has auth",
+            file=sys.stderr,
+        )
     print(f"wrote {args.out / 'report.json'} and {args.out / 'plot.png'}")
     return 0 if summary["sessions_with_frames"] == summary["sessions"] else 1
 

@@ -45,6 +45,7 @@ class LoadSettings:
     ramp_s: float = 0.0
     prompt_interval_s: float = 5.0
     host_addresses: list[str] | None = None
+    token: str | None = None  # sent as the bearer token when the server's auth asks for one
 
 
 @dataclass
@@ -116,7 +117,12 @@ async def _run_webrtc(settings: LoadSettings, record: SessionRecord, http: aioht
 
     hosts = settings.host_addresses if settings.host_addresses is not None else _default_hosts(settings.url)
     client = WebRTCClient(
-        settings.url, session_init={"type": "session_init_v2"}, host_addresses=hosts, on_frame=on_frame, keep_frames=False
+        settings.url,
+        session_init={"type": "session_init_v2"},
+        host_addresses=hosts,
+        on_frame=on_frame,
+        keep_frames=False,
+        auth_token=settings.token,
     )
     client.on_event = _on_event(record)
     try:
@@ -154,7 +160,7 @@ async def _fetch_release_times(url: str, record: SessionRecord, http: aiohttp.Cl
 
 
 async def _run_ws(settings: LoadSettings, record: SessionRecord) -> None:
-    client = WebSocketClient(settings.url, session_init={})
+    client = WebSocketClient(settings.url, session_init={}, auth_token=settings.token)
     try:
         await client.connect()
         stop_at = record.started_at + settings.duration_s

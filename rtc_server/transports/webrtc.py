@@ -12,6 +12,8 @@ from aiohttp import web
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rtc_server.auth import bearer_token
+from rtc_server.client_limits import TooManyRequests
 from rtc_server.config import LimitsConfig, ServiceConfig
 from rtc_server.controller import SessionController
 from rtc_server.http_errors import HttpError, read_json_body
@@ -23,6 +25,7 @@ from rtc_server.session import SessionRejected
 from rtc_server.session_failures import SessionFailure
 from rtc_server.session_start import SessionRefused
 from rtc_server.sink import CloseReason
+from rtc_server.transports.gate import Caller, Gate, too_many
 from rtc_server.transports.ice import (
     build_rtc_configuration,
     refuse_invalid_text_gently,
@@ -103,6 +106,8 @@ class PeerSession:
         self._begin_departure("control channel closed")
 
     async def _on_connection_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            self.sink.connected()
         if self.pc.connectionState in ("failed", "closed"):
             self._begin_departure(f"connection {self.pc.connectionState}")
 
@@ -188,16 +193,28 @@ def _log_task_failure(task: asyncio.Task[Any]) -> None:
 class WebRTCTransport:
     """Creates peers for offers and closes them all at shutdown."""
 
-    def __init__(self, *, config: ServiceConfig, registry: SessionRegistry) -> None:
+    def __init__(self, *, config: ServiceConfig, registry: SessionRegistry, gate: Gate) -> None:
         self._config = config
         self._registry = registry
+        self.gate = gate
         self._peers: dict[str, PeerSession] = {}
+        self._departing: set[PeerSession] = set()
         self._rtc_configuration = build_rtc_configuration(config.webrtc.ice_servers)
 
     def __len__(self) -> int:
         return len(self._peers)
 
-    async def answer(self, body: Any) -> dict[str, str]:
+    async def answer_request(self, request: web.Request) -> dict[str, str]:
+        """Check an offer request (origin, media type, credentials: before its body is even read), then answer it."""
+        self.gate.check_origin(request)
+        if request.content_type != "application/json":
+            # A cross-site page may POST text/plain without a preflight; JSON needs one.
+            raise HttpError(415, "invalid_message", "the offer must be sent as application/json")
+        caller = self.gate.caller(request, bearer_token(request.headers.get("Authorization")))
+        body = await read_json_body(request, limit=self._config.server.max_body_bytes)
+        return await self.answer(body, caller)
+
+    async def answer(self, body: Any, caller: Caller) -> dict[str, str]:
         """Validate an offer, admit a session, and return the answer; raises HttpError."""
         try:
             offer = OfferBody.model_validate(body)
@@ -220,7 +237,11 @@ class WebRTCTransport:
             max_queued_event_bytes=self._config.limits.max_queued_event_bytes,
         )
         try:
-            controller = self._registry.open(transport="webrtc", sink=sink)
+            controller = self._registry.open(
+                transport="webrtc", sink=sink, client=caller.client, principal=caller.principal
+            )
+        except TooManyRequests as exc:
+            raise too_many(exc) from exc
         except SessionRejected as exc:
             raise HttpError(
                 503,
@@ -282,13 +303,21 @@ class WebRTCTransport:
 
     async def _close_peer(self, peer: PeerSession) -> None:
         self._peers.pop(peer.session_id, None)
-        await peer.close()
+        self._departing.add(peer)
+        try:
+            await peer.close()
+        finally:
+            self._departing.discard(peer)
 
     async def close(self) -> None:
-        """Close every peer connection, one by one."""
+        """Close every peer connection, one by one, and wait for those already closing."""
         for peer in list(self._peers.values()):
             await peer.controller.shutdown()
             await self._close_peer(peer)
+        # A client that left just before shutdown has its peer closing in another task: a
+        # connection still closing when the loop ends leaves its sockets to the garbage collector.
+        for peer in list(self._departing):
+            await peer.close()
 
 
 # How a refused start is answered over HTTP: a client mistake, or a server that cannot serve now.
@@ -325,15 +354,22 @@ def register_routes(app: web.Application, transport_key: web.AppKey[WebRTCTransp
     """Add the WebRTC signalling endpoints to ``app``."""
 
     async def offer(request: web.Request) -> web.Response:
+        transport = request.app[transport_key]
+        cors = transport.gate.cors_headers(request)
         try:
-            body = await read_json_body(request, limit=config.server.max_body_bytes)
-            answer = await request.app[transport_key].answer(body)
+            answer = await transport.answer_request(request)
         except HttpError as exc:
-            return exc.response()
-        return web.json_response(answer)
+            response = exc.response()
+            response.headers.update(cors)
+            return response
+        return web.json_response(answer, headers=cors)
+
+    async def preflight(request: web.Request) -> web.Response:
+        return request.app[transport_key].gate.preflight(request)
 
     async def ice_servers(request: web.Request) -> web.Response:
         return web.json_response({"ice_servers": config.webrtc.ice_servers})
 
     app.router.add_post("/v1/webrtc/offer", offer)
+    app.router.add_route("OPTIONS", "/v1/webrtc/offer", preflight)
     app.router.add_get("/v1/webrtc/ice-servers", ice_servers)

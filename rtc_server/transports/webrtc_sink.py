@@ -79,6 +79,7 @@ class WebRTCSink:
         self._channel: RTCDataChannel | None = None
         self._closed = False
         self._backlogged = False
+        self._connected = asyncio.Event()
 
     @property
     def channel(self) -> RTCDataChannel | None:
@@ -113,6 +114,13 @@ class WebRTCSink:
         if len(self._pending) == self._pending.maxlen:
             logger.warning("%s: control channel not open, dropping the oldest queued event", self.label)
         self._pending.append(text)
+
+    def connected(self) -> None:
+        """The peer's connection is up (called by the transport)."""
+        self._connected.set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
 
     def _backlog(self, queued: int) -> None:
         logger.info("%s: %d bytes of events wait for a client that reads nothing; dropping it", self.label, queued)

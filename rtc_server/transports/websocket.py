@@ -17,13 +17,17 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from rtc_server.auth import WS_PROTOCOL, websocket_token
+from rtc_server.client_limits import TooManyRequests
 from rtc_server.config import ServiceConfig
 from rtc_server.controller import SessionController
+from rtc_server.http_errors import HttpError
 from rtc_server.media.fmp4 import Fmp4Encoder
 from rtc_server.protocol import ErrorMessage, InvalidMessage, SessionInitV2, serialize
 from rtc_server.registry import SessionRegistry
 from rtc_server.session import SessionRejected
 from rtc_server.session_start import SessionRefused
+from rtc_server.transports.gate import Gate
 from rtc_server.transports.inbox import ControlInbox, parse_control
 from rtc_server.transports.websocket_sink import WebSocketSink
 
@@ -35,14 +39,17 @@ HARD_LIMIT_FACTOR = 2  # frames above limit x this are not even read
 # How long a close waits for the client's close frame: a silent client (the usual reason for
 # closing it) would otherwise hold the session 10 s more, aiohttp's default.
 CLOSE_HANDSHAKE_TIMEOUT_S = 1.0
+CLOSE_UNAUTHORIZED = 4401  # private-use close codes mirroring HTTP 401 and 429
+CLOSE_TOO_MANY = 4429
 
 
 class WebSocketTransport:
     """Serves ``/v1/stream`` sessions and closes them all at shutdown."""
 
-    def __init__(self, *, config: ServiceConfig, registry: SessionRegistry) -> None:
+    def __init__(self, *, config: ServiceConfig, registry: SessionRegistry, gate: Gate) -> None:
         self._config = config
         self._registry = registry
+        self.gate = gate
         self._sockets: set[web.WebSocketResponse] = set()
         # One encoding thread per streaming session at most (see WebSocketSink).
         self._encoders = ThreadPoolExecutor(max_workers=config.streaming.max_sessions, thread_name_prefix="fmp4")
@@ -62,10 +69,22 @@ class WebSocketTransport:
             profile=settings.profile,
         )
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self.gate.check_origin(request)  # WebSockets bypass CORS: the upgrade itself is checked
+        except HttpError as exc:
+            return exc.response()
         limit = self._config.server.max_message_bytes
-        ws = web.WebSocketResponse(max_msg_size=limit * HARD_LIMIT_FACTOR, timeout=CLOSE_HANDSHAKE_TIMEOUT_S)
+        ws = web.WebSocketResponse(
+            max_msg_size=limit * HARD_LIMIT_FACTOR, timeout=CLOSE_HANDSHAKE_TIMEOUT_S, protocols=(WS_PROTOCOL,)
+        )
         await ws.prepare(request)
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        try:
+            caller = self.gate.caller(request, websocket_token(request.query.get("token"), offered))
+        except HttpError as exc:
+            await _refuse(ws, ErrorMessage(code="unauthorized", message=exc.message), CLOSE_UNAUTHORIZED)
+            return ws
         _limit_send_buffer(request, self._config.websocket.send_buffer_bytes)
         sink = WebSocketSink(
             ws,
@@ -78,7 +97,13 @@ class WebSocketTransport:
             transport=request.transport if isinstance(request.transport, asyncio.Transport) else None,
         )
         try:
-            controller = self._registry.open(transport="websocket", sink=sink)
+            controller = self._registry.open(
+                transport="websocket", sink=sink, client=caller.client, principal=caller.principal
+            )
+        except TooManyRequests as exc:
+            error = ErrorMessage(code="rate_limited", message=f"{exc}; retry in {exc.retry_after_header} s", retryable=True)
+            await _refuse(ws, error, CLOSE_TOO_MANY)
+            return ws
         except SessionRejected as exc:
             await _refuse(ws, ErrorMessage(code=exc.code, message=str(exc), retryable=True), WSCloseCode.TRY_AGAIN_LATER)
             return ws

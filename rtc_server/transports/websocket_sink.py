@@ -206,6 +206,9 @@ class WebSocketSink:
         else:
             self._enqueue(text)
 
+    async def wait_connected(self) -> None:
+        """A socket is connected from the start."""
+
     async def wait_for_room(self) -> None:
         """Wait until the client's estimated buffer holds at most ``lookahead_segments`` segments."""
         while not self._closed:

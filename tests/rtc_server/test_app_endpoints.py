@@ -11,27 +11,55 @@ from rtc_server.health import SERVICE_NAME
 from tests.conftest import LOOPBACK, RunningServer, make_config
 from tests.gpu.status_shape import STATUS_KEYS, WORKER_KEYS
 
-
-async def get(url: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(url) as response:
-            if response.content_type == "application/json":
-                return response.status, await response.json()
-            return response.status, await response.text()
+ADMIN = {"Authorization": "Bearer operator-secret"}
 
 
-async def test_health_endpoints_report_a_ready_pool(server: RunningServer) -> None:
+async def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers or {}) as response:
+        if response.content_type == "application/json":
+            return response.status, await response.json()
+        return response.status, await response.text()
+
+
+async def test_health_endpoints_report_a_ready_pool(start_server: Any) -> None:
+    server: RunningServer = await start_server(make_config(server={"admin_token": "operator-secret"}))
     status, body = await get(f"{server.url}/healthz")
     assert status == 200 and body["status"] == "ok" and body["service"] == SERVICE_NAME and body["ts"]
     status, body = await get(f"{server.url}/readyz")
     assert status == 200 and body["status"] == "ready" and body["ready_gpu_workers"] == 1
     status, body = await get(f"{server.url}/health")
     assert status == 200 and body == {"status": "ok", "sessions": 0, "stream_mode": "av_fmp4", "transports": ["webrtc", "websocket"]}
-    status, body = await get(f"{server.url}/status")
+    status, body = await get(f"{server.url}/status", ADMIN)
     assert status == 200 and body.keys() == STATUS_KEYS
     worker = next(iter(body["gpu_status"].values()))
     assert worker.keys() == WORKER_KEYS
     assert worker["ready"] is True and worker["state"] == "ready" and worker["warmup_ms"] is not None
+
+
+async def test_status_shows_strangers_counts_and_states_but_no_process_details(start_server: Any) -> None:
+    server: RunningServer = await start_server(
+        make_config(server={"admin_token": "operator-secret"}, pool={"backend": "subprocess", "num_workers": 1})
+    )
+    for headers in (None, {"Authorization": "Bearer guess"}):
+        status, body = await get(f"{server.url}/status", headers)
+        assert status == 200 and body.keys() == STATUS_KEYS and body["total_gpus"] == 1
+        assert [set(w) for w in body["gpu_status"].values()] == [{"gpu_id", "state", "ready"}]
+    status, body = await get(f"{server.url}/status", ADMIN)
+    assert next(iter(body["gpu_status"].values()))["pid"] > 0
+
+
+async def test_metrics_and_admin_endpoints_need_the_admin_token(start_server: Any) -> None:
+    for config in (make_config(), make_config(server={"admin_token": "operator-secret"})):
+        server: RunningServer = await start_server(config)
+        async with aiohttp.ClientSession() as http:
+            for headers in ({}, {"Authorization": "Bearer guess"}):
+                async with http.get(f"{server.url}/metrics", headers=headers) as response:
+                    assert response.status == 401 and (await response.json())["error"]["code"] == "unauthorized"
+                async with http.post(f"{server.url}/v1/admin/prompts/reload", headers=headers) as response:
+                    assert response.status == 401
+        if config.server.admin_token is not None:
+            status, body = await get(f"{server.url}/metrics", ADMIN)
+            assert status == 200 and "rtcvs_sessions_active" in body
 
 
 async def test_readyz_is_503_and_offers_are_refused_while_warming() -> None:

@@ -1,8 +1,9 @@
-"""``python -m rtc_server`` as a real subprocess."""
+"""``python -m rtc_server`` as a real subprocess, and the start-up checks it relies on."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -11,6 +12,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from prompt.safety import SafetyModelError
+from rtc_server.app import build_app
+from rtc_server.cli import access_problem
+from tests.conftest import LOOPBACK, make_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,9 +30,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def get_json(url: str) -> tuple[int, dict]:
+def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -72,6 +81,7 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "rtc_server", "--config", str(config)],
         cwd=REPO,
+        check=False,
         capture_output=True,
         text=True,
         timeout=30,
@@ -83,7 +93,9 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
 
 def test_sigterm_with_worker_processes_leaves_none_behind(tmp_path: Path) -> None:
     config = tmp_path / "subprocess.yaml"
-    config.write_text("pool:\n  backend: subprocess\n  num_workers: 2\n")
+    # Worker pids are operator detail in /status: the admin token shows them.
+    config.write_text("server:\n  admin_token: cli-test-admin\npool:\n  backend: subprocess\n  num_workers: 2\n")
+    admin = {"Authorization": "Bearer cli-test-admin"}
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "rtc_server", "--config", str(config), "--port", str(port)],
@@ -96,7 +108,7 @@ def test_sigterm_with_worker_processes_leaves_none_behind(tmp_path: Path) -> Non
         deadline = time.monotonic() + 60
         while True:
             try:
-                status = get_json(f"http://127.0.0.1:{port}/status")[1]
+                status = get_json(f"http://127.0.0.1:{port}/status", admin)[1]
                 if status["warmup_successful_gpus"] == 2:
                     break
             except (urllib.error.URLError, ConnectionError):
@@ -114,3 +126,72 @@ def test_sigterm_with_worker_processes_leaves_none_behind(tmp_path: Path) -> Non
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_safety_enabled_with_an_unusable_model_exits_2_naming_the_path(tmp_path: Path) -> None:
+    # Fail closed: the server refuses to start rather than let prompts through unchecked.
+    not_a_model = tmp_path / "not-a-model.bin"
+    not_a_model.write_text("__label__safe a fox\n")
+    for model in (tmp_path / "absent" / "model.bin", not_a_model):
+        config = tmp_path / "safety.yaml"
+        config.write_text(f"streaming:\n  safety:\n    enabled: true\n    classifier_path: {model}\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "rtc_server", "--config", str(config), "--port", str(free_port())],
+            cwd=REPO,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2, result.stderr
+        assert str(model) in result.stderr and "streaming.safety" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "listening" not in result.stdout
+
+
+async def test_the_app_itself_fails_closed_without_the_cli_check(tmp_path: Path) -> None:
+    # An app built by other code (tests, an embedding) still refuses to start with an unusable model.
+    missing = tmp_path / "model.bin"
+    config = make_config(streaming={"safety": {"enabled": True, "classifier_path": str(missing)}})
+    server = TestServer(build_app(config), host=LOOPBACK, port=0)
+    try:
+        with pytest.raises(SafetyModelError, match=str(missing)):
+            await server.start_server()
+    finally:
+        await server.close()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rtc_server", *args],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def test_binding_beyond_loopback_without_auth_exits_2_before_listening() -> None:
+    # Anyone on the network could spend the GPUs: refuse rather than serve an open port by accident.
+    result = run_cli("--host", "0.0.0.0", "--port", str(free_port()))
+    assert result.returncode == 2, result.stderr
+    assert "server.host 0.0.0.0" in result.stderr and "auth" in result.stderr
+    assert "listening" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_auth_mode_none_is_an_explicit_choice_to_serve_everyone() -> None:
+    open_config = make_config(server={"host": "0.0.0.0"}, auth={"mode": "none"})
+    assert access_problem(open_config) is None
+    assert access_problem(make_config(server={"host": "0.0.0.0"})) is not None
+    assert access_problem(make_config(server={"host": "::1"})) is None
+
+
+def test_a_token_variable_missing_from_the_environment_exits_2_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "auth.yaml"
+    config.write_text("auth:\n  mode: token\n  token_envs: [RTCVS_TEST_TOKEN_UNSET]\n")
+    env = {key: value for key, value in os.environ.items() if key != "RTCVS_TEST_TOKEN_UNSET"}
+    result = run_cli("--config", str(config), "--port", str(free_port()), env=env)
+    assert result.returncode == 2, result.stderr
+    assert "RTCVS_TEST_TOKEN_UNSET" in result.stderr
+    assert "listening" not in result.stdout and "Traceback" not in result.stderr

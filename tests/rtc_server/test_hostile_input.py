@@ -18,16 +18,15 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection
 from PIL import Image
 
 from rtc_server.app import REGISTRY
 from rtc_server.clients.webrtc_client import ReceivedFrame, WebRTCClient
 from rtc_server.clients.ws_client import WebSocketClient
 from rtc_server.process_memory import resident_bytes
-from rtc_server.transports.ice import build_rtc_configuration, restrict_host_candidates
 from tests.conftest import RunningServer, make_config
 from tests.rtc_server.hostile import Hostile, corpus
+from tests.rtc_server.offers import real_offer_sdp
 
 INIT = {"type": "session_init_v2", "curated_prompts": ["a red fox running through fresh snow"]}
 FUZZ_MESSAGES = 5000
@@ -207,18 +206,6 @@ def noise_png_base64(side: int) -> str:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG")
     return base64.b64encode(out.getvalue()).decode()
-
-
-async def real_offer_sdp() -> str:
-    pc = RTCPeerConnection(build_rtc_configuration([]))
-    try:
-        pc.addTransceiver("video", direction="recvonly")
-        pc.createDataChannel("control")
-        restrict_host_candidates(pc, ["127.0.0.1"])
-        await pc.setLocalDescription(await pc.createOffer())
-        return str(pc.localDescription.sdp)
-    finally:
-        await pc.close()
 
 
 async def post_in_pieces(server: RunningServer, body: bytes, piece: int, pause_s: float) -> tuple[int, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtc_server.clients.ws_client import WebSocketClient
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, make_config
 from tests.rtc_server.test_cli import REPO
 
 
@@ -47,6 +48,43 @@ async def test_load_tool_reports_every_session_getting_frames(
         assert 0 < summary["prompt_to_pixels_ms"]["median"] <= summary["prompt_to_pixels_ms"]["max"] < 2500
 
 
+async def run_load_tool(url: str, out: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rtc_server.loadtest", "--url", url, "--out", str(out), "--quiet",
+        "--prompt-interval", "60", *args,
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "RTCVS_TOKEN"},
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, json.loads((out / "report.json").read_text())["summary"], err.decode()
+
+
+@pytest.mark.slow
+async def test_load_tool_sends_its_token_and_says_when_the_servers_client_share_refused_it(
+    start_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOADTEST_SERVER_TOKEN", "load-secret")
+    server = await start_server(
+        make_config(
+            auth={"mode": "token", "token_envs": ["LOADTEST_SERVER_TOKEN"]},
+            streaming={"max_sessions": 4},
+            limits={"sessions_per_client": 2},
+        )
+    )
+    code, summary, err = await run_load_tool(server.url, tmp_path / "anonymous", "--sessions", "1", "--duration", "1")
+    assert code == 1 and summary["errors"] == {"unauthorized": 1}
+    assert "--token" in err
+
+    # Load sessions share one address: the third is over this client's share of two.
+    code, summary, err = await run_load_tool(
+        server.url, tmp_path / "token", "--sessions", "3", "--duration", "2", "--token", "load-secret"
+    )
+    assert code == 1, err
+    assert summary["sessions_with_frames"] == 2 and summary["errors"] == {"rate_limited": 1}
+    assert "limits.sessions_per_client" in err
+
+
 def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     values = {}
     for family in text_string_to_metric_families(text):
@@ -55,14 +93,20 @@ def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return values
 
 
+ADMIN_TOKEN = "operator-secret"  # /metrics is for operators
+
+
 async def scrape(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{server.url}/metrics") as response:
+        async with http.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
             assert response.status == 200 and response.content_type == "text/plain"
             return metric_values(await response.text())
 
 
-async def test_metrics_parse_and_move_during_a_session(server: RunningServer) -> None:
+async def test_metrics_parse_and_move_during_a_session(start_server: Any) -> None:
+    from tests.conftest import make_config
+
+    server = await start_server(make_config(server={"admin_token": ADMIN_TOKEN}))
     before = await scrape(server)
     assert before[("rtcvs_pool_workers_ready", ())] == 1
     assert before[("rtcvs_sessions_active", ())] == 0
@@ -87,7 +131,7 @@ async def test_metrics_parse_and_move_during_a_session(server: RunningServer) ->
 async def test_rejections_are_counted(start_server: Any) -> None:
     from tests.conftest import make_config
 
-    server = await start_server(make_config(streaming={"max_sessions": 1}))
+    server = await start_server(make_config(streaming={"max_sessions": 1}, server={"admin_token": ADMIN_TOKEN}))
     async with WebSocketClient(server.url, session_init={}) as first, WebSocketClient(server.url, session_init={}) as second:
         await first.connect()
         await first.wait_for_event("ltx2_segment_start")

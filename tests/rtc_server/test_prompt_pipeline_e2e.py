@@ -31,6 +31,7 @@ from prompt.safety import (
     DEFAULT_DATA_PATH,
     PromptSafetyFilter,
     SafetyDecision,
+    SafetyResult,
     train_classifier,
 )
 from rtc_server.clients.webrtc_client import WebRTCClient
@@ -558,6 +559,29 @@ async def test_unsafe_user_prompt_is_rejected_and_never_generated_while_a_safe_o
     assert [e["prompt"] for e in client.events_of("prompt_received")] == [SAFE_PROMPTS[0]]
 
 
+async def test_a_safety_filter_that_stops_working_refuses_prompts_instead_of_passing_them(
+    safety_model: Path, start_server: Callable[..., Any], open_session: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The model was checked at start; a fault later (a prediction failing) must not let prompts through.
+    server = await start_server(safety_config(safety_model))
+    client = await open_session(server, "websocket", {})
+    await wait_segment_complete(client, 0)
+
+    def broken(_: PromptSafetyFilter, text: str) -> SafetyResult:
+        return SafetyResult(
+            prompt=text, decision=SafetyDecision.UNAVAILABLE, unsafe_score=None, reason="prediction failed: out of memory"
+        )
+
+    monkeypatch.setattr(PromptSafetyFilter, "classify", broken)
+    await user_prompt(client, SAFE_PROMPTS[1])
+    rejected = await client.wait_for_event("prompt_rejected")
+    assert (rejected["prompt"], rejected["label"]) == (SAFE_PROMPTS[1], "unchecked")
+    assert "could not check" in rejected["reason"]
+    await wait_segment_complete(client, max(segment_prompts(client)) + 1)
+    assert SAFE_PROMPTS[1] not in segment_prompts(client).values()
+    assert not client.events_of("prompt_received")
+
+
 async def test_unsafe_curated_prompt_in_a_loop_is_rejected_and_skipped(
     safety_model: Path, start_server: Callable[..., Any], open_session: Opener
 ) -> None:
@@ -671,7 +695,7 @@ async def test_reload_needs_the_admin_bearer_token(llm: FakeLLM, start_server: C
     for headers in [None, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}]:
         status, body = await reload_prompts(server, headers)
         assert status == 401, headers
-        assert body["error"]["code"] == "invalid_message" and "token" in body["error"]["message"]
+        assert body["error"]["code"] == "unauthorized" and "token" in body["error"]["message"]
     assert await reload_prompts(server, {"Authorization": "Bearer s3cret"}) == (200, {"reloaded": True})
 
 

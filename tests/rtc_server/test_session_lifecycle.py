@@ -170,6 +170,7 @@ async def test_many_sessions_leave_stores_and_image_dir_empty(start_server: Any)
         default_request={"sampling": {"width": 64, "height": 64, "num_frames": 2, "num_inference_steps": 1}},
         streaming={"max_sessions": 50},
         store={"inline_limit_bytes": 16},  # every payload part goes to the blob store
+        limits={"sessions_per_client": 50, "offers_per_minute": 10_000},  # one client, 1000 sessions
     )
     server = await start_server(config)
     image = {"mime": "image/png", "data": png_base64(16)}

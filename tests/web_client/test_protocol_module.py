@@ -67,8 +67,11 @@ MODEL_JS = """async () => {
         errors: [
             p.describeError({code: "session_rejected", message: "full", retryable: true}),
             p.describeError({code: "invalid_message", message: "prompt rewriting is not enabled on this server", retryable: false}),
+            p.describeError({code: "unauthorized", message: "missing bearer token", retryable: true}),
+            p.describeError({code: "rate_limited", message: "slow down", retryable: true}),
         ],
-        closes: [p.describeClose(1013, ""), p.describeClose(1000, ""), p.describeClose(1003, "bad init")],
+        closes: [p.describeClose(1013, ""), p.describeClose(1000, ""), p.describeClose(1003, "bad init"), p.describeClose(4401, ""),
+                 p.describeClose(4429, "")],
         rejection: p.describeRejection({prompt: "x", reason: "unsafe", label: "violence", score: 0.93}),
         snapshots: [
             p.snapshotFromFile({format: "live-video-snapshot", state: {kind: "k", payload: {a: 1}}}),
@@ -164,6 +167,12 @@ async def test_protocol_module_speaks_the_servers_protocol(
     )
     assert result["errors"][1]["title"] == "Prompt suggestions are unavailable"
     assert result["errors"][1]["retryable"] is False
+    unauthorized, limited = result["errors"][2:]
+    assert unauthorized["title"] == "Not authorized: this page needs a valid access token"
+    assert unauthorized["retryable"] is False  # the same token is refused again, whatever the server says
+    assert "#token=" in unauthorized["hint"] and unauthorized["detail"] == "missing bearer token"
+    assert limited["title"] == "Too many requests" and limited["retryable"] is True
+    assert result["errors"][0]["hint"] == ""
     assert (
         result["closes"][0]["retryable"] is True
         and "1013" in result["closes"][0]["text"]
@@ -173,6 +182,14 @@ async def test_protocol_module_speaks_the_servers_protocol(
         result["closes"][2]["retryable"] is False
         and "bad init" in result["closes"][2]["text"]
     )
+    assert result["closes"][0]["error"] is None
+    assert result["closes"][3]["retryable"] is False
+    assert result["closes"][3]["error"] == {
+        "code": "unauthorized",
+        "message": "not authorized (code 4401)",
+        "retryable": False,
+    }
+    assert result["closes"][4]["retryable"] is True and result["closes"][4]["error"]["code"] == "rate_limited"
     assert result["rejection"]["detail"] == "“x”: unsafe (violence, score 0.93)"
     assert result["snapshots"][:3] == [
         {"kind": "k", "payload": {"a": 1}},

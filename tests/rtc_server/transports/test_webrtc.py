@@ -172,7 +172,8 @@ async def test_session_init_over_the_data_channel_starts_the_stream(server: Runn
 
 async def post_offer(server: RunningServer, data: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{server.url}/v1/webrtc/offer", data=data, headers=headers or {}) as response:
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        async with http.post(f"{server.url}/v1/webrtc/offer", data=data, headers=headers) as response:
             assert response.content_type == "application/json"
             return response.status, await response.json(), response.headers
 
