@@ -246,6 +246,16 @@ async def test_offers_beyond_a_clients_rate_get_429_with_retry_after(start_serve
     assert status == 200
 
 
+async def test_websocket_session_starts_beyond_a_clients_rate_close_4429(start_server: Any) -> None:
+    server = await start_server(make_config(limits={"offers_per_minute": 2, "sessions_per_client": 10}))
+    for _ in range(2):
+        _, messages = await ws_open(server)
+        assert messages[-1]["type"] == "ltx2_segment_start", messages
+    code, messages = await ws_open(server)
+    assert code == 4429 and messages[-1]["code"] == "rate_limited" and messages[-1]["retryable"] is True
+    assert "retry" in messages[-1]["message"].lower()
+
+
 async def test_fifty_offers_that_never_connect_do_not_lock_another_client_out(start_server: Any) -> None:
     server = await start_server(make_config(streaming={"max_sessions": 2, "max_queue": 0}))
     statuses = [(await offer(server, local_host="127.0.0.2"))[0] for _ in range(50)]
