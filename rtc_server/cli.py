@@ -20,8 +20,9 @@ from prompt.safety import SafetyModelError, preflight_safety
 from rtc_server.app import build_app
 from rtc_server.auth import Authenticator, AuthSetupError, is_loopback_host
 from rtc_server.config import ConfigError, ServiceConfig, load_config
+from rtc_server.transports.turn_credentials import IceServerList, TurnSetupError
 
-__all__ = ["access_problem", "main"]
+__all__ = ["access_problem", "main", "turn_problem"]
 
 EXIT_BAD_CONFIG = 2
 SHUTDOWN_TIMEOUT_S = 3.0  # connections still open after this are dropped at shutdown
@@ -58,6 +59,15 @@ def access_problem(config: ServiceConfig) -> str | None:
     return None
 
 
+def turn_problem(config: ServiceConfig) -> str | None:
+    """Why the TURN section cannot be used (its secret is not in the environment), or None."""
+    try:
+        IceServerList(config.webrtc)
+    except TurnSetupError as exc:
+        return str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -72,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GeneratorError as exc:
         print(f"error: generator: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    problem = access_problem(config)
+    problem = access_problem(config) or turn_problem(config)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_CONFIG

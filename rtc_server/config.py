@@ -7,6 +7,7 @@ ignored setting.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ __all__ = [
     "ServiceConfig",
     "StoreConfig",
     "StreamingConfig",
+    "TurnConfig",
     "WebRTCConfig",
     "WebSocketConfig",
     "load_config",
@@ -162,10 +164,50 @@ class StreamingConfig(_Section):
     )
 
 
+class TurnConfig(_Section):
+    """A TURN server checking short-lived credentials (coturn's ``use-auth-secret``)."""
+
+    urls: list[str] = Field(min_length=1, description="turn:/turns: URLs of the server, e.g. turn:turn.example.com:3478")
+    secret_env: str = Field(
+        min_length=1, description="Environment variable holding the shared secret (coturn's static-auth-secret)."
+    )
+    ttl_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600, description="How long handed-out credentials work.")
+    server_side: bool = Field(False, description="The server's own peer connections also gather relay candidates.")
+
+    @model_validator(mode="after")
+    def _check_urls(self) -> TurnConfig:
+        for url in self.urls:
+            if not url.startswith(("turn:", "turns:")):
+                raise ValueError(f"turn.urls: {url!r} is not a turn: or turns: URL")
+        return self
+
+
 class WebRTCConfig(_Section):
     """ICE and bitrate settings for the WebRTC transport."""
 
-    ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    ice_servers: list[dict[str, Any]] = Field(
+        default_factory=list, description="STUN/TURN servers of the server's own peer connections."
+    )
+    client_ice_servers: list[dict[str, Any]] | None = Field(
+        None, description="STUN/TURN servers handed to browsers by /v1/webrtc/ice-servers; unset: ice_servers."
+    )
+    turn: TurnConfig | None = Field(None, description="TURN with short-lived credentials, handed out per request.")
+    public_addresses: list[str] = Field(
+        default_factory=list,
+        description='1:1 NAT: announce these addresses with the host candidates\' ports. "PUBLIC" maps every local '
+        'address, "PUBLIC/LOCAL" only LOCAL.',
+    )
+    announce_local_addresses: bool = Field(
+        True,
+        description="With public_addresses: also announce the local addresses (the public ones as srflx "
+        "candidates); false: the host candidates carry the public addresses instead.",
+    )
+    udp_port_range: tuple[int, int] | None = Field(
+        None, description="[min, max]: every ICE socket binds inside this UDP port range (inclusive)."
+    )
+    gather_timeout_seconds: float = Field(
+        3.0, gt=0, le=30, description="Longest wait for STUN/TURN candidates while answering an offer."
+    )
     ice_host_addresses: list[str] | None = Field(
         None, description="Restrict host ICE candidates to these addresses; all interfaces when unset."
     )
@@ -186,6 +228,20 @@ class WebRTCConfig(_Section):
             raise ValueError("need min_bitrate <= start_bitrate <= max_bitrate")
         return self
 
+    @model_validator(mode="after")
+    def _check_addresses(self) -> WebRTCConfig:
+        for entry in self.public_addresses:
+            for part in entry.split("/", 1):
+                try:
+                    ipaddress.ip_address(part)
+                except ValueError:
+                    raise ValueError(f"public_addresses: {entry!r} is not ADDRESS or PUBLIC/LOCAL") from None
+        if self.udp_port_range is not None:
+            low, high = self.udp_port_range
+            if not 1024 <= low <= high <= 65535:
+                raise ValueError("udp_port_range: need 1024 <= min <= max <= 65535")
+        return self
+
 
 class WebSocketConfig(_Section):
     """The WebSocket/fMP4 fallback transport."""
@@ -194,6 +250,12 @@ class WebSocketConfig(_Section):
         3, ge=1, description="Encoded segments queued for a slow client before whole segments are skipped."
     )
     init_timeout_seconds: float = Field(10.0, gt=0, description="Time allowed for the first message.")
+    heartbeat_seconds: float | None = Field(
+        20.0,
+        gt=0,
+        description="Ping the client this often (a pong must come within half of it, or the peer is dead); keeps "
+        "proxies with idle timeouts from cutting a paused session. null: no pings.",
+    )
     send_buffer_bytes: int | None = Field(
         128 * 1024,
         ge=4096,

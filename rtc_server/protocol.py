@@ -50,6 +50,7 @@ ErrorCode = Literal[
     "internal_error",
     "rate_limited",  # (new) a client asked for more than its share; retry later
     "unauthorized",  # (new) missing or invalid credentials, or a web origin not allowed
+    "ice_ports_exhausted",  # (new) no free UDP port in webrtc.udp_port_range for another WebRTC peer
 ]
 MAX_PROMPT_CHARS = 4000  # longer prompts are refused, as the enhancer would refuse them
 # Seeds are 0..2**32-1: every RNG a backend seeds (numpy, torch, a hash) takes them exactly, and a

@@ -22,9 +22,10 @@ from av import VideoFrame
 
 from gpu.frame_marker import FrameMarker, read_marker
 from rtc_server.clients.events import EventLog
-from rtc_server.transports.ice import build_rtc_configuration, release_listeners, restrict_host_candidates
+from rtc_server.transports.ice import build_rtc_configuration, release_listeners
+from rtc_server.transports.ice_gathering import GatheringLog, GatheringPolicy, install_gathering
 
-__all__ = ["OfferRejected", "ReceivedFrame", "WebRTCClient"]
+__all__ = ["IceGatheringFailed", "OfferRejected", "ReceivedFrame", "WebRTCClient", "fetch_ice_servers"]
 
 THUMB_STEP_PX = 8  # keep every 8th pixel of the luma plane per frame, for cheap comparisons
 
@@ -37,6 +38,25 @@ class OfferRejected(RuntimeError):
         self.status = status
         self.body = body
         self.headers = headers
+
+
+class IceGatheringFailed(RuntimeError):
+    """A relay-only client got no relay candidate: the TURN server refused it or did not answer."""
+
+
+async def fetch_ice_servers(
+    base_url: str, *, auth_token: str | None = None, http: aiohttp.ClientSession | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """The ICE servers (with fresh TURN credentials) a server hands its clients, and their TTL in seconds."""
+    headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
+    async with contextlib.AsyncExitStack() as stack:
+        if http is None:
+            http = await stack.enter_async_context(aiohttp.ClientSession())
+        async with http.get(f"{base_url.rstrip('/')}/v1/webrtc/ice-servers", headers=headers) as response:
+            body = await response.json(content_type=None)
+            if response.status != 200:
+                raise OfferRejected(response.status, body, dict(response.headers))
+    return list(body["ice_servers"]), int(body["ttl_seconds"])
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,8 @@ class WebRTCClient(EventLog):
         on_frame: Callable[[ReceivedFrame], None] | None = None,
         keep_frames: bool = True,
         auth_token: str | None = None,
+        ice_servers: list[dict[str, Any]] | None = None,
+        relay_only: bool = False,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._session_init = session_init
@@ -78,8 +100,10 @@ class WebRTCClient(EventLog):
         self._on_frame = on_frame
         self._keep_frames = keep_frames
         self._auth_token = auth_token
+        self._relay_only = relay_only
         super().__init__()
-        self.pc = RTCPeerConnection(build_rtc_configuration([]))
+        self.pc = RTCPeerConnection(build_rtc_configuration(ice_servers or [], relay_only=relay_only))
+        self.gathering = GatheringLog()
         self.channel = self.pc.createDataChannel("control")
         self.frames: list[ReceivedFrame] = []
         self.frame_count = 0
@@ -93,10 +117,16 @@ class WebRTCClient(EventLog):
         self.pc.on("track", self._on_track)
 
     async def connect(self, *, http: aiohttp.ClientSession | None = None) -> str:
-        """Send the offer (with the init in the body) and apply the answer; returns the session id."""
+        """Send the offer (with the init in the body) and apply the answer; returns the session id.
+
+        A relay-only client that gets no relay candidate raises IceGatheringFailed saying why.
+        """
         self.pc.addTransceiver("video", direction="recvonly")
-        restrict_host_candidates(self.pc, self._host_addresses)
+        self.gathering = install_gathering(self.pc, GatheringPolicy(host_addresses=self._host_addresses))
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        if self._relay_only and " typ relay" not in self.pc.localDescription.sdp:
+            why = "; ".join(self.gathering.failures) or "no TURN server among the ICE servers"
+            raise IceGatheringFailed(f"no relay candidate: {why}")
         body: dict[str, Any] = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
         if self._session_init is not None:
             body["session_init"] = self._session_init

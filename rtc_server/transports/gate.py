@@ -71,7 +71,7 @@ class Gate:
             return exc.response()
         headers = {
             **self.cors_headers(request),
-            "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
+            "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
             "Access-Control-Allow-Headers": ALLOWED_HEADERS,
             "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
         }

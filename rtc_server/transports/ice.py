@@ -1,6 +1,7 @@
 """Per-connection ICE and codec settings that aiortc does not expose as options.
 
-This is the one module that reaches into aiortc/aioice internals; keep it that way.
+With :mod:`rtc_server.transports.ice_gathering` (how candidates are gathered), this is the one
+module that reaches into aiortc/aioice internals; keep it that way.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.codecs import h264, vpx
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
+from rtc_server.transports.ice_gathering import (
+    GatheringLog,
+    GatheringPolicy,
+    ice_gatherers,
+    install_gathering,
+    transport_chain,
+)
 
 __all__ = [
     "apply_bitrate_bounds",
@@ -25,32 +35,26 @@ _WEBRTC_STRING = 51  # SCTP payload protocol id of a data-channel text message (
 logger = logging.getLogger(__name__)
 
 
-def build_rtc_configuration(ice_servers: Sequence[dict[str, Any]]) -> RTCConfiguration:
-    """An RTCConfiguration from the ``webrtc.ice_servers`` config entries (urls, username, credential)."""
+def build_rtc_configuration(ice_servers: Sequence[dict[str, Any]], *, relay_only: bool = False) -> RTCConfiguration:
+    """An RTCConfiguration from ICE server entries (urls, username, credential), as in ``webrtc.ice_servers``.
+
+    ``relay_only`` is ``iceTransportPolicy: "relay"``: only TURN-relayed candidates are gathered.
+    """
     servers = [
         RTCIceServer(urls=entry["urls"], username=entry.get("username"), credential=entry.get("credential"))
         for entry in ice_servers
     ]
-    return RTCConfiguration(iceServers=servers)
+    policy = RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL
+    return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
 
 
-def restrict_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) -> None:
+def restrict_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) -> GatheringLog:
     """Make every ICE gatherer of ``pc`` offer host candidates on ``addresses`` only.
 
     aioice gathers on every interface and skips loopback; tests and single-host
     deployments need to pin the addresses. Must run before setLocalDescription.
     """
-    pinned = list(addresses)
-    for gatherer in _ice_gatherers(pc):
-        connection = gatherer._connection
-        original = connection.get_component_candidates
-
-        async def pinned_candidates(
-            component: int, addresses: list[str], timeout: int = 5, *, _original: Any = original
-        ) -> Any:
-            return await _original(component=component, addresses=pinned, timeout=timeout)
-
-        connection.get_component_candidates = pinned_candidates
+    return install_gathering(pc, GatheringPolicy(host_addresses=list(addresses)))
 
 
 def refuse_invalid_text_gently(pc: RTCPeerConnection) -> None:
@@ -83,33 +87,18 @@ def release_listeners(pc: RTCPeerConnection) -> None:
     They are bound methods of the connection, held by objects it holds: a cycle that keeps every
     closed connection (with its RTP history and buffers) until a full garbage-collector pass.
     """
-    for gatherer in _ice_gatherers(pc):
+    for gatherer in ice_gatherers(pc):
         vars(gatherer._connection).pop("get_component_candidates", None)
     if pc.sctp is not None:
         vars(pc.sctp).pop("_data_channel_receive", None)
     emitters: list[Any] = [pc]
     for transceiver in pc.getTransceivers():
-        emitters.extend(_transport_chain(transceiver.sender.transport))
+        emitters.extend(transport_chain(transceiver.sender.transport))
     if pc.sctp is not None:
         emitters.append(pc.sctp)
-        emitters.extend(_transport_chain(pc.sctp.transport))
+        emitters.extend(transport_chain(pc.sctp.transport))
     for emitter in {id(e): e for e in emitters if e is not None}.values():
         emitter.remove_all_listeners()
-
-
-def _transport_chain(dtls: Any) -> list[Any]:
-    """A DTLS transport, its ICE transport and that one's gatherer (any may be missing)."""
-    ice = getattr(dtls, "transport", None)
-    return [dtls, ice, getattr(ice, "iceGatherer", None)]
-
-
-def _ice_gatherers(pc: RTCPeerConnection) -> list[Any]:
-    dtls_transports = [transceiver.sender.transport for transceiver in pc.getTransceivers()]
-    if pc.sctp is not None:
-        dtls_transports.append(pc.sctp.transport)
-    gatherers = [_transport_chain(dtls)[2] for dtls in dtls_transports]
-    unique: dict[int, Any] = {id(g): g for g in gatherers if g is not None}
-    return list(unique.values())
 
 
 def apply_bitrate_bounds(*, min_bps: int, max_bps: int, start_bps: int) -> None:

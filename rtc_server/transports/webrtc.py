@@ -26,18 +26,17 @@ from rtc_server.session_failures import SessionFailure
 from rtc_server.session_start import SessionRefused
 from rtc_server.sink import CloseReason
 from rtc_server.transports.gate import Caller, Gate, too_many
-from rtc_server.transports.ice import (
-    build_rtc_configuration,
-    refuse_invalid_text_gently,
-    release_listeners,
-    restrict_host_candidates,
-)
+from rtc_server.transports.ice import build_rtc_configuration, refuse_invalid_text_gently, release_listeners
+from rtc_server.transports.ice_gathering import GatheringPolicy, PortRangeFull, install_gathering
 from rtc_server.transports.inbox import ControlInbox
+from rtc_server.transports.turn_credentials import IceServerList
 from rtc_server.transports.webrtc_sink import WebRTCSink
 
 __all__ = ["OfferBody", "PeerSession", "WebRTCTransport"]
 
 logger = logging.getLogger(__name__)
+
+PORTS_RETRY_AFTER_S = 5  # sessions end every few seconds under churn; sooner retries would only spin
 
 CONTROL_CHANNEL_LABEL = "control"
 WATCHDOG_INTERVAL_S = 0.5  # how often a peer's liveness is checked
@@ -199,7 +198,17 @@ class WebRTCTransport:
         self.gate = gate
         self._peers: dict[str, PeerSession] = {}
         self._departing: set[PeerSession] = set()
+        # Reads the TURN secret now: a missing one stops the server at start, not every offer later.
+        self.ice_servers = IceServerList(config.webrtc)
         self._rtc_configuration = build_rtc_configuration(config.webrtc.ice_servers)
+        settings = config.webrtc
+        self._gathering = GatheringPolicy(
+            host_addresses=settings.ice_host_addresses,
+            public_addresses=settings.public_addresses,
+            announce_local_addresses=settings.announce_local_addresses,
+            udp_port_range=settings.udp_port_range,
+            timeout_s=settings.gather_timeout_seconds,
+        )
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -252,7 +261,8 @@ class WebRTCTransport:
             ) from exc
         if init is not None:
             await _begin_or_answer(controller, init.model_copy(update={"stream_mode": "webrtc"}))
-        pc = RTCPeerConnection(self._rtc_configuration)
+        per_offer = self.ice_servers.for_server()
+        pc = RTCPeerConnection(build_rtc_configuration(per_offer) if per_offer is not None else self._rtc_configuration)
         delivery = controller.delivery
         track = PacedVideoTrack(
             buffer, fps=sampling.fps, on_release=delivery.frame_released, on_stall=delivery.stalled
@@ -292,11 +302,17 @@ class WebRTCTransport:
             raise HttpError(400, "invalid_message", "the offer has no data channel (expected one labelled 'control')")
         refuse_invalid_text_gently(pc)
         pc.addTrack(track)
-        addresses = self._config.webrtc.ice_host_addresses
-        if addresses is not None:
-            restrict_host_candidates(pc, addresses)
+        install_gathering(pc, self._gathering)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
+        except PortRangeFull as exc:
+            raise HttpError(
+                503,
+                "ice_ports_exhausted",
+                f"{exc}: too many WebRTC sessions for webrtc.udp_port_range; retry shortly or use the WebSocket stream",
+                retryable=True,
+                headers={"Retry-After": str(PORTS_RETRY_AFTER_S)},
+            ) from exc
         except Exception as exc:
             raise HttpError(400, "invalid_message", f"cannot answer this offer: {exc}") from exc
         return pc.localDescription
@@ -368,8 +384,21 @@ def register_routes(app: web.Application, transport_key: web.AppKey[WebRTCTransp
         return request.app[transport_key].gate.preflight(request)
 
     async def ice_servers(request: web.Request) -> web.Response:
-        return web.json_response({"ice_servers": config.webrtc.ice_servers})
+        transport = request.app[transport_key]
+        try:
+            transport.gate.check_origin(request)
+            transport.gate.caller(request, bearer_token(request.headers.get("Authorization")))
+        except HttpError as exc:
+            response = exc.response()
+            response.headers.update(transport.gate.cors_headers(request))
+            return response
+        servers = transport.ice_servers
+        body = {"ice_servers": servers.for_clients(), "ttl_seconds": servers.ttl_seconds}
+        # Credentials are per request: no cache (a proxy's or the browser's) may hand them on.
+        headers = {"Cache-Control": "no-store", **transport.gate.cors_headers(request)}
+        return web.json_response(body, headers=headers)
 
     app.router.add_post("/v1/webrtc/offer", offer)
     app.router.add_route("OPTIONS", "/v1/webrtc/offer", preflight)
     app.router.add_get("/v1/webrtc/ice-servers", ice_servers)
+    app.router.add_route("OPTIONS", "/v1/webrtc/ice-servers", preflight)

@@ -76,7 +76,10 @@ class WebSocketTransport:
             return exc.response()
         limit = self._config.server.max_message_bytes
         ws = web.WebSocketResponse(
-            max_msg_size=limit * HARD_LIMIT_FACTOR, timeout=CLOSE_HANDSHAKE_TIMEOUT_S, protocols=(WS_PROTOCOL,)
+            max_msg_size=limit * HARD_LIMIT_FACTOR,
+            timeout=CLOSE_HANDSHAKE_TIMEOUT_S,
+            protocols=(WS_PROTOCOL,),
+            heartbeat=self._config.websocket.heartbeat_seconds,
         )
         await ws.prepare(request)
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]

@@ -195,3 +195,15 @@ def test_a_token_variable_missing_from_the_environment_exits_2_naming_it(tmp_pat
     assert result.returncode == 2, result.stderr
     assert "RTCVS_TEST_TOKEN_UNSET" in result.stderr
     assert "listening" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_a_turn_secret_missing_from_the_environment_exits_2_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "turn.yaml"
+    config.write_text(
+        "webrtc:\n  turn:\n    urls: ['turn:turn.example.com:3478']\n    secret_env: RTCVS_TEST_TURN_UNSET\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "RTCVS_TEST_TURN_UNSET"}
+    result = run_cli("--config", str(config), "--port", str(free_port()), env=env)
+    assert result.returncode == 2, result.stderr
+    assert "RTCVS_TEST_TURN_UNSET" in result.stderr and "webrtc.turn.secret_env" in result.stderr
+    assert "listening" not in result.stdout and "Traceback" not in result.stderr

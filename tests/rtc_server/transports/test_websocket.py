@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import subprocess
@@ -224,3 +225,56 @@ async def test_events_piling_up_for_a_client_that_reads_nothing_end_it(start_ser
         while len(server.app[REGISTRY]):
             assert time.monotonic() < deadline, "the session was kept for a client that reads nothing"
             await asyncio.sleep(0.05)
+
+
+_GONE = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+
+
+async def _paused_session(ws: aiohttp.ClientWebSocketResponse) -> None:
+    await ws.send_str(json.dumps({"type": "session_init_v2", **INIT}))
+    await ws.send_str(json.dumps({"type": "generation_paused_updated", "paused": True}))
+
+
+async def test_heartbeat_pings_keep_a_paused_session_and_find_a_dead_peer(start_server: Any) -> None:
+    server = await start_server(make_config(websocket={"heartbeat_seconds": 0.4}))
+    async with aiohttp.ClientSession() as http:
+        # autoping off: this client sees the server's pings and answers them only while "alive".
+        async with http.ws_connect(f"{server.url}/v1/stream", protocols=("rtcvs",), autoping=False) as ws:
+            await _paused_session(ws)
+            pings = 0
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    message = await ws.receive(timeout=0.5)
+                    assert message.type not in _GONE, message
+                    if message.type == aiohttp.WSMsgType.PING:
+                        pings += 1
+                        await ws.pong(message.data)
+            assert pings >= 4, "the server must ping an idle (paused) session"
+            assert len(server.app[REGISTRY]) == 1, "a peer that answers pings stays"
+            # Now it stops answering, like a laptop whose lid closed: the server must notice.
+            deadline = time.monotonic() + 5
+            while len(server.app[REGISTRY]) and time.monotonic() < deadline:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    if (await ws.receive(timeout=0.2)).type in _GONE:
+                        break
+            for _ in range(50):
+                if not len(server.app[REGISTRY]):
+                    break
+                await asyncio.sleep(0.1)
+            assert len(server.app[REGISTRY]) == 0, "a peer that stopped answering pings was kept"
+
+
+async def test_heartbeat_can_be_turned_off(start_server: Any) -> None:
+    server = await start_server(make_config(websocket={"heartbeat_seconds": None}))
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{server.url}/v1/stream", protocols=("rtcvs",), autoping=False) as ws:
+            await _paused_session(ws)
+            kinds = []
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    kinds.append((await ws.receive(timeout=0.5)).type)
+                    assert kinds[-1] not in _GONE
+            assert aiohttp.WSMsgType.PING not in kinds
+            assert len(server.app[REGISTRY]) == 1

@@ -1,0 +1,152 @@
+"""TURN with short-lived credentials, against a real coturn on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from rtc_server.clients.webrtc_client import IceGatheringFailed, WebRTCClient, fetch_ice_servers
+from rtc_server.config import WebRTCConfig
+from rtc_server.transports.turn_credentials import IceServerList, TurnSetupError, turn_credential
+from tests.conftest import make_config
+from tests.turn_fixture import TurnServer
+
+SECRET_ENV = "RTCVS_TEST_TURN_SECRET"
+INIT = {"curated_prompts": ["a red fox running through fresh snow"]}
+
+
+def turn_config(turn: TurnServer, **turn_options: Any) -> dict[str, Any]:
+    return {"turn": {"urls": [turn.url], "secret_env": SECRET_ENV, "ttl_seconds": 600, **turn_options}}
+
+
+@pytest.fixture
+def turn(turn_server: TurnServer, monkeypatch: pytest.MonkeyPatch) -> TurnServer:
+    monkeypatch.setenv(SECRET_ENV, turn_server.secret)
+    return turn_server
+
+
+def test_credentials_follow_the_turn_rest_scheme_and_expire_after_the_ttl() -> None:
+    config = WebRTCConfig.model_validate(
+        {"turn": {"urls": ["turn:t.example:3478"], "secret_env": "S", "ttl_seconds": 900}}
+    )
+    servers = IceServerList(config, environ={"S": "sekrit"}, clock=lambda: 1_000_000.0)
+    issued = servers.issue()
+    expiry, _, ident = issued.username.partition(":")
+    assert int(expiry) == issued.expires_at == 1_000_900 and len(ident) == 16
+    expected = base64.b64encode(hmac.new(b"sekrit", issued.username.encode(), hashlib.sha1).digest()).decode()
+    assert issued.credential == expected == turn_credential(b"sekrit", issued.username)
+    assert servers.issue().username != issued.username, "every call hands out a new username"
+
+
+def test_a_missing_or_empty_secret_variable_is_an_error_naming_it() -> None:
+    config = WebRTCConfig.model_validate({"turn": {"urls": ["turn:t.example"], "secret_env": "RTCVS_NOPE"}})
+    for environ in ({}, {"RTCVS_NOPE": ""}):
+        with pytest.raises(TurnSetupError, match="RTCVS_NOPE"):
+            IceServerList(config, environ=environ)
+
+
+def test_turn_urls_must_be_turn_urls() -> None:
+    with pytest.raises(ValueError, match="turn: or turns:"):
+        WebRTCConfig.model_validate({"turn": {"urls": ["stun:t.example"], "secret_env": "S"}})
+
+
+async def test_the_endpoint_hands_out_fresh_credentials_never_the_secret(turn: TurnServer, start_server: Any) -> None:
+    stun = {"urls": ["stun:stun.example.org:3478"]}
+    server = await start_server(make_config(webrtc={**turn_config(turn), "client_ice_servers": [stun]}))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.url}/v1/webrtc/ice-servers") as response:
+            assert response.status == 200
+            assert response.headers["Cache-Control"] == "no-store"
+            raw = await response.text()
+        second, ttl = await fetch_ice_servers(server.url, http=http)
+    assert turn.secret not in raw
+    first, _ = await fetch_ice_servers(server.url)
+    assert ttl == 600
+    assert first[0]["urls"] == [turn.url] and first[1] == stun
+    assert first[0]["username"] != second[0]["username"]
+    expiry = int(first[0]["username"].split(":")[0])
+    assert time.time() + 590 < expiry <= time.time() + 601
+    assert first[0]["credential"] == turn_credential(turn.secret.encode(), first[0]["username"])
+
+
+async def test_without_turn_the_endpoint_returns_the_static_client_list(start_server: Any) -> None:
+    static = [{"urls": "stun:stun.example.org:3478"}]
+    server = await start_server(make_config(webrtc={"ice_servers": [], "client_ice_servers": static}))
+    servers, ttl = await fetch_ice_servers(server.url)
+    assert servers == static and ttl == 24 * 3600
+
+
+async def test_the_endpoint_needs_the_same_credentials_as_an_offer(
+    turn: TurnServer, start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTCVS_TEST_TOKEN", "let-me-in")
+    config = make_config(webrtc=turn_config(turn), auth={"mode": "token", "token_envs": ["RTCVS_TEST_TOKEN"]})
+    server = await start_server(config)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.url}/v1/webrtc/ice-servers") as response:
+            assert response.status == 401
+            assert (await response.json())["error"]["code"] == "unauthorized"
+        headers = {"Origin": "https://evil.example"}
+        async with http.get(f"{server.url}/v1/webrtc/ice-servers", headers=headers) as response:
+            assert response.status == 403
+    servers, _ = await fetch_ice_servers(server.url, auth_token="let-me-in")
+    assert servers[0]["username"]
+
+
+async def wait_for_segments(client: WebRTCClient, count: int) -> None:
+    await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == count - 1, timeout=30)
+    deadline = time.monotonic() + 15
+    while {f.marker.segment_idx for f in client.frames if f.marker} < set(range(count)):
+        assert time.monotonic() < deadline, "frames of every segment must arrive"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_relay_only_client_streams_two_segments_through_coturn(turn: TurnServer, start_server: Any) -> None:
+    server = await start_server(make_config(webrtc=turn_config(turn)))
+    ice_servers, _ = await fetch_ice_servers(server.url)
+    async with WebRTCClient(server.url, session_init=INIT, ice_servers=ice_servers, relay_only=True) as client:
+        await client.connect()
+        offer = client.pc.localDescription.sdp
+        candidates = [line for line in offer.splitlines() if line.startswith("a=candidate")]
+        assert candidates and all(" typ relay " in line for line in candidates), candidates
+        await wait_for_segments(client, 2)
+    username = ice_servers[0]["username"]
+    assert f"user <{username}>: incoming packet ALLOCATE processed, success" in turn.log_text()
+
+
+async def test_the_server_side_gathers_relay_candidates_when_asked(turn: TurnServer, start_server: Any) -> None:
+    server = await start_server(make_config(webrtc=turn_config(turn, server_side=True)))
+    ice_servers, _ = await fetch_ice_servers(server.url)
+    async with WebRTCClient(server.url, session_init=INIT, ice_servers=ice_servers, relay_only=True) as client:
+        await client.connect()
+        answer = client.pc.remoteDescription.sdp
+        assert " typ relay " in answer and " typ host" in answer
+        await wait_for_segments(client, 1)
+
+
+@pytest.mark.parametrize("spoil", ["expired", "forged"])
+async def test_spoiled_credentials_are_refused_by_coturn_and_the_client_says_so(
+    spoil: str, turn: TurnServer, start_server: Any
+) -> None:
+    server = await start_server(make_config(webrtc=turn_config(turn)))
+    if spoil == "expired":
+        # Issued by the right secret, but two hours ago with a one-hour lifetime.
+        config = WebRTCConfig.model_validate(turn_config(turn, ttl_seconds=3600))
+        old = IceServerList(config, environ={SECRET_ENV: turn.secret}, clock=lambda: time.time() - 7200)
+        ice_servers = old.for_clients()
+    else:
+        ice_servers, _ = await fetch_ice_servers(server.url)
+        ice_servers[0]["credential"] = turn_credential(b"not the secret", ice_servers[0]["username"])
+    client = WebRTCClient(server.url, session_init=INIT, ice_servers=ice_servers, relay_only=True)
+    async with client:
+        with pytest.raises(IceGatheringFailed, match="TURN allocation") as refused:
+            await client.connect()
+    assert "401" in str(refused.value) or "Unauthorized" in str(refused.value)
+    assert client.session_id is None, "no offer is sent without a way to connect"
