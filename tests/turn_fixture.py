@@ -1,4 +1,5 @@
-"""Pytest fixture for a real coturn ``turnserver`` on loopback (register with ``pytest_plugins``).
+"""A real coturn ``turnserver`` on loopback, as a pytest fixture (register with ``pytest_plugins``)
+and as plain functions for the benchmarks.
 
 ``turn_server`` starts one per test session, checking TURN REST credentials (``use-auth-secret``)
 against a random secret, and stops it at the end. Relayed traffic stays on 127.0.0.1
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["TurnServer", "turn_server"]
+__all__ = ["TurnServer", "start_coturn", "stop_coturn", "turn_server"]
 
 LOOPBACK = "127.0.0.1"
 REALM = "rtcvs.test"
@@ -69,7 +70,7 @@ def _ensure_turnserver() -> str:
         found = shutil.which("turnserver")
         if found:
             return found
-    pytest.fail("turnserver is not installed (apt-get install -y coturn)")
+    raise RuntimeError("turnserver is not installed (apt-get install -y coturn)")
 
 
 def _listening(port: int) -> bool:
@@ -80,7 +81,8 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_coturn(process: subprocess.Popen[bytes]) -> None:
+    """Stop a coturn started by start_coturn."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -90,7 +92,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _start(binary: str, workdir: Path, secret: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start_coturn(workdir: Path, secret: str) -> tuple[subprocess.Popen[bytes], TurnServer]:
+    """Start coturn on loopback checking ``use-auth-secret`` credentials; RuntimeError if it won't start."""
+    binary = _ensure_turnserver()
     log = workdir / "turnserver.log"
     for _ in range(START_ATTEMPTS):
         port = _free_port()
@@ -106,20 +110,21 @@ def _start(binary: str, workdir: Path, secret: str) -> tuple[subprocess.Popen[by
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and process.poll() is None:
             if _listening(port):
-                return process, port, log
+                return process, TurnServer(port=port, secret=secret, log=log)
             time.sleep(0.05)
-        _stop(process)
+        stop_coturn(process)
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
-    pytest.fail(f"turnserver did not start after {START_ATTEMPTS} attempts:\n{tail}")
+    raise RuntimeError(f"turnserver did not start after {START_ATTEMPTS} attempts:\n{tail}")
 
 
 @pytest.fixture(scope="session")
 def turn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnServer]:
     """A throwaway coturn on loopback checking ``use-auth-secret`` credentials, for the whole session."""
-    binary = _ensure_turnserver()
-    secret = secrets.token_urlsafe(24)
-    process, port, log = _start(binary, tmp_path_factory.mktemp("coturn"), secret)
     try:
-        yield TurnServer(port=port, secret=secret, log=log)
+        process, server = start_coturn(tmp_path_factory.mktemp("coturn"), secrets.token_urlsafe(24))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield server
     finally:
-        _stop(process)
+        stop_coturn(process)

@@ -22,7 +22,7 @@ from av import VideoFrame
 
 from gpu.frame_marker import FrameMarker, read_marker
 from rtc_server.clients.events import EventLog
-from rtc_server.transports.ice import build_rtc_configuration, release_listeners
+from rtc_server.transports.ice import build_rtc_configuration, recheck_on_peer_checks, release_listeners
 from rtc_server.transports.ice_gathering import GatheringLog, GatheringPolicy, install_gathering
 
 __all__ = ["IceGatheringFailed", "OfferRejected", "ReceivedFrame", "WebRTCClient", "fetch_ice_servers"]
@@ -123,6 +123,7 @@ class WebRTCClient(EventLog):
         """
         self.pc.addTransceiver("video", direction="recvonly")
         self.gathering = install_gathering(self.pc, GatheringPolicy(host_addresses=self._host_addresses))
+        recheck_on_peer_checks(self.pc)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         if self._relay_only and " typ relay" not in self.pc.localDescription.sdp:
             why = "; ".join(self.gathering.failures) or "no TURN server among the ICE servers"

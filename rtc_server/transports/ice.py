@@ -25,6 +25,7 @@ from rtc_server.transports.ice_gathering import (
 __all__ = [
     "apply_bitrate_bounds",
     "build_rtc_configuration",
+    "recheck_on_peer_checks",
     "refuse_invalid_text_gently",
     "release_listeners",
     "restrict_host_candidates",
@@ -55,6 +56,27 @@ def restrict_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) ->
     deployments need to pin the addresses. Must run before setLocalDescription.
     """
     return install_gathering(pc, GatheringPolicy(host_addresses=list(addresses)))
+
+
+def recheck_on_peer_checks(pc: RTCPeerConnection) -> None:
+    """Resend an in-progress connectivity check at once when the peer's check arrives on its pair.
+
+    RFC 8445 section 7.3.1.4 triggers a new check then; aioice waits for its retransmission timer
+    (500 ms). Through TURN that wait is paid on every session: the server's first check reaches the
+    client's relay before the client has made the relay's permission, coturn drops it, and the
+    peer's own check is what says the path is open now. Call before setLocalDescription.
+    """
+    for gatherer in ice_gatherers(pc):
+        connection = gatherer._connection
+        original = connection.check_incoming
+
+        def check_incoming(message: Any, addr: tuple[str, int], protocol: Any, *, _original: Any = original) -> None:
+            _original(message, addr, protocol)
+            for transaction in list(protocol.transactions.values()):
+                if transaction._Transaction__addr == addr and not transaction._Transaction__future.done():
+                    protocol.send_stun(transaction._Transaction__request, addr)
+
+        connection.check_incoming = check_incoming
 
 
 def refuse_invalid_text_gently(pc: RTCPeerConnection) -> None:
@@ -89,6 +111,7 @@ def release_listeners(pc: RTCPeerConnection) -> None:
     """
     for gatherer in ice_gatherers(pc):
         vars(gatherer._connection).pop("get_component_candidates", None)
+        vars(gatherer._connection).pop("check_incoming", None)
     if pc.sctp is not None:
         vars(pc.sctp).pop("_data_channel_receive", None)
     emitters: list[Any] = [pc]

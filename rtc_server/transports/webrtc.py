@@ -26,7 +26,12 @@ from rtc_server.session_failures import SessionFailure
 from rtc_server.session_start import SessionRefused
 from rtc_server.sink import CloseReason
 from rtc_server.transports.gate import Caller, Gate, too_many
-from rtc_server.transports.ice import build_rtc_configuration, refuse_invalid_text_gently, release_listeners
+from rtc_server.transports.ice import (
+    build_rtc_configuration,
+    recheck_on_peer_checks,
+    refuse_invalid_text_gently,
+    release_listeners,
+)
 from rtc_server.transports.ice_gathering import GatheringPolicy, PortRangeFull, install_gathering
 from rtc_server.transports.inbox import ControlInbox
 from rtc_server.transports.turn_credentials import IceServerList
@@ -303,6 +308,7 @@ class WebRTCTransport:
         refuse_invalid_text_gently(pc)
         pc.addTrack(track)
         install_gathering(pc, self._gathering)
+        recheck_on_peer_checks(pc)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except PortRangeFull as exc:

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import aiohttp
+import aioice.stun
 import pytest
 
 from rtc_server.clients.webrtc_client import IceGatheringFailed, WebRTCClient, fetch_ice_servers
@@ -128,6 +129,20 @@ async def test_the_server_side_gathers_relay_candidates_when_asked(turn: TurnSer
         await client.connect()
         answer = client.pc.remoteDescription.sdp
         assert " typ relay " in answer and " typ host" in answer
+        await wait_for_segments(client, 1)
+
+
+async def test_a_check_the_relay_dropped_is_resent_when_the_peer_checks(
+    turn: TurnServer, start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server's first check reaches the client's relay before the client has opened it (coturn
+    # drops it). The client's own check arriving is the cue to resend at once; without that, the
+    # session waits for the retransmission timer, stretched here to a minute so it could not start.
+    monkeypatch.setattr(aioice.stun, "RETRY_RTO", 60.0)
+    server = await start_server(make_config(webrtc=turn_config(turn)))
+    ice_servers, _ = await fetch_ice_servers(server.url)
+    async with WebRTCClient(server.url, session_init=INIT, ice_servers=ice_servers, relay_only=True) as client:
+        await client.connect()
         await wait_for_segments(client, 1)
 
 
