@@ -1,5 +1,6 @@
-"""``python -m rtc_server``: run the service."""
+"""``python -m rtc_server``: run the service (the ``rtc-server`` console script runs the same ``main``)."""
 
 from rtc_server.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

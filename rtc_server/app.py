@@ -31,6 +31,7 @@ from rtc_server.config import ServiceConfig, StoreConfig
 from rtc_server.health import healthz_payload, readyz_payload
 from rtc_server.http_errors import HttpError, json_error
 from rtc_server.metrics import CONTENT_TYPE, ServiceMetrics
+from rtc_server.packaged import shipped_dir
 from rtc_server.prompt_pipeline import PromptPipeline
 from rtc_server.registry import SessionRegistry
 from rtc_server.session_log import SessionLogger
@@ -69,7 +70,9 @@ WEBRTC = web.AppKey("webrtc", webrtc.WebRTCTransport)
 WEBSOCKET = web.AppKey("websocket", websocket.WebSocketTransport)
 GATE = web.AppKey("gate", Gate)
 
-DEFAULT_WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
+# The page served at / when server.web_client_dir is unset: the copy packaged in a wheel install,
+# else the repository's web_client/ (a checkout or an editable install: edits show at once).
+DEFAULT_WEB_CLIENT_DIR = shipped_dir("web_client")
 
 
 def build_pool(config: ServiceConfig) -> GpuPool:

@@ -1,4 +1,7 @@
-"""Command line: ``python -m rtc_server [--config PATH] [--host H] [--port P]``.
+"""Command line: ``rtc-server [--config PATH|NAME] [--host H] [--port P]``, the same as ``python -m rtc_server``.
+
+``--config`` takes a file, or the name of a shipped config (``dev.yaml`` or ``dev``) when no such
+file exists; without it the server runs on the embedded defaults (``ServiceConfig()``).
 
 Exit status: 0 after a clean shutdown on SIGINT/SIGTERM, 2 for a bad config (including a
 generator whose model directory is missing or broken, and an enabled safety filter whose model
@@ -20,6 +23,7 @@ from prompt.safety import SafetyModelError, preflight_safety
 from rtc_server.app import build_app
 from rtc_server.auth import Authenticator, AuthSetupError, is_loopback_host
 from rtc_server.config import ConfigError, ServiceConfig, load_config
+from rtc_server.packaged import resolve_config_path, shipped_config_names
 from rtc_server.transports.turn_credentials import IceServerList, TurnSetupError
 
 __all__ = ["access_problem", "main", "turn_problem"]
@@ -29,8 +33,15 @@ SHUTDOWN_TIMEOUT_S = 3.0  # connections still open after this are dropped at shu
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m rtc_server", description="Real-time AI video streaming server.")
-    parser.add_argument("--config", help="YAML config file (the embedded defaults when omitted)")
+    parser = argparse.ArgumentParser(
+        prog="rtc-server", description="Real-time AI video streaming server (also: python -m rtc_server)."
+    )
+    parser.add_argument(
+        "--config",
+        help="YAML config file, or the name of a shipped one ("
+        + (", ".join(shipped_config_names()) or "none")
+        + "); the embedded defaults when omitted",
+    )
     parser.add_argument("--host", help="override server.host")
     parser.add_argument("--port", type=int, help="override server.port")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -72,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config) if args.config else ServiceConfig()
+        config = load_config(resolve_config_path(args.config)) if args.config else ServiceConfig()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -97,4 +97,4 @@ async def test_page_and_ice_servers_are_served(start_server: Any) -> None:
     status, body = await get(f"{server.url}/client/webrtc_player.js")
     assert status == 200 and "v1/webrtc/offer" in body
     status, body = await get(f"{server.url}/v1/webrtc/ice-servers")
-    assert body == {"ice_servers": [{"urls": "stun:127.0.0.1:3478"}]}
+    assert body == {"ice_servers": [{"urls": "stun:127.0.0.1:3478"}], "ttl_seconds": 24 * 3600}
