@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import socket
 import time
 from typing import Any
 
@@ -165,3 +166,22 @@ async def test_spoiled_credentials_are_refused_by_coturn_and_the_client_says_so(
             await client.connect()
     assert "401" in str(refused.value) or "Unauthorized" in str(refused.value)
     assert client.session_id is None, "no offer is sent without a way to connect"
+
+
+async def test_gathering_waits_for_a_silent_turn_server_no_longer_than_configured(
+    turn: TurnServer, start_server: Any
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # takes TURN requests, answers none
+        silent.bind(("127.0.0.1", 0))
+        url = f"turn:127.0.0.1:{silent.getsockname()[1]}?transport=udp"
+        webrtc = {"turn": {"urls": [url], "secret_env": SECRET_ENV, "server_side": True}, "gather_timeout_seconds": 1.0}
+        server = await start_server(make_config(webrtc=webrtc))
+        async with WebRTCClient(server.url, session_init=INIT) as client:
+            started = time.monotonic()
+            await client.connect()
+            answered_in = time.monotonic() - started
+            assert 0.9 <= answered_in < 3.5, answered_in  # aioice alone would wait 5 s
+            answer = client.pc.remoteDescription.sdp
+            assert " typ host" in answer and " typ relay" not in answer
+            await wait_for_segments(client, 1)
+        assert silent.recv(2048)[:2] == b"\x00\x03", "the server did ask it for an allocation"
