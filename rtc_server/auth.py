@@ -101,6 +101,11 @@ class Authenticator:
     def required(self) -> bool:
         return self._mode != "none"
 
+    @property
+    def loopback_only(self) -> bool:
+        """No auth section at all: the server may serve this machine only (``auth: {mode: none}`` is a choice)."""
+        return self._config is None
+
     def authenticate(self, token: str | None) -> Principal | None:
         """The principal of ``token``; None when no auth is required; Unauthorized when it is and fails."""
         if not self.required:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.processes import free_tcp_and_udp_port, listening, stop_process
 
 __all__ = ["TurnServer", "start_coturn", "stop_coturn", "turn_server"]
 
@@ -45,20 +46,6 @@ class TurnServer:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def _free_port() -> int:
-    # coturn listens on the same port over UDP and TCP: find one free for both.
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((LOOPBACK, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-                return port
-
-
 def _ensure_turnserver() -> str:
     found = shutil.which("turnserver")
     if found:
@@ -73,23 +60,9 @@ def _ensure_turnserver() -> str:
     raise RuntimeError("turnserver is not installed (apt-get install -y coturn)")
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def stop_coturn(process: subprocess.Popen[bytes]) -> None:
     """Stop a coturn started by start_coturn."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process)
 
 
 def start_coturn(workdir: Path, secret: str) -> tuple[subprocess.Popen[bytes], TurnServer]:
@@ -97,7 +70,7 @@ def start_coturn(workdir: Path, secret: str) -> tuple[subprocess.Popen[bytes], T
     binary = _ensure_turnserver()
     log = workdir / "turnserver.log"
     for _ in range(START_ATTEMPTS):
-        port = _free_port()
+        port = free_tcp_and_udp_port(LOOPBACK)
         args = [
             binary, "-n", "--no-cli", "--no-tls", "--no-dtls", "--fingerprint",
             f"--listening-ip={LOOPBACK}", f"--relay-ip={LOOPBACK}", f"--listening-port={port}",
@@ -109,7 +82,7 @@ def start_coturn(workdir: Path, secret: str) -> tuple[subprocess.Popen[bytes], T
         process = subprocess.Popen(args, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and process.poll() is None:
-            if _listening(port):
+            if listening(LOOPBACK, port):
                 return process, TurnServer(port=port, secret=secret, log=log)
             time.sleep(0.05)
         stop_coturn(process)

@@ -35,6 +35,9 @@ def too_many(exc: TooManyRequests) -> HttpError:
     return HttpError(429, "rate_limited", str(exc), retryable=True, headers={"Retry-After": exc.retry_after_header})
 
 
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
 class Gate:
     """Origin and credential checks, with the CORS answers that go with them."""
 
@@ -78,7 +81,18 @@ class Gate:
         return web.Response(status=204, headers=headers)
 
     def caller(self, request: web.Request, token: str | None) -> Caller:
-        """Who is asking: HttpError 401 when credentials are required and missing or invalid."""
+        """Who is asking: HttpError 401 when credentials are required and missing or invalid.
+
+        Without an auth section the server is for this machine only; a reverse proxy in front would
+        let the whole network in through loopback, so a forwarded request is refused (403).
+        """
+        if self.authenticator.loopback_only and any(name in request.headers for name in FORWARDING_HEADERS):
+            raise HttpError(
+                403,
+                "unauthorized",
+                "this request came through a proxy, and the server has no auth section: it serves its own "
+                "machine only. Configure auth (or auth: {mode: none} to serve everyone knowingly).",
+            )
         try:
             principal = self.authenticator.authenticate(token)
         except Unauthorized as exc:

@@ -312,6 +312,8 @@ class WebRTCTransport:
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except PortRangeFull as exc:
+            logger.warning("offer refused: %s (webrtc.udp_port_range is too small for this load)", exc)
+            self._registry.services.metrics.admission_rejections.labels(reason="ice_ports").inc()
             raise HttpError(
                 503,
                 "ice_ports_exhausted",

@@ -265,3 +265,37 @@ async def test_fifty_offers_that_never_connect_do_not_lock_another_client_out(st
         await client.connect()
         await client.wait_for_event("ltx2_segment_complete", timeout=10)
     assert time.monotonic() - started < 5
+
+
+# -- behind a proxy -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])
+async def test_without_an_auth_section_forwarded_requests_are_refused(start_server: Any, header: str) -> None:
+    # Behind a reverse proxy every visitor arrives from loopback: "this machine only" would mean anyone.
+    server = await start_server(make_config())
+    forwarded = {header: "for=203.0.113.9" if header == "Forwarded" else "203.0.113.9"}
+    body = json.dumps({"sdp": await real_offer_sdp(), "type": "offer", "session_init": INIT})
+    async with aiohttp.ClientSession() as http:
+        headers = {"Content-Type": "application/json", **forwarded}
+        async with http.post(f"{server.url}/v1/webrtc/offer", data=body, headers=headers) as response:
+            assert response.status == 403
+            assert "proxy" in (await response.json())["error"]["message"]
+        async with http.get(f"{server.url}/v1/webrtc/ice-servers", headers=forwarded) as response:
+            assert response.status == 403
+        async with http.ws_connect(f"{server.url}/v1/stream", protocols=("rtcvs",), headers=forwarded) as ws:
+            message = await ws.receive_json(timeout=5)
+            assert message["type"] == "error" and message["code"] == "unauthorized"
+            await ws.receive(timeout=5)
+            assert ws.close_code == 4401
+    assert len(server.app[REGISTRY]) == 0
+    status, _, _ = await offer(server)  # the same machine, not forwarded: served
+    assert status == 200
+
+
+async def test_auth_mode_none_serves_forwarded_requests_knowingly(start_server: Any) -> None:
+    server = await start_server(make_config(auth={"mode": "none"}))
+    async with aiohttp.ClientSession() as http:
+        headers = {"X-Forwarded-For": "203.0.113.9"}
+        async with http.get(f"{server.url}/v1/webrtc/ice-servers", headers=headers) as response:
+            assert response.status == 200
