@@ -1,7 +1,9 @@
 // The page: picks a transport, runs one session at a time, and wires the controls.
 //
 // Transport: ?transport=webrtc|ws forces one; without it WebRTC is tried first and the page falls
-// back to the WebSocket/MSE path when WebRTC fails to connect within a few seconds, or fails later.
+// back to the WebSocket/MSE path when WebRTC fails to connect within a few seconds of the server's
+// answer, or fails later. ?relay=1 makes WebRTC use TURN-relayed paths only (iceTransportPolicy
+// "relay"): a check that the TURN server works, and what a viewer behind a strict firewall gets.
 // Both transports speak the same control protocol (protocol.js) and share one StreamModel.
 // Modules: webrtc_player.js (POST /v1/webrtc/offer, RTP video, data channel "control"),
 // ws_player.js (GET /v1/stream, fMP4 into Media Source Extensions), stats.js (overlay), ui.js (DOM),
@@ -52,6 +54,7 @@ const model = new StreamModel();
 
 const app = {
   mode: "auto", // "auto" | "webrtc" | "ws"
+  relay: false, // ?relay=1: WebRTC through TURN only
   settings: loadSettings(), // persisted: seeds and live toggles
   staged: { singleClip: false, initialImage: null, continuationState: null, continuationFallback: "fresh" },
   applied: { singleClip: false, initialImage: null }, // what the running session started with
@@ -163,6 +166,7 @@ async function startSession({ kind = preferredKind(), init = null, resend = null
     onMessage: (message) => onMessage(session, message),
     onEvent: (type, detail) => onTransportEvent(session, type, detail),
     token: app.token,
+    relay: app.relay,
   });
   app.session = session;
   model.reset();
@@ -689,7 +693,9 @@ function wireControls() {
 async function main() {
   // First: take a token out of the address bar before anything else can read or show it.
   const access = loadAccessToken();
-  const requested = new URLSearchParams(location.search).get("transport");
+  const query = new URLSearchParams(location.search);
+  const requested = query.get("transport");
+  app.relay = ["1", "true", "yes"].includes((query.get("relay") || "").toLowerCase());
   const mode = requested === null || requested === "" ? "auto" : requested.toLowerCase();
   wireControls();
   renderSeedList();

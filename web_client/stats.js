@@ -1,6 +1,8 @@
 // The live stats overlay: received fps (requestVideoFrameCallback), per-segment generation time
 // and end-to-end latency (from ltx2_segment_complete), bitrate and buffer from the transport
-// (WebRTC getStats: jitter buffer; MSE: seconds buffered ahead of the playhead).
+// (WebRTC getStats: jitter buffer; MSE: seconds buffered ahead of the playhead), and for WebRTC
+// the path the media takes: the selected ICE candidate pair's local candidate type (host, srflx,
+// prflx or relay; "relay" means through a TURN server).
 
 const FPS_WINDOW_MS = 1000;
 const REFRESH_MS = 500;
@@ -60,6 +62,42 @@ export class FrameCounter {
   }
 }
 
+/**
+ * The ICE candidate pair in use, from a getStats() report (an RTCStatsReport, or any Map of stats
+ * by id): {local, remote, protocol, relayProtocol, rttS}, the candidate types being "host",
+ * "srflx", "prflx" or "relay"; null before one is selected. The transport's selectedCandidatePairId
+ * names it; browsers without it (Firefox) mark it `selected`, older ones nominated and succeeded.
+ */
+export function selectedCandidatePair(report) {
+  let pair = null;
+  let fallback = null;
+  report.forEach((entry) => {
+    if (entry.type === "transport" && entry.selectedCandidatePairId && report.get(entry.selectedCandidatePairId)) {
+      pair = pair || report.get(entry.selectedCandidatePairId);
+    } else if (entry.type === "candidate-pair" && (entry.selected || (entry.nominated && entry.state === "succeeded"))) {
+      fallback = fallback || entry;
+    }
+  });
+  pair = pair || fallback;
+  if (!pair) return null;
+  const local = report.get(pair.localCandidateId) || {};
+  const remote = report.get(pair.remoteCandidateId) || {};
+  return {
+    local: local.candidateType || null,
+    remote: remote.candidateType || null,
+    protocol: local.protocol || null,
+    relayProtocol: local.relayProtocol || null,
+    rttS: typeof pair.currentRoundTripTime === "number" ? pair.currentRoundTripTime : null,
+  };
+}
+
+/** The overlay's words for a path: what the title (tooltip) says. */
+export function describePath(path) {
+  if (!path) return "no ICE candidate pair selected yet";
+  const via = path.local === "relay" ? `through a TURN server${path.relayProtocol ? ` (${path.relayProtocol} to it)` : ""}, ` : "";
+  return `local ${path.local || "?"} ↔ remote ${path.remote || "?"} candidate, ${via}${path.protocol || "?"}`;
+}
+
 function ms(value) {
   if (typeof value !== "number" || !Number.isFinite(value)) return "–";
   return value >= 10_000 ? `${(value / 1000).toFixed(1)} s` : `${Math.round(value)} ms`;
@@ -80,6 +118,7 @@ export class StatsOverlay {
       bitrate: doc.getElementById("stat-bitrate"),
       buffer: doc.getElementById("stat-buffer"),
       bufferLabel: doc.getElementById("stat-buffer-label"),
+      path: doc.getElementById("stat-path"),
       root: doc.getElementById("stats"),
     };
     this.counter = new FrameCounter(video);
@@ -107,6 +146,7 @@ export class StatsOverlay {
         }
       }
       this.el.bitrate.textContent = kbps(figures.bitrateKbps);
+      this.showPath(transport, figures.path || null);
       if (transport && transport.kind === "ws") {
         this.el.bufferLabel.textContent = "buffer";
         const jumps = figures.liveJumps ? ` · ${figures.liveJumps}↷` : "";
@@ -120,5 +160,21 @@ export class StatsOverlay {
     } finally {
       this.busy = false;
     }
+  }
+
+  /** The ICE path row: the local candidate type, with both types as data attributes for tests. */
+  showPath(transport, path) {
+    const el = this.el.path;
+    if (!transport || transport.kind !== "webrtc") {
+      el.textContent = transport ? "tcp" : "–";
+      el.title = transport ? "WebSocket over TCP: no ICE" : "";
+      el.dataset.local = "";
+      el.dataset.remote = "";
+      return;
+    }
+    el.textContent = path && path.local ? path.local : "–";
+    el.title = describePath(path);
+    el.dataset.local = path && path.local ? path.local : "";
+    el.dataset.remote = path && path.remote ? path.remote : "";
   }
 }

@@ -149,7 +149,9 @@ export function showTransport(ui, kind, note = "") {
   ui.transport.textContent = note ? `${label} (${note})` : label;
   ui.transport.dataset.transport = kind;
   const other = kind === "ws" ? "webrtc" : "ws";
-  ui.transportSwitch.href = `?transport=${other}`;
+  const query = new URLSearchParams(location.search); // keeps ?relay=1 and the like
+  query.set("transport", other);
+  ui.transportSwitch.href = `?${query}`;
   ui.transportSwitch.textContent = `use ${TRANSPORT_LABELS[other]}`;
 }
 

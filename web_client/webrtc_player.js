@@ -1,22 +1,36 @@
 // WebRTC transport: POST /v1/webrtc/offer with the session init in the body, video over RTP, the
 // JSON control protocol over the data channel "control". Same interface as WebSocketTransport.
 //
+// ICE servers come from GET /v1/webrtc/ice-servers, fetched anew for every peer connection: its
+// TURN credentials are short-lived (`ttl_seconds`), so none are kept for a later one. `relay: true`
+// (the page's ?relay=1) sets iceTransportPolicy "relay": only TURN-relayed paths are tried.
+//
 // It reports "failed" with `fallback: true` when WebRTC itself is the problem (the offer endpoint
-// unreachable or answering 5xx/413, ICE not connecting within connectTimeoutMs, the connection
-// failing or the channel closing mid-stream); the app then falls back to the WebSocket path.
-// Answers that any transport would get (400, 401, 403, 429) are reported without `fallback`.
+// unreachable, answering 5xx/413 or not answering within OFFER_TIMEOUT_MS, ICE not connecting
+// within connectTimeoutMs of the answer, the connection failing or the channel closing mid-stream);
+// the app then falls back to the WebSocket path. Answers that any transport would get (400, 401,
+// 403, 429, from either endpoint) are reported without `fallback`.
 // With a token, every request carries `Authorization: Bearer <token>` (auth.js).
 
 import { authHeaders } from "./auth.js";
 import { describeError, parseMessage } from "./protocol.js";
-import { RateMeter } from "./stats.js";
+import { RateMeter, selectedCandidatePair } from "./stats.js";
 
-// Gathering can hang (e.g. mDNS host-name registration where multicast is unavailable); the offer
-// then goes out with what was gathered and connectivity checks find the path.
+// Gathering can hang (e.g. mDNS host-name registration where multicast is unavailable, or a TURN
+// server that does not answer); the offer then goes out with what was gathered and connectivity
+// checks find the path (candidates found later reach the server as peer-reflexive ones).
 const ICE_GATHERING_TIMEOUT_MS = 2000;
-export const CONNECT_TIMEOUT_MS = 6000; // from start to a connected peer with the channel open
+const ICE_SERVERS_TIMEOUT_MS = 10_000; // GET /v1/webrtc/ice-servers
+// From the answer's arrival to a connected peer with the channel open. It starts at the answer, not
+// at the offer: the server answers only once its own gathering is done (webrtc.gather_timeout_seconds,
+// up to 30 s, e.g. waiting on its TURN server), and a slow answer says nothing about whether ICE
+// will connect.
+export const CONNECT_TIMEOUT_MS = 6000;
+// The offer request itself gets its own, generous bound: above the server's longest gathering
+// (30 s) plus admission, so only a server that hangs trips it, and the page still falls back then.
+export const OFFER_TIMEOUT_MS = 40_000;
 const DISCONNECTED_GRACE_MS = 3000; // "disconnected" may recover; after this it counts as failed
-// Offer answers that say nothing about WebRTC itself: a malformed request, no or a refused token,
+// Answers that say nothing about WebRTC itself: a malformed request, no or a refused token,
 // a refused origin, too many requests. The WebSocket would be answered the same, so no fallback.
 const NO_FALLBACK_STATUSES = new Set([400, 401, 403, 429]);
 
@@ -41,12 +55,96 @@ async function readJson(response) {
   }
 }
 
+class RequestTimeout extends Error {}
+
+/**
+ * fetch() and the answer's JSON body (null when not JSON), within `timeoutMs`: {response, body}.
+ * Throws RequestTimeout past it, AbortError when `signal` aborts, TypeError when the request fails.
+ * (A plain AbortController rather than AbortSignal.any/timeout: iOS Safari before 17.4 lacks them.)
+ */
+async function fetchJson(url, options, timeoutMs, signal = null) {
+  const controller = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    controller.abort();
+  }, timeoutMs);
+  const onAbort = () => controller.abort();
+  if (signal) signal.addEventListener("abort", onAbort, { once: true });
+  try {
+    const response = await fetch(url, { ...options, signal: controller.signal });
+    const body = await readJson(response);
+    if (timedOut) throw new RequestTimeout(`no answer within ${Math.round(timeoutMs / 1000)} s`);
+    return { response, body };
+  } catch (error) {
+    if (timedOut) throw new RequestTimeout(`no answer within ${Math.round(timeoutMs / 1000)} s`);
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    if (signal) signal.removeEventListener("abort", onAbort);
+  }
+}
+
+/** What went wrong before the answer, for fail(): {text, detail}. */
+function refusal(what, response, body) {
+  const error = body && body.error ? body.error : null;
+  const described = error
+    ? describeError(error)
+    : { title: "Refused", detail: response.statusText || "no answer", code: null, retryable: response.status >= 500 };
+  const retryAfter = Number(response.headers.get("Retry-After"));
+  return {
+    text: `${what} refused (HTTP ${response.status}${described.code ? ` ${described.code}` : ""}): ${described.detail}`,
+    detail: {
+      fallback: !NO_FALLBACK_STATUSES.has(response.status),
+      status: response.status,
+      error: error || null,
+      retryable: described.retryable,
+      retryAfterS: Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : null,
+    },
+  };
+}
+
+/**
+ * GET /v1/webrtc/ice-servers: {ok: true, iceServers, ttlSeconds} or {ok: false, response, body}
+ * for an answer other than 200. Throws when the request fails or times out. Never cached: every
+ * answer carries fresh TURN credentials (the server also says Cache-Control: no-store).
+ */
+export async function fetchIceServers(token, { signal = null, timeoutMs = ICE_SERVERS_TIMEOUT_MS } = {}) {
+  const request = { headers: authHeaders(token), cache: "no-store" };
+  const { response, body } = await fetchJson("/v1/webrtc/ice-servers", request, timeoutMs, signal);
+  if (!response.ok) return { ok: false, response, body };
+  const list = body && Array.isArray(body.ice_servers) ? body.ice_servers : [];
+  const ttl = body && Number.isFinite(body.ttl_seconds) ? body.ttl_seconds : null;
+  return { ok: true, iceServers: list, ttlSeconds: ttl };
+}
+
+/** True when a list holds a TURN server (something a relay-only peer can use). */
+export function hasTurnServer(iceServers) {
+  return iceServers.some((server) => {
+    const urls = Array.isArray(server.urls) ? server.urls : [server.urls || server.url];
+    return urls.some((url) => typeof url === "string" && /^turns?:/i.test(url));
+  });
+}
+
 export class WebRtcTransport {
-  constructor({ video, init, onMessage, onEvent, token = null, connectTimeoutMs = CONNECT_TIMEOUT_MS }) {
+  constructor({
+    video,
+    init,
+    onMessage,
+    onEvent,
+    token = null,
+    relay = false,
+    connectTimeoutMs = CONNECT_TIMEOUT_MS,
+    offerTimeoutMs = OFFER_TIMEOUT_MS,
+  }) {
     this.kind = "webrtc";
     this.video = video;
     this.init = init;
     this.token = token;
+    this.relay = relay;
+    this.offerTimeoutMs = offerTimeoutMs;
+    this.iceServersTtlS = null; // how long the credentials of this connection's ICE servers last
+    this.abort = new AbortController(); // cancels the requests in flight when the transport closes
     this.onMessage = onMessage;
     this.onEvent = onEvent;
     this.connectTimeoutMs = connectTimeoutMs;
@@ -72,28 +170,58 @@ export class WebRtcTransport {
   }
 
   async start() {
-    const seconds = Math.round(this.connectTimeoutMs / 1000);
-    this.connectTimer = this.later(this.connectTimeoutMs, () => {
-      if (!this.connected) this.fail(`WebRTC did not connect within ${seconds} s`, { fallback: true, connectivity: true });
-    });
     try {
       await this.negotiate();
     } catch (error) {
+      if (this.closed) return;
       this.fail(`WebRTC setup failed: ${error.message || error}`, { fallback: true, connectivity: true });
     }
   }
 
-  async negotiate() {
+  /** The connect budget, from the answer's arrival (see CONNECT_TIMEOUT_MS). */
+  startConnectTimer() {
+    const seconds = Math.round(this.connectTimeoutMs / 1000);
+    this.later(this.connectTimeoutMs, () => {
+      if (!this.connected) this.fail(`WebRTC did not connect within ${seconds} s`, { fallback: true, connectivity: true });
+    });
+  }
+
+  /** This connection's ICE servers, fresh; null when fail() was called instead. */
+  async iceServers() {
     this.onEvent("progress", { text: "fetching ICE servers" });
-    let iceServers = [];
+    let answer;
     try {
-      const response = await fetch("/v1/webrtc/ice-servers", { headers: authHeaders(this.token) });
-      if (response.ok) iceServers = ((await readJson(response)) || {}).ice_servers || [];
-    } catch {
-      // no STUN/TURN then: host candidates still work on a local network
+      answer = await fetchIceServers(this.token, { signal: this.abort.signal });
+    } catch (error) {
+      if (this.closed) return null;
+      // No STUN/TURN then: host candidates still work on a local network.
+      console.warn(`no ICE servers (${error.message || error}); trying direct paths only`);
+      answer = { ok: true, iceServers: [], ttlSeconds: null };
     }
-    if (this.closed) return;
-    const pc = new RTCPeerConnection({ iceServers });
+    if (this.closed) return null;
+    if (!answer.ok) {
+      const { text, detail } = refusal("ICE servers", answer.response, answer.body);
+      if (!detail.fallback) {
+        // Refused for a reason the offer would be refused for too (401, 403, 429): say so now.
+        this.fail(text, detail);
+        return null;
+      }
+      console.warn(`${text}; trying direct paths only`);
+      answer = { ok: true, iceServers: [], ttlSeconds: null };
+    }
+    this.iceServersTtlS = answer.ttlSeconds;
+    if (this.relay && !hasTurnServer(answer.iceServers)) {
+      // Relay-only without a TURN server gathers nothing: no path could ever be found.
+      this.fail("relay-only (?relay=1) needs a TURN server, and the server lists none", { fallback: true, connectivity: true });
+      return null;
+    }
+    return answer.iceServers;
+  }
+
+  async negotiate() {
+    const iceServers = await this.iceServers();
+    if (iceServers === null || this.closed) return;
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: this.relay ? "relay" : "all" });
     this.pc = pc;
     // For debugging and tests.
     window.peerConnection = pc;
@@ -108,6 +236,10 @@ export class WebRtcTransport {
       this.video.play().catch(() => {}); // autoplay; muted video may always play
     });
     pc.addEventListener("connectionstatechange", () => this.onConnectionState());
+    pc.addEventListener("icecandidateerror", (event) => {
+      // A STUN/TURN server that refused or did not answer (e.g. expired TURN credentials): worth a line.
+      console.warn(`ICE candidate error ${event.errorCode} from ${event.url}: ${event.errorText}`);
+    });
     channel.addEventListener("open", () => {
       for (const text of this.pending.splice(0)) channel.send(text);
       this.checkConnected();
@@ -119,40 +251,41 @@ export class WebRtcTransport {
       else this.fail("the control channel closed unexpectedly", { fallback: true });
     });
 
-    this.onEvent("progress", { text: "gathering ICE candidates" });
+    this.onEvent("progress", { text: this.relay ? "gathering relay candidates (TURN)" : "gathering ICE candidates" });
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc);
     if (this.closed) return;
     this.onEvent("progress", { text: "sending the offer" });
     let response;
+    let body;
     try {
-      response = await fetch("/v1/webrtc/offer", {
-        method: "POST",
-        headers: authHeaders(this.token, { "Content-Type": "application/json" }),
-        body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", session_init: this.init }),
-      });
+      ({ response, body } = await fetchJson(
+        "/v1/webrtc/offer",
+        {
+          method: "POST",
+          headers: authHeaders(this.token, { "Content-Type": "application/json" }),
+          body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", session_init: this.init }),
+        },
+        this.offerTimeoutMs,
+        this.abort.signal,
+      ));
     } catch (error) {
-      this.fail(`the offer could not be sent: ${error.message || error}`, { fallback: true, connectivity: true });
+      if (this.closed) return;
+      const text =
+        error instanceof RequestTimeout
+          ? `the server did not answer the offer within ${Math.round(this.offerTimeoutMs / 1000)} s`
+          : `the offer could not be sent: ${error.message || error}`;
+      this.fail(text, { fallback: true, connectivity: true });
       return;
     }
-    const body = await readJson(response);
     if (this.closed) return;
     if (!response.ok || !body || typeof body.sdp !== "string") {
-      const error = body && body.error ? body.error : null;
-      const described = error
-        ? describeError(error)
-        : { title: "Offer refused", detail: response.statusText || "no answer", code: null, retryable: response.status >= 500 };
-      const retryAfter = Number(response.headers.get("Retry-After"));
-      this.fail(`offer refused (HTTP ${response.status}${described.code ? ` ${described.code}` : ""}): ${described.detail}`, {
-        fallback: !NO_FALLBACK_STATUSES.has(response.status),
-        status: response.status,
-        error: error || null,
-        retryable: described.retryable,
-        retryAfterS: Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : null,
-      });
+      const { text, detail } = refusal("offer", response, body);
+      this.fail(text, detail);
       return;
     }
     this.sessionId = body.session_id || null;
+    this.startConnectTimer();
     this.onEvent("progress", { text: "connecting (ICE)" });
     await pc.setRemoteDescription({ type: body.type || "answer", sdp: body.sdp });
   }
@@ -264,6 +397,7 @@ export class WebRtcTransport {
   close() {
     if (this.closed) return;
     this.closed = true;
+    this.abort.abort();
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
     if (this.channel) {
@@ -281,12 +415,14 @@ export class WebRtcTransport {
     if (!this.pc || this.closed) return {};
     const report = await this.pc.getStats();
     let inbound = null;
-    let pair = null;
     report.forEach((entry) => {
       if (entry.type === "inbound-rtp" && entry.kind === "video") inbound = entry;
-      if (entry.type === "candidate-pair" && entry.nominated && entry.state === "succeeded") pair = entry;
     });
-    const result = { rttMs: pair && typeof pair.currentRoundTripTime === "number" ? pair.currentRoundTripTime * 1000 : null };
+    const path = selectedCandidatePair(report);
+    const result = {
+      path,
+      rttMs: path && typeof path.rttS === "number" ? path.rttS * 1000 : null,
+    };
     if (!inbound) return result;
     result.bitrateKbps = this.rate.kbps(inbound.bytesReceived);
     if (inbound.jitterBufferEmittedCount > 0) {

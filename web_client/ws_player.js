@@ -7,6 +7,11 @@
 // in order.
 // With a token, the socket offers the subprotocols ["rtcvs", "bearer.<token>"] (auth.js); a refused
 // token is answered with error{unauthorized} and close 4401.
+//
+// Where MediaSource is missing but ManagedMediaSource exists (iOS Safari 17.1+), the player uses
+// that: it sets video.disableRemotePlayback (Safari attaches a ManagedMediaSource only then, or with
+// an AirPlay alternative source, which a live stream lacks) and follows the browser's
+// startstreaming/endstreaming hints (see MsePlayer.mayAppend).
 
 import { webSocketAuth } from "./auth.js";
 import { describeClose, parseMessage } from "./protocol.js";
@@ -21,6 +26,20 @@ const DEFAULT_SEGMENT_S = 1.0; // until the first media_segment_complete tells t
 // server paces so the client holds up to lookahead (1) + the segment just delivered; a one-segment
 // threshold skipped the first segment of every session and then ran the buffer dry each segment.
 const MAX_LAG_SEGMENTS = 2;
+// After endstreaming (ManagedMediaSource), buffers wait in the queue while this much media is still
+// buffered ahead; below it they are appended anyway, so a missing startstreaming never starves
+// the playhead (the stream is live: the server keeps sending whatever the browser says).
+const HOLD_WHILE_AHEAD_S = 1.0;
+
+/**
+ * The Media Source implementation this browser has: {MediaSourceClass, managed}, MediaSource first
+ * (desktop browsers, Safari on macOS), else ManagedMediaSource (iOS Safari); null when neither.
+ */
+export function mediaSourceImpl(scope = window) {
+  if (typeof scope.MediaSource === "function") return { MediaSourceClass: scope.MediaSource, managed: false };
+  if (typeof scope.ManagedMediaSource === "function") return { MediaSourceClass: scope.ManagedMediaSource, managed: true };
+  return null;
+}
 
 /**
  * Plays a stream of fMP4 buffers on a <video> through one MediaSource/SourceBuffer.
@@ -29,11 +48,19 @@ const MAX_LAG_SEGMENTS = 2;
  */
 export class MsePlayer {
   constructor(video, { onError = () => {}, onStatus = () => {} } = {}) {
-    if (!("MediaSource" in window)) throw new Error("Media Source Extensions are not supported by this browser");
+    const impl = mediaSourceImpl();
+    if (impl === null) throw new Error("Media Source Extensions are not supported by this browser");
     this.video = video;
     this.onError = onError;
     this.onStatus = onStatus;
-    this.mediaSource = new MediaSource();
+    this.MediaSourceClass = impl.MediaSourceClass;
+    this.managed = impl.managed; // a ManagedMediaSource (for debugging and tests)
+    if (this.managed) video.disableRemotePlayback = true; // before attaching: Safari requires it
+    this.mediaSource = new this.MediaSourceClass();
+    // ManagedMediaSource: whether the browser wants data now. Until it says (startstreaming or
+    // endstreaming), appends go on: an event that never comes must not stall the stream.
+    this.streaming = null;
+    this.heldAppends = 0; // times an append waited because of endstreaming (for debugging and tests)
     this.sourceBuffer = null;
     this.mime = null;
     this.queue = []; // ArrayBuffers waiting to be appended, in order
@@ -49,12 +76,24 @@ export class MsePlayer {
     this.opened = new Promise((resolve) => {
       this.mediaSource.addEventListener("sourceopen", resolve, { once: true });
     });
+    if (this.managed) {
+      this.mediaSource.addEventListener("startstreaming", () => {
+        this.streaming = true;
+        this.pump();
+      });
+      this.mediaSource.addEventListener("endstreaming", () => {
+        this.streaming = false;
+      });
+    }
     this.objectUrl = URL.createObjectURL(this.mediaSource);
     video.srcObject = null;
     video.src = this.objectUrl;
     // Kept so destroy() can remove them: a later player on the same <video> must not share them.
     this.listeners = {
-      timeupdate: () => this.keepNearLiveEdge(),
+      timeupdate: () => {
+        this.keepNearLiveEdge();
+        if (this.queue.length) this.pump(); // held after endstreaming: the buffer may be running low
+      },
       waiting: () => { if (this.playRequested) this.stalls += 1; },
       error: () => {
         const error = video.error;
@@ -86,7 +125,7 @@ export class MsePlayer {
       if (this.mime && mime !== this.mime) console.warn(`media_init mime changed from ${this.mime} to ${mime}`);
       return;
     }
-    if (!MediaSource.isTypeSupported(mime)) {
+    if (!this.MediaSourceClass.isTypeSupported(mime)) {
       this.fail(`this browser cannot play ${mime}`);
       return;
     }
@@ -123,6 +162,10 @@ export class MsePlayer {
     if (this.mediaSource.readyState !== "open") return;
     const buffer = this.queue[0];
     if (buffer === undefined) return;
+    if (!this.mayAppend()) {
+      this.heldAppends += 1;
+      return; // startstreaming, or the playhead nearing the buffered end (timeupdate), pumps again
+    }
     try {
       sb.appendBuffer(buffer);
       this.queue.shift();
@@ -134,6 +177,17 @@ export class MsePlayer {
         this.fail(`appendBuffer failed: ${error.message}`);
       }
     }
+  }
+
+  /**
+   * Whether to append now. Always with a plain MediaSource. A ManagedMediaSource says with
+   * endstreaming that it has enough for now (memory is short on phones): then hold, unless less
+   * than HOLD_WHILE_AHEAD_S is buffered ahead or nothing is buffered yet (the init segment, the
+   * first media), so that a hint never becomes a stall.
+   */
+  mayAppend() {
+    if (this.streaming !== false) return true;
+    return !this.video.buffered.length || this.bufferAhead() < HOLD_WHILE_AHEAD_S;
   }
 
   onUpdateEnd() {

@@ -80,7 +80,7 @@ class PeerSession:
         self._connect_timeout_s = connect_timeout_s
         self._init_timeout_s = init_timeout_s
         self._inbox = inbox
-        self._created = time.monotonic()
+        self._answered = time.monotonic()
         self._watchdog: asyncio.Task[None] | None = None
         self._channels: list[RTCDataChannel] = []
         self._closing: asyncio.Future[None] | None = None
@@ -91,7 +91,9 @@ class PeerSession:
         return self.controller.session.id
 
     def wire(self) -> None:
-        """Subscribe to the connection's events and start the liveness watchdog."""
+        """Subscribe to the connection's events and start the liveness watchdog (once the answer is made)."""
+        # The connect timeout counts from the answer: time spent gathering is not the peer's to pay.
+        self._answered = time.monotonic()
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
         self.sink.on_backlog = lambda: self._begin_departure("control channel backed up")
@@ -130,7 +132,7 @@ class PeerSession:
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             if self.pc.connectionState != "connected":
-                if time.monotonic() - self._created > self._connect_timeout_s:
+                if time.monotonic() - self._answered > self._connect_timeout_s:
                     self._begin_departure(f"not connected after {self._connect_timeout_s:.0f}s")
                     return
                 continue

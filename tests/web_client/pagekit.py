@@ -30,6 +30,12 @@ CHROMIUM_ARGS = [
 # never completes where multicast is unavailable (scripts/test.sh runs the suite in a network
 # namespace with only loopback up), so ICE gathering hangs and the peer never connects.
 WEBRTC_ARGS = ["--disable-features=WebRtcHideLocalIpsWithMdns"]
+# Chromium enumerates network interfaces for ICE only on a page with a camera or microphone
+# permission; otherwise it gathers on the default route's interface alone, and with only loopback
+# up there is none: its host candidates are then 0.0.0.0 and :: (never signalled), and the path it
+# finds is peer-reflexive (prflx), or srflx with a STUN or TURN server. Granted this permission (no
+# device is opened), it gathers on lo too (--allow-loopback-in-peer-connection): a real host path.
+HOST_CANDIDATE_PERMISSIONS = ["microphone"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 SAMPLING = make_config().default_request.sampling
@@ -67,9 +73,9 @@ class PageLog:
 
 
 async def new_page(
-    browser: Any, viewport: dict[str, int] = DESKTOP
+    browser: Any, viewport: dict[str, int] = DESKTOP, permissions: list[str] | None = None
 ) -> tuple[Any, PageLog]:
-    page = await browser.new_page(viewport=viewport)
+    page = await browser.new_page(viewport=viewport, permissions=permissions or [])
     log = PageLog()
     log.attach(page)
     return page, log

@@ -42,12 +42,12 @@ def token_config(**sections: dict[str, Any]) -> ServiceConfig:
     return make_config(auth={"mode": "token", "token_envs": [TOKEN_ENV]}, **sections)
 
 
-def record_offers(page: Any) -> list[dict[str, str]]:
-    """Headers of every offer the page posts, in order."""
+def record_offers(page: Any, path: str = "/v1/webrtc/offer") -> list[dict[str, str]]:
+    """Headers of every request the page makes to ``path`` (the offer by default), in order."""
     offers: list[dict[str, str]] = []
     page.on(
         "request",
-        lambda request: offers.append(request.headers) if request.url.endswith("/v1/webrtc/offer") else None,
+        lambda request: offers.append(request.headers) if request.url.endswith(path) else None,
     )
     return offers
 
@@ -120,10 +120,12 @@ async def test_page_with_a_token_streams_over_both_transports_and_hides_it(
     # WebRTC: the offer carries the bearer token; the fragment is gone from the address.
     page, log = await new_page(browser)
     offers = record_offers(page)
+    ice_requests = record_offers(page, "/v1/webrtc/ice-servers")
     await page.goto(f"{server.url}/#token={GOOD_TOKEN}")
     state = await wait_for_playback(page, log, SEGMENT_S)
     assert state["transport"] == "webrtc" and state["statusState"] == "ok", f"{state}\n{log}"
     assert offers and offers[-1].get("authorization") == f"Bearer {GOOD_TOKEN}", offers
+    assert ice_requests and ice_requests[-1].get("authorization") == f"Bearer {GOOD_TOKEN}", ice_requests
     seen = await address_and_storage(page)
     assert seen["href"] == f"{server.url}/", seen
     assert GOOD_TOKEN not in seen["href"] and "#" not in seen["href"], seen
@@ -137,16 +139,19 @@ async def test_page_with_a_token_streams_over_both_transports_and_hides_it(
     assert seen["source"] == "session" and seen["token"] == GOOD_TOKEN, seen
 
     # Stop ends the session on the server: DELETE /v1/sessions/{id} carries the token too.
-    deletes: list[int] = []
-    page.on("response", lambda r: deletes.append(r.status) if r.request.method == "DELETE" else None)
-    await page.click("#stop")
+    # expect_response, not a "response" listener: Playwright may deliver that event after the page
+    # already shows "stopped", and the registry may be empty by then too.
+    async with page.expect_response(lambda r: r.request.method == "DELETE") as deleted:
+        await page.click("#stop")
+    delete = await deleted.value
+    assert delete.request.headers.get("authorization") == f"Bearer {GOOD_TOKEN}", delete.request.headers
     await wait_until(page, log, "() => document.getElementById('status').textContent === 'stopped'")
     for _ in range(50):
         if len(server.app[REGISTRY]) == 0:
             break
         await asyncio.sleep(0.05)
     assert len(server.app[REGISTRY]) == 0, "the page's DELETE did not end its session"
-    assert deletes == [200], deletes
+    assert delete.status == 200, delete.status
     assert log.page_errors == [], str(log)
     await page.close()
 
@@ -192,15 +197,18 @@ async def test_page_without_a_valid_token_says_it_is_not_authorized(
     server: RunningServer = await start_server(token_config())
     browser = await launch(*WEBRTC_ARGS)
 
-    # No token at all (client-config.json ships as {}): the offer is answered 401, no fallback.
+    # No token at all (client-config.json ships as {}): the ICE-servers request, the first one, is
+    # answered 401; the page says so and sends no offer (it would be refused the same), no fallback.
     page, log = await new_page(browser)
     offers = record_offers(page)
+    ice_requests = record_offers(page, "/v1/webrtc/ice-servers")
     await page.goto(f"{server.url}/")
     text = await unauthorized_notice(page, log)
     assert "HTTP 401" in text, text
     state = await page_state(page)
     assert state["transport"] == "webrtc", state  # the WebSocket would be refused the same way
-    assert len(offers) == 1 and "authorization" not in offers[0], offers
+    assert len(ice_requests) == 1 and "authorization" not in ice_requests[0], ice_requests
+    assert offers == [], offers
     assert state["badge"] == "not authorized", state
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "page_unauthorized.png"))

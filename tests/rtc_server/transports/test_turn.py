@@ -13,9 +13,11 @@ from typing import Any
 import aiohttp
 import aioice.stun
 import pytest
+from aiortc import RTCSessionDescription
 
 from rtc_server.clients.webrtc_client import IceGatheringFailed, WebRTCClient, fetch_ice_servers
 from rtc_server.config import WebRTCConfig
+from rtc_server.transports.ice import restrict_host_candidates
 from rtc_server.transports.turn_credentials import IceServerList, TurnSetupError, turn_credential
 from tests.conftest import make_config
 from tests.turn_fixture import TurnServer
@@ -185,3 +187,28 @@ async def test_gathering_waits_for_a_silent_turn_server_no_longer_than_configure
             assert " typ host" in answer and " typ relay" not in answer
             await wait_for_segments(client, 1)
         assert silent.recv(2048)[:2] == b"\x00\x03", "the server did ask it for an allocation"
+
+
+async def test_the_connect_timeout_counts_from_the_answer_not_from_the_offer(
+    turn: TurnServer, start_server: Any
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        url = f"turn:127.0.0.1:{silent.getsockname()[1]}?transport=udp"
+        webrtc = {
+            "turn": {"urls": [url], "secret_env": SECRET_ENV, "server_side": True},
+            "gather_timeout_seconds": 2.5,  # longer than the whole connect timeout
+            "connect_timeout_seconds": 2.0,
+        }
+        server = await start_server(make_config(webrtc=webrtc))
+        async with WebRTCClient(server.url, session_init=INIT) as client:
+            client.pc.addTransceiver("video", direction="recvonly")
+            restrict_host_candidates(client.pc, ["127.0.0.1"])
+            await client.pc.setLocalDescription(await client.pc.createOffer())
+            body = {"sdp": client.pc.localDescription.sdp, "type": "offer", "session_init": INIT}
+            async with aiohttp.ClientSession() as http, http.post(f"{server.url}/v1/webrtc/offer", json=body) as response:
+                answer = await response.json()
+            await asyncio.sleep(1.0)  # a far-away client: the answer takes its time to arrive and apply
+            await client.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+            await client.wait_channel_open(timeout=10)
+            await wait_for_segments(client, 1)
