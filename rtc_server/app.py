@@ -1,10 +1,14 @@
 """The aiohttp application: shared objects under typed keys, routes, and ordered teardown.
 
 Startup order: pool (warm-up runs in the background so /readyz can say
-"warming"), session store, session logs and the init-image directory,
-session registry, WebRTC transport, WebSocket transport. At
-shutdown every session is ended first (on_shutdown), then the cleanup
-contexts run in reverse: transports, registry, pool.
+"warming"), session store and resume records, session logs and the init-image
+directory, session registry, WebRTC transport, WebSocket transport. At
+shutdown (SIGTERM/SIGINT) aiohttp first stops listening; then (on_shutdown)
+the registry drains: new sessions are refused and /readyz says "draining"
+(503), every live session stores where its stream stands, is told
+``error{gpu_unavailable, retryable}`` and closed, its resume record left for
+another replica. Then the cleanup contexts run in reverse: transports,
+registry, pool.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -28,7 +33,7 @@ from prompt.safety import PromptSafetyFilter
 from rtc_server.admin import is_admin, public_status
 from rtc_server.auth import Authenticator, bearer_token
 from rtc_server.config import ServiceConfig, StoreConfig
-from rtc_server.health import healthz_payload, readyz_payload
+from rtc_server.health import healthz_payload, readyz_payload, session_slots
 from rtc_server.http_errors import HttpError, json_error
 from rtc_server.metrics import CONTENT_TYPE, ServiceMetrics
 from rtc_server.packaged import shipped_dir
@@ -36,7 +41,8 @@ from rtc_server.prompt_pipeline import PromptPipeline
 from rtc_server.registry import SessionRegistry
 from rtc_server.session_log import SessionLogger
 from rtc_server.session_services import SessionServices
-from rtc_server.store import InMemoryBlobStore, InMemorySessionStore, SessionStore
+from rtc_server.store import BlobStore, InMemoryBlobStore, InMemorySessionStore, SessionStore
+from rtc_server.store.resume_records import InMemoryResumeRecords, ResumeRecords
 from rtc_server.transports import webrtc, websocket
 from rtc_server.transports.gate import Gate
 from rtc_server.transports.ice import apply_bitrate_bounds
@@ -49,6 +55,7 @@ __all__ = [
     "POOL",
     "PROMPTS",
     "REGISTRY",
+    "RESUME",
     "SESSION_LOG",
     "STORE",
     "WEBRTC",
@@ -61,6 +68,7 @@ logger = logging.getLogger(__name__)
 CONFIG = web.AppKey("config", ServiceConfig)
 POOL = web.AppKey("pool", GpuPool)  # type: ignore[type-abstract]
 STORE = web.AppKey("store", SessionStore)  # type: ignore[type-abstract]
+RESUME = web.AppKey("resume", ResumeRecords)  # type: ignore[type-abstract]
 SESSION_LOG = web.AppKey("session_log", SessionLogger)
 IMAGE_DIR = web.AppKey("image_dir", Path)
 REGISTRY = web.AppKey("registry", SessionRegistry)
@@ -132,32 +140,49 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.shutdown()
 
 
-async def open_store(config: StoreConfig) -> SessionStore:
-    """The session store selected by ``store.backend``."""
+@dataclass(frozen=True)
+class Stores:
+    """The session store, its blob store and the sessions' resume records of ``store.backend``."""
+
+    sessions: SessionStore
+    blobs: BlobStore
+    records: ResumeRecords
+
+    async def close(self) -> None:
+        """Close all three, one by one (over Redis they share one client, closed with the last)."""
+        await self.records.close()
+        await self.sessions.close()
+        await self.blobs.close()
+
+
+async def open_store(config: StoreConfig) -> Stores:
+    """The stores selected by ``store.backend``."""
     if config.backend == "redis":
-        from rtc_server.store.redis_store import open_redis_stores  # redis is an optional dependency
+        from rtc_server.store.redis_store import open_redis_backends  # redis is an optional dependency
 
         assert config.redis_url is not None
-        store, _ = await open_redis_stores(
+        backends = await open_redis_backends(
             config.redis_url,
             key_prefix=config.key_prefix,
             inline_limit_bytes=config.inline_limit_bytes,
             snapshot_ttl_s=config.snapshot_ttl_seconds,
             state_ttl_s=config.state_ttl_seconds,
         )
-        return store
-    return InMemorySessionStore(
-        InMemoryBlobStore(),
+        return Stores(backends.sessions, backends.blobs, backends.resume)
+    blobs = InMemoryBlobStore()
+    store = InMemorySessionStore(
+        blobs,
         inline_limit_bytes=config.inline_limit_bytes,
         snapshot_ttl_s=config.snapshot_ttl_seconds,
     )
+    return Stores(store, blobs, InMemoryResumeRecords(ttl_s=config.state_ttl_seconds))
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = await open_store(app[CONFIG].store)
-    app[STORE] = store
+    stores = await open_store(app[CONFIG].store)
+    app[STORE], app[RESUME] = stores.sessions, stores.records
     yield
-    await store.close()
+    await stores.close()
 
 
 async def _session_files_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -216,6 +241,7 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
         defaults=config.default_request,
         limits=config.limits,
         image_dir=app[IMAGE_DIR],
+        records=app[RESUME],
     )
     registry = SessionRegistry(config=config, services=services)
     app[METRICS].watch(registry.live_counts)
@@ -254,7 +280,7 @@ async def _websocket_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _end_sessions(app: web.Application) -> None:
     # on_shutdown runs before aiohttp waits for handlers: ending sessions here closes the
     # long-lived WebSocket handlers and peers instead of waiting out the shutdown timeout.
-    await app[REGISTRY].close()
+    await app[REGISTRY].drain()
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -262,19 +288,23 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    payload, ready = readyz_payload(request.app[POOL].status())
+    payload, ready = readyz_payload(request.app[POOL].status(), draining=request.app[REGISTRY].draining)
     return web.json_response(payload, status=200 if ready else 503)
 
 
 async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "sessions": len(request.app[REGISTRY]), "stream_mode": "av_fmp4", "transports": ["webrtc", "websocket"]})
+    registry = request.app[REGISTRY]
+    status = "draining" if registry.draining else "ok"
+    return web.json_response({"status": status, "sessions": len(registry), "stream_mode": "av_fmp4", "transports": ["webrtc", "websocket"]})
 
 
 async def _status(request: web.Request) -> web.Response:
     status = request.app[POOL].status()
-    if is_admin(request, request.app[CONFIG].server.admin_token):
-        return web.json_response(status.to_json())
-    return web.json_response(public_status(status))
+    body = status.to_json() if is_admin(request, request.app[CONFIG].server.admin_token) else public_status(status)
+    registry = request.app[REGISTRY]  # free session slots: what the router places sessions by
+    open_sessions, taking = registry.active + registry.depth, status.ready and not registry.draining
+    body.update(session_slots(capacity=registry.capacity.total, open_sessions=open_sessions, ready=taking))
+    return web.json_response(body)
 
 
 def _admin_refusal(request: web.Request) -> web.Response | None:

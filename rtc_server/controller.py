@@ -3,7 +3,9 @@
 Lifecycle and I/O: client messages (dispatched by type), admission, binding a worker, the
 generation loop, teardown. What to generate next is the GenerationPolicy's call; prompt work
 that awaits the LLM or the safety filter is the PromptIntake's; making, retrying, persisting and
-taking back segments is the SegmentRunner's. Every end of a session goes through ``_finish``.
+taking back segments is the SegmentRunner's; its resume token and record are the SessionContinuity's.
+Every end of a session goes through ``_finish``: one that moves on (server shutdown, resumed on
+another connection) keeps its stored state and record for the next owner, any other drops both.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from gpu.pool import PoolError
 from rtc_server import protocol as wire
@@ -20,9 +21,11 @@ from rtc_server.generation_policy import GenerationPolicy, Hold
 from rtc_server.prompt_intake import PromptIntake
 from rtc_server.segment_runner import SegmentRunner
 from rtc_server.session import Session, SessionState
+from rtc_server.session_continuity import SHUTDOWN_MESSAGE, SUSPEND_WAIT_S, SessionContinuity
+from rtc_server.session_dispatch import Handlers, dispatch_table
 from rtc_server.session_events import SessionEvents
 from rtc_server.session_failures import SessionFailure, failure_for
-from rtc_server.session_services import Admission, SessionServices, policy_settings
+from rtc_server.session_services import Admission, SessionDirectory, SessionServices, policy_settings
 from rtc_server.session_start import SessionRefused, describe_init, stream_start
 from rtc_server.sink import CloseReason, SessionSink
 from rtc_server.tasks import TaskSet, cancel_and_wait
@@ -44,6 +47,7 @@ class SessionController:
         delivery: DeliveryLog,
         admission: Admission,
         on_closed: Callable[[SessionController], None] | None = None,
+        directory: SessionDirectory | None = None,
     ) -> None:
         self._session = session
         self._services = services
@@ -52,13 +56,17 @@ class SessionController:
         self._admission = admission
         self._on_closed = on_closed
         self._events = SessionEvents(session=session, sink=sink, log=services.log, metrics=services.metrics)
+        self._side_tasks = TaskSet(f"session {session.short_id}")
+        # A record another server took over: this copy ends, leaving the state alone.
+        on_lost = lambda: self._side_tasks.spawn(self.hand_over())
+        self._continuity = SessionContinuity(session=session, services=services, directory=directory, on_lost=on_lost)
+        self._deferred: list[wire.ClientMessage] | None = None  # messages held while a resumed policy loads
         self._init: wire.SessionInitV2 | None = None
         self._policy: GenerationPolicy | None = None
         self._intake: PromptIntake | None = None
         self._runner: SegmentRunner | None = None
-        self._handlers: dict[type[Any], Callable[[Any], object]] | None = None
+        self._handlers: Handlers | None = None
         self._changed = asyncio.Event()
-        self._side_tasks = TaskSet(f"session {session.short_id}")
         self._task: asyncio.Task[None] | None = None
         self._finishing = False
         self._closed = asyncio.Event()
@@ -92,10 +100,17 @@ class SessionController:
         await self._end(failure, SessionState.REJECTED, tell_client=tell_client)
 
     async def _start(self, runner: SegmentRunner, init: wire.SessionInitV2) -> None:
+        policy = self._policy
+        assert policy is not None
         try:
-            await runner.prepare(init)
+            start, self._init = await self._continuity.resume(init, policy=policy, events=self._events)
+            await runner.prepare(init, start)
         except Exception as exc:
             raise SessionRefused(failure_for(exc, label=f"session {self._session.short_id}")) from exc
+        self._continuity.start(self._init, lambda: (runner.stored_index, policy.resume_state()))
+        deferred, self._deferred = self._deferred or [], None
+        for message in deferred:
+            self.handle(message)
         self._task = asyncio.create_task(self._run(), name=f"session-{self._session.short_id}")
 
     async def _start_or_refuse(self, runner: SegmentRunner, init: wire.SessionInitV2) -> None:
@@ -118,6 +133,7 @@ class SessionController:
             policy=policy,
             rebind=lambda: self._bind(after="worker_failed"),
             on_change=self._changed.set,
+            resume_points=self._continuity,
         )
         self._intake = PromptIntake(
             policy=policy,
@@ -128,8 +144,13 @@ class SessionController:
             spawn=self._side_tasks.spawn,
             on_user_prompt=runner.supersede,
         )
-        self._handlers = self._dispatch_table(policy, self._intake, runner)
-        self._events.log("init", transport=self._session.transport, **describe_init(init))
+        self._handlers = dispatch_table(
+            policy, self._intake, runner, spawn=self._side_tasks.spawn, report_error=self.report_error
+        )
+        if init.resume_session is None:
+            self._events.log("init", transport=self._session.transport, **describe_init(init))
+        else:
+            self._deferred = []  # what follows the init applies to the policy the record restores
         return runner
 
     def handle(self, message: wire.ClientMessage) -> None:
@@ -145,24 +166,12 @@ class SessionController:
             else:
                 self.report_error("invalid_message", f"send session_init_v2 before {message.type}")
             return
+        if self._deferred is not None:
+            self._deferred.append(message)
+            return
         self._handlers[type(message)](message)
         self._changed.set()
-
-    def _dispatch_table(
-        self, policy: GenerationPolicy, intake: PromptIntake, runner: SegmentRunner
-    ) -> dict[type[Any], Callable[[Any], object]]:
-        """What each client message does once the session has started."""
-        return {
-            wire.SessionInitV2: lambda m: self.report_error("invalid_message", "session_init_v2 was already received"),
-            wire.SegmentPromptSource: lambda m: self._side_tasks.spawn(intake.accept(m)),
-            wire.SeedPromptsUpdated: lambda m: policy.set_curated(m.seed_prompts),
-            wire.EnhancementUpdated: lambda m: setattr(policy, "enhancement", m.enabled),
-            wire.AutoExtensionUpdated: lambda m: setattr(policy, "auto_extension", m.enabled),
-            wire.LoopGenerationUpdated: lambda m: setattr(policy, "loop", m.enabled),
-            wire.GenerationPausedUpdated: lambda m: setattr(policy, "paused", m.paused),
-            wire.SnapshotState: lambda m: self._side_tasks.spawn(runner.send_snapshot()),
-            wire.RewriteSeedPrompts: lambda m: self._side_tasks.spawn(intake.rewrite(m)),
-        }
+        self._continuity.touch()  # toggles, curated prompts, a user prompt: a resumed stream keeps them
 
     def report_error(self, code: wire.ErrorCode, message: str, *, retryable: bool = False) -> None:
         """Tell the client about a problem without ending the session."""
@@ -189,24 +198,40 @@ class SessionController:
         await self._finish(self._session.end_state_for_departure(), CloseReason.CLIENT_LEFT)
 
     async def shutdown(self) -> None:
-        """The server is stopping."""
-        if not self._finishing:
-            self.report_error("gpu_unavailable", "the server is shutting down", retryable=True)
-            await self._finish(SessionState.ERROR, CloseReason.SHUTDOWN)
+        """The server is stopping: store where the stream stands (at a segment the client has seen),
+        tell the client to resume elsewhere, close. The state and record stay for the next server."""
+        if self._finishing:
+            return
+        if self._runner is not None and self._task is not None:
+            await self._runner.suspend(wait_s=SUSPEND_WAIT_S)
+            if self._finishing:  # the client left meanwhile: that end stands
+                return
+            await self._continuity.final_write()
+        self.report_error("gpu_unavailable", SHUTDOWN_MESSAGE, retryable=True)
+        await self._finish(SessionState.ERROR, CloseReason.SHUTDOWN, keep=True)
 
-    async def _finish(self, target: SessionState, reason: CloseReason) -> None:
+    async def hand_over(self) -> None:
+        """The client resumed this session on a new connection: end this one, leaving state and record to it."""
+        if not self._finishing:
+            self.report_error("session_rejected", "this session was resumed on another connection", retryable=False)
+            await self._finish(SessionState.ERROR, CloseReason.NORMAL, keep=True)
+
+    async def _finish(self, target: SessionState, reason: CloseReason, *, keep: bool = False) -> None:
         if self._finishing:
             await self._closed.wait()
             return
         self._finishing = True
+        keep = keep or self._continuity.unsent_resume  # a failed reconnection: the session stays resumable
         try:
             if self._task is not None and self._task is not asyncio.current_task() and not self._task.done():
                 await cancel_and_wait(self._task)
             await self._side_tasks.cancel_all()
             self._session.end(target)
             self._admission.leave(self._session.id)
-            await self._release_resources()
-            await self._sink.close(reason)
+            try:
+                await self._release_resources(keep=keep)
+            finally:
+                await self._sink.close(reason)  # even when cancelled meanwhile: the sink owns threads
         finally:
             self._closed.set()
             if self._on_closed is not None:
@@ -216,14 +241,15 @@ class SessionController:
             # Its parts hold callbacks into this controller: let go of them, so nothing waits for a GC pass.
             self._handlers = self._intake = self._runner = self._task = None
 
-    async def _release_resources(self) -> None:
+    async def _release_resources(self, *, keep: bool) -> None:
         # One by one, each failure logged: a broken store must not keep the GPU binding.
         try:
             await self._services.pool.release(self._session.id)
         except PoolError:
             logger.exception("session %s: releasing the pool binding failed", self._session.short_id)
+        await self._continuity.close(delete=not keep)  # the record first: a resume in between finds nothing
         if self._runner is not None:
-            await self._runner.close()
+            await self._runner.close(keep_state=keep)
 
     async def _end(self, failure: SessionFailure, state: SessionState, *, tell_client: bool = True) -> None:
         if self._finishing:
@@ -268,6 +294,8 @@ class SessionController:
         timeout_s = self._services.streaming.session_timeout_seconds
         self._events.send(wire.GpuAssigned(gpu_id=assignment.gpu_id, session_timeout=timeout_s))
         if after is None:
+            if (info := self._continuity.session_info()) is not None:
+                self._events.send(info)  # right after gpu_assigned, once
             assert self._init is not None
             self._events.send(stream_start(self._init, self._services.defaults.sampling))
 

@@ -8,7 +8,10 @@ The SessionController asks and reports; this module decides:
   history for auto-extension;
 - which LLM answers are worth asking for (``lookups``) and which are outstanding: the controller
   asks, and reports each answer with ``answered``; a prompt never waits for one longer than the
-  controller's wait budget, a late answer serves a later segment.
+  controller's wait budget, a late answer serves a later segment;
+- where a resumed stream would go on (``resume_state``): the position marked at the last segment
+  boundary whose state was stored, with the client's latest choices (toggles, curated list, a user
+  prompt not yet shown). Another server restores it with ``restore``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from rtc_server.prompt_schedule import PromptChoice, PromptOrigin, PromptSchedule
 
-__all__ = ["GenerationPolicy", "Hold", "Lookup", "LookupKind", "PolicySettings"]
+__all__ = ["GenerationPolicy", "Hold", "Lookup", "LookupKind", "PolicyPosition", "PolicySettings", "PolicyState"]
 
 
 class Hold(enum.Enum):
@@ -30,6 +33,7 @@ class Hold(enum.Enum):
     AWAITING_USER_PROMPT = "awaiting_user_prompt"  # nothing safe to generate until the user sends one
     PAUSED = "paused"
     SINGLE_CLIP_DONE = "single_clip_done"  # single-clip mode: one segment per user prompt
+    SUSPENDED = "suspended"  # the session is moving to another server: nothing more is made here
 
 
 class LookupKind(enum.Enum):
@@ -61,6 +65,32 @@ class PolicySettings:
     can_enhance: bool = False  # an LLM enhancer is configured
 
 
+@dataclass(frozen=True, kw_only=True)
+class PolicyPosition:
+    """Where a stream stands between two segments: what the segments made so far left behind."""
+
+    cursor: int = 0  # curated prompts taken from the current list
+    curated_version: int = 0  # the list ``cursor`` counts in (this server's own counter; not persisted)
+    last: PromptChoice | None = None
+    recent: tuple[str, ...] = ()
+    segments_done: int = 0
+    awaiting_user: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyState:
+    """A policy's whole state: where the stream stands and what the client chose. What a resumed session restores."""
+
+    position: PolicyPosition = PolicyPosition()
+    curated: tuple[str, ...] = ()
+    pending: PromptChoice | None = None  # a user prompt not yet shown
+    loop: bool = False
+    auto_extension: bool = False
+    enhancement: bool = False
+    single_clip: bool = False
+    paused: bool = False
+
+
 class _Asked(enum.Enum):
     """An auto-extension asked for and not answered yet."""
 
@@ -80,6 +110,7 @@ class GenerationPolicy:
         self.enhancement = settings.enhancement
         self.single_clip = settings.single_clip
         self.paused = False
+        self.suspended = False
         self._last: PromptChoice | None = None
         self._recent: deque[str] = deque(maxlen=settings.history_size)
         self._awaiting_user = False
@@ -87,6 +118,8 @@ class GenerationPolicy:
         self._extension: str | _Asked | None = None  # None: not asked (or it failed); else pending or the answer
         self._enhancing: set[str] = set()
         self._enhanced: dict[str, str] = {}
+        self._mark = self.position()
+        self._taken: PromptChoice | None = None  # the choice taken since the mark: its segment is not stored yet
 
     # -- what the client changes --------------------------------------------------------------
 
@@ -142,6 +175,8 @@ class GenerationPolicy:
 
     def hold(self) -> Hold | None:
         """Why no segment may start now, or None when one may."""
+        if self.suspended:
+            return Hold.SUSPENDED
         if self._cap and self._segments_done >= self._cap:
             return Hold.SEGMENT_CAP
         if self._awaiting_user:
@@ -216,6 +251,7 @@ class GenerationPolicy:
             enhanced = self._enhanced.pop(choice.text, None)
             if enhanced is not None:
                 choice = replace(choice, text=enhanced)
+        self._taken = choice
         return choice
 
     def refused(self, choice: PromptChoice) -> PromptChoice | None:
@@ -225,3 +261,81 @@ class GenerationPolicy:
             return replace(self._last, origin=PromptOrigin.REPEAT)
         self._awaiting_user = True
         return None
+
+
+    # -- resuming elsewhere -------------------------------------------------------------------
+
+    def position(self) -> PolicyPosition:
+        """Where the stream stands now."""
+        return PolicyPosition(
+            cursor=self._schedule.cursor,
+            curated_version=self._schedule.version,
+            last=self._last,
+            recent=tuple(self._recent),
+            segments_done=self._segments_done,
+            awaiting_user=self._awaiting_user,
+        )
+
+    @property
+    def marked(self) -> PolicyPosition:
+        """The position at the last mark: where the segment chosen after it started from."""
+        return self._mark
+
+    def mark(self) -> None:
+        """A boundary a resumed stream could go on from: the state of the segments made so far is
+        stored, and the next segment has not been chosen yet (or is chosen again after a take-back)."""
+        self._mark = self.position()
+        self._taken = None
+
+    def resume_state(self) -> PolicyState:
+        """What a resumed stream restores: the marked position with the client's latest choices. A
+        user prompt taken since the mark (its segment not stored yet) is pending again."""
+        position = self._mark
+        if position.curated_version != self._schedule.version:
+            # The client sent a new list since the mark: the live schedule started it from the top.
+            position = replace(position, cursor=0, curated_version=self._schedule.version)
+        pending = self._schedule.pending
+        if pending is None and self._taken is not None and self._taken.origin is PromptOrigin.USER:
+            pending = self._taken
+        return PolicyState(
+            position=position,
+            curated=self._schedule.curated,
+            pending=pending,
+            loop=self.loop,
+            auto_extension=self.auto_extension,
+            enhancement=self.enhancement,
+            single_clip=self.single_clip,
+            paused=self.paused,
+        )
+
+    def restore(self, state: PolicyState) -> None:
+        """Continue where ``state`` stood (a session resumed from another server), and mark it."""
+        self._schedule.restore(curated=list(state.curated), cursor=state.position.cursor, pending=state.pending)
+        self._set_position(state.position)
+        self.loop = state.loop
+        self.auto_extension = state.auto_extension
+        self.enhancement = state.enhancement
+        self.single_clip = state.single_clip
+        self.paused = state.paused
+        self._extension = None
+        self._enhancing.clear()
+        self._enhanced.clear()
+        self.mark()
+
+    def rewind(self, position: PolicyPosition, taken_back: Sequence[PromptChoice]) -> None:
+        """The segments chosen since ``position`` were taken back for good (the session is moving to
+        another server): go back to ``position``; the newest user prompt among them is pending again
+        unless a newer one is. Marks the result."""
+        users = [choice for choice in taken_back if choice.origin is PromptOrigin.USER]
+        pending = self._schedule.pending or (users[-1] if users else None)
+        cursor = position.cursor if position.curated_version == self._schedule.version else 0
+        self._schedule.restore(curated=list(self._schedule.curated), cursor=cursor, pending=pending)
+        self._set_position(position)
+        self.mark()
+
+    def _set_position(self, position: PolicyPosition) -> None:
+        self._last = position.last
+        self._recent.clear()
+        self._recent.extend(position.recent)
+        self._segments_done = position.segments_done
+        self._awaiting_user = position.awaiting_user and self._schedule.pending is None

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from gpu.generator import ContinuationState
+from rtc_server.generation_policy import PolicyPosition
 from rtc_server.prompt_schedule import PromptChoice
 from rtc_server.sink import SegmentOutput
 
@@ -25,6 +26,7 @@ class PendingSegment:
     state_before: ContinuationState | None
     output: SegmentOutput
     choice: PromptChoice
+    position_before: PolicyPosition | None = None  # the policy's position before ``choice`` was taken
     generated: bool = False  # the policy counted it
     retracted: bool = False
 
@@ -40,11 +42,16 @@ class Lookahead:
         return len(self._pending)
 
     def add(
-        self, idx: int, state_before: ContinuationState | None, output: SegmentOutput, choice: PromptChoice
+        self,
+        idx: int,
+        state_before: ContinuationState | None,
+        output: SegmentOutput,
+        choice: PromptChoice,
+        position_before: PolicyPosition | None = None,
     ) -> PendingSegment:
         """Track a segment whose generation starts now."""
         self._prune()
-        pending = PendingSegment(idx, state_before, output, choice)
+        pending = PendingSegment(idx, state_before, output, choice, position_before)
         self._pending.append(pending)
         return pending
 

@@ -49,12 +49,38 @@ class PromptSchedule:
         self._default = default_prompt
         self._curated = [p for p in (curated or []) if p.strip()]
         self._cursor = 0
+        self._version = 0  # bumped by every new curated list, so a saved cursor knows which list it counts in
         self.loop_enabled = loop
         self._pending: PromptChoice | None = None
 
     @property
     def has_pending_user_prompt(self) -> bool:
         return self._pending is not None
+
+    @property
+    def pending(self) -> PromptChoice | None:
+        """The user prompt queued for the next segment, if any."""
+        return self._pending
+
+    @property
+    def curated(self) -> tuple[str, ...]:
+        return tuple(self._curated)
+
+    @property
+    def cursor(self) -> int:
+        """How many curated prompts have been taken from the current list."""
+        return self._cursor
+
+    @property
+    def version(self) -> int:
+        """Which curated list is current: changes with every ``set_curated``."""
+        return self._version
+
+    def restore(self, *, curated: list[str], cursor: int, pending: PromptChoice | None) -> None:
+        """Put the schedule back where a saved one stood (a resumed stream); the list counts as current."""
+        self._curated = [p for p in curated if p.strip()]
+        self._cursor = max(0, cursor)
+        self._pending = pending
 
     @property
     def cycles_curated(self) -> bool:
@@ -68,6 +94,7 @@ class PromptSchedule:
     def set_curated(self, prompts: list[str]) -> None:
         self._curated = [p for p in prompts if p.strip()]
         self._cursor = 0
+        self._version += 1
 
     def peek(self, last: PromptChoice | None) -> PromptChoice:
         """What :meth:`take` would return now, without taking it."""

@@ -23,6 +23,7 @@ from pydantic import (
     StrictStr,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 __all__ = [
@@ -104,6 +105,20 @@ class ContinuationStateModel(BaseModel):
     payload: dict[str, Any]
 
 
+SessionId = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+# A resume token is 43 URL-safe characters (32 random bytes); the bounds only keep junk out.
+ResumeToken = Annotated[StrictStr, Field(min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class ResumeSession(BaseModel):
+    """(new) ``session_init_v2.resume_session``: continue that session from its stored state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: SessionId
+    resume_token: ResumeToken
+
+
 class SessionInitV2(_ClientModel):
     type: Literal["session_init_v2"] = "session_init_v2"
     model_config = ConfigDict(extra="allow")
@@ -122,6 +137,14 @@ class SessionInitV2(_ClientModel):
     # (new) What to do when continuation_state cannot be used: "error" ends the session with an
     # error; "fresh" reports the error and starts a new stream instead.
     continuation_fallback: Literal["error", "fresh"] = "error"
+    # (new) Continue a session whose server went away, from its stored state (protocol.md, Additions).
+    resume_session: ResumeSession | None = None
+
+    @model_validator(mode="after")
+    def _one_start_point(self) -> SessionInitV2:
+        if self.resume_session is not None and self.continuation_state is not None:
+            raise ValueError("resume_session and continuation_state cannot be sent together")
+        return self
 
 
 class SegmentPromptSource(_ClientModel):
@@ -286,6 +309,15 @@ class GpuAssigned(_ServerModel):
     session_timeout: int
 
 
+class SessionInfo(_ServerModel):
+    """(new) Sent once, right after ``gpu_assigned``: how to resume this session on any replica.
+    The token is a secret of this client's; a resumed session gets a new one (the old is spent)."""
+
+    type: Literal["session_info"] = "session_info"
+    session_id: str
+    resume_token: str
+
+
 class StreamStart(_ServerModel):
     type: Literal["ltx2_stream_start"] = "ltx2_stream_start"
     preset: str | None = None
@@ -399,6 +431,7 @@ class RewriteSeedPromptsComplete(_ServerModel):
 ServerMessage: TypeAlias = (
     QueueStatus
     | GpuAssigned
+    | SessionInfo
     | StreamStart
     | SegmentStart
     | StepComplete

@@ -1,7 +1,13 @@
 """The live sessions of one server, in one place: capacity, admission, lookup, the idle reaper, shutdown.
 
 Transports open sessions here and look them up by id; controllers take and give back their
-streaming slot here (FIFO, with queue positions); the metrics read the live counts here.
+streaming slot here (FIFO, with queue positions); the metrics read the live counts here. A session
+resuming an earlier one takes its id here, ending an older copy of it first.
+
+Graceful shutdown (``drain``): from its first moment new sessions are refused (``gpu_unavailable``,
+retryable) and readiness says "draining"; then every live session stores where its stream stands and
+is told to resume elsewhere. Sessions are suspended side by side (each may wait for the segment its
+client is watching) and awaited one by one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from rtc_server.delivery import DeliveryLog
 from rtc_server.metrics import LiveCounts, ServiceMetrics
 from rtc_server.process_memory import resident_bytes
 from rtc_server.session import Session, SessionRejected, SessionState
+from rtc_server.session_continuity import SHUTDOWN_MESSAGE
 from rtc_server.session_services import SessionServices
 from rtc_server.sink import SessionSink
 
@@ -72,6 +79,7 @@ class SessionRegistry:
             sessions_per_client=config.limits.sessions_per_client, starts_per_minute=config.limits.offers_per_minute, clock=clock
         )
         self._reaper: asyncio.Task[None] | None = None
+        self._draining = False
 
     def __len__(self) -> int:
         return len(self._controllers)
@@ -102,7 +110,13 @@ class SessionRegistry:
         session = Session(clock=self._clock, transport=transport, client_id=None)
         delivery = DeliveryLog(transport=transport, metrics=metrics, keep_frames=self._config.streaming.frame_log_size)
         controller = SessionController(
-            session=session, services=self._services, sink=sink, delivery=delivery, admission=self, on_closed=self._forget
+            session=session,
+            services=self._services,
+            sink=sink,
+            delivery=delivery,
+            admission=self,
+            on_closed=self._forget,
+            directory=self,
         )
         self._controllers[session.id] = controller
         self._owners[session.id] = client
@@ -110,6 +124,9 @@ class SessionRegistry:
         return controller
 
     def _check_room(self, metrics: ServiceMetrics) -> None:
+        if self._draining:
+            metrics.admission_rejections.labels(reason="draining").inc()
+            raise SessionRejected(SHUTDOWN_MESSAGE, code="gpu_unavailable")
         if not self._services.pool.ready:
             metrics.admission_rejections.labels(reason="warming").inc()
             raise SessionRejected("no GPU worker is ready yet", code="gpu_unavailable")
@@ -134,6 +151,24 @@ class SessionRegistry:
 
     def get(self, session_id: str) -> SessionController | None:
         return self._controllers.get(session_id)
+
+    async def hand_over(self, session_id: str) -> bool:
+        """End the live session ``session_id`` here (its client resumed it on a new connection); True if one was."""
+        controller = self._controllers.get(session_id)
+        if controller is None or controller.closed:
+            return False
+        logger.info("session %s: resumed on a new connection, ending the old one", controller.session.short_id)
+        await controller.hand_over()
+        return True
+
+    def rename(self, old_id: str, session_id: str) -> None:
+        """The live session ``old_id`` resumed session ``session_id`` and goes by that id from now on."""
+        controller = self._controllers.pop(old_id)
+        owner = self._owners.pop(old_id, None)
+        controller.session.id = session_id
+        self._controllers[session_id] = controller
+        if owner is not None:
+            self._owners[session_id] = owner
 
     def _forget(self, controller: SessionController) -> None:
         self._controllers.pop(controller.session.id, None)
@@ -198,15 +233,38 @@ class SessionRegistry:
                 except Exception:
                     logger.exception("session %s: expiring failed", controller.session.short_id)
 
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began: new sessions are refused."""
+        return self._draining
+
+    async def drain(self) -> None:
+        """Refuse new sessions, then move every live one elsewhere (see the module docstring). Idempotent."""
+        self._draining = True
+        await self._stop_reaper()
+        controllers = list(self._controllers.values())
+        if controllers:
+            logger.info("shutting down: %d sessions store their place and move to another server", len(controllers))
+        # Started together, so the waits for segments being watched overlap; awaited one by one.
+        tasks = [asyncio.create_task(c.shutdown(), name=f"suspend-{c.session.short_id}") for c in controllers]
+        for controller, task in zip(controllers, tasks, strict=True):
+            try:
+                await task
+            except Exception:
+                logger.exception("session %s: shutdown failed", controller.session.short_id)
+
     async def close(self) -> None:
         """Stop the reaper, then end every session one by one. Idempotent."""
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        await self._stop_reaper()
         for controller in list(self._controllers.values()):
             try:
                 await controller.shutdown()
             except Exception:
                 logger.exception("session %s: shutdown failed", controller.session.short_id)
+
+    async def _stop_reaper(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None

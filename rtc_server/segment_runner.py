@@ -5,6 +5,11 @@ leaves as soon as it exists. A segment whose worker dies is made again on anothe
 stored state, skipping the frames the client already has. A newer user prompt takes back every
 segment none of whose frames was shown yet (``supersede``): generation resumes from the last state
 that was shown, with the new prompt.
+
+Where another server would go on (``stored_index``, with the policy's marked position) moves at each
+segment boundary whose state is stored; the resume record follows (``ResumePoints``): awaited before
+the segment is reported complete, in the background after a take-back. ``suspend`` (the server is
+shutting down) stops the stream at a boundary the client has seen.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 from gpu.generator import ContinuationState, SegmentRequest, SegmentResult
 from gpu.pool import WorkerFailedError
-from rtc_server.generation_policy import GenerationPolicy
+from rtc_server.generation_policy import GenerationPolicy, PolicyPosition
 from rtc_server.init_image import discard_init_image
 from rtc_server.lookahead import Lookahead, PendingSegment
 from rtc_server.prompt_schedule import PromptChoice, PromptOrigin
@@ -33,16 +39,36 @@ from rtc_server.segment_feed import SegmentFeed
 from rtc_server.session import Session, SessionState
 from rtc_server.session_events import SessionEvents
 from rtc_server.session_services import SessionServices
-from rtc_server.session_start import resume_point, store_initial_image
+from rtc_server.session_start import StartPoint, resume_point, store_initial_image
 from rtc_server.sink import SessionSink
 from rtc_server.store.base import StoreError
 from rtc_server.tasks import cancel_and_wait
 
-__all__ = ["MAX_SEGMENT_ATTEMPTS", "SegmentRunner"]
+__all__ = ["MAX_SEGMENT_ATTEMPTS", "ResumePoints", "SegmentRunner"]
 
 logger = logging.getLogger(__name__)
 
 MAX_SEGMENT_ATTEMPTS = 3  # a segment whose worker dies is retried on another worker this many times in all
+
+
+class ResumePoints(Protocol):
+    """Who keeps the resume record: told when where a resumed stream would go on has moved."""
+
+    def touch(self) -> None:
+        """Moved: write it in the background."""
+        ...
+
+    async def sync(self) -> None:
+        """Moved: return once it is written."""
+        ...
+
+
+class _NoRecord:
+    def touch(self) -> None:
+        pass
+
+    async def sync(self) -> None:
+        pass
 
 
 class SegmentRunner:
@@ -58,9 +84,11 @@ class SegmentRunner:
         policy: GenerationPolicy,
         rebind: Callable[[], Awaitable[None]],
         on_change: Callable[[], None],
+        resume_points: ResumePoints | None = None,
     ) -> None:
         """``rebind`` binds the session to a worker again (and tells the client) after one died;
-        ``on_change`` tells the generation loop to look at the policy again (a prompt superseded)."""
+        ``on_change`` tells the generation loop to look at the policy again (a prompt superseded);
+        ``resume_points`` keeps the resume record."""
         self._session = session
         self._services = services
         self._sink = sink
@@ -68,9 +96,14 @@ class SegmentRunner:
         self._policy = policy
         self._rebind_worker = rebind
         self._on_change = on_change
+        self._record: ResumePoints = resume_points or _NoRecord()
         self._state: ContinuationState | None = None  # what the next segment continues from
         self._persisted: ContinuationState | None = None
         self._next_idx = 0
+        self._stored_idx = 0  # the index the stored state continues to
+        self._inflight: PendingSegment | None = None  # the segment being made
+        self._idle = asyncio.Event()  # set while no generate() runs
+        self._idle.set()
         self._image_path: Path | None = None
         self._lookahead = Lookahead()
         self._task: asyncio.Task[tuple[SegmentResult, float]] | None = None
@@ -80,8 +113,18 @@ class SegmentRunner:
         """The index of the next segment to start."""
         return self._next_idx
 
-    async def prepare(self, init: SessionInitV2) -> None:
-        """Where the stream starts: the initial image kept on disk, a resumed state installed and stored."""
+    @property
+    def stored_index(self) -> int:
+        """The index of the segment the stored state continues to: where a resumed stream goes on."""
+        return self._stored_idx
+
+    async def prepare(self, init: SessionInitV2, start: StartPoint | None = None) -> None:
+        """Where the stream starts: ``start`` (a session resumed from its record, its state already in
+        the store), else the initial image kept on disk and a resumed state installed and stored."""
+        if start is not None:
+            self._state = self._persisted = start.state
+            self._next_idx = self._stored_idx = start.segment_idx
+            return
         services = self._services
         self._image_path = await store_initial_image(
             init,
@@ -94,14 +137,16 @@ class SegmentRunner:
             init, session_id=self._session.id, store=services.store, pool=services.pool, events=self._events
         )
         self._state = self._persisted = start.state
-        self._next_idx = start.segment_idx
+        self._next_idx = self._stored_idx = start.segment_idx
 
-    async def close(self) -> None:
-        """Abandon the segment being made, drop the stored state, delete the initial image."""
+    async def close(self, *, keep_state: bool = False) -> None:
+        """Abandon the segment being made, drop the stored state (unless the session goes on elsewhere:
+        ``keep_state``), delete the initial image."""
         if self._task is not None and not self._task.done():
             await cancel_and_wait(self._task)
         try:
-            await self._services.store.drop(self._session.id)
+            if not keep_state:
+                await self._services.store.drop(self._session.id)
         except StoreError:
             logger.exception("session %s: dropping the stored state failed", self._session.short_id)
         if self._image_path is not None:
@@ -118,9 +163,44 @@ class SegmentRunner:
                 self._task.cancel()  # the segment being made is the newest, so it was taken back too
             self._state, self._next_idx = taken[0].state_before, taken[0].idx
             self._policy.retracted([p.choice for p in taken if p.generated])
+            self._policy.mark()  # the new prompt is pending: a resumed stream shows it next
             self._events.log("superseded", segment_idx=taken[0].idx, segments=len(taken))
         self._on_change()
+        self._record.touch()
         return self._next_idx
+
+    async def suspend(self, *, wait_s: float) -> None:
+        """Stop the stream for good at a boundary the client has seen (the session moves to another server).
+
+        Segments none of whose frames the client got are taken back (the one being made is cancelled);
+        a segment it is watching while it is still being made may finish within ``wait_s``, else it is
+        cancelled and made again from its start elsewhere. Then the state the stream goes on from is stored.
+        """
+        self._policy.suspended = True
+        self._on_change()
+        taken = self._lookahead.take_back()
+        if taken:
+            if self._task is not None:
+                self._task.cancel()  # the segment being made is the newest, so it was taken back too
+            self._rewind(taken[0], [p.choice for p in taken])
+        try:
+            await asyncio.wait_for(self._idle.wait(), wait_s)
+        except TimeoutError:
+            inflight = self._inflight
+            if self._task is not None:
+                self._task.cancel()
+            await self._idle.wait()
+            if inflight is not None and not inflight.generated:
+                self._rewind(inflight, [inflight.choice])
+        await self._persist()
+        self._stored_idx = self._next_idx
+        await self._record.sync()
+        self._events.log("suspended", segment_idx=self._next_idx, taken_back=len(taken))
+
+    def _rewind(self, segment: PendingSegment, choices: list[PromptChoice]) -> None:
+        self._state, self._next_idx = segment.state_before, segment.idx
+        if segment.position_before is not None:
+            self._policy.rewind(segment.position_before, choices)
 
     async def send_snapshot(self) -> None:
         """Answer snapshot_state with the stored state (exportable: it outlives the session)."""
@@ -137,13 +217,23 @@ class SegmentRunner:
         self._events.send(ContinuationStateSnapshot(state=state.to_wire()))
 
     async def generate(self, choice: PromptChoice) -> None:
-        """Make one segment, its frames flowing to the sink as they come."""
+        """Make one segment, its frames flowing to the sink as they come (nothing once suspended)."""
+        if self._policy.suspended:
+            return
+        self._idle.clear()
+        try:
+            await self._generate(choice, self._policy.marked)
+        finally:
+            self._inflight = None
+            self._idle.set()
+
+    async def _generate(self, choice: PromptChoice, position: PolicyPosition) -> None:
         await self._persist()
         if choice.origin is not PromptOrigin.USER and self._policy.has_pending_user_prompt:
             return  # a user prompt came in while this one was chosen or checked: it goes first
         idx, started = self._next_idx, time.monotonic()
         output = self._sink.open_segment(idx, num_frames=self._services.defaults.sampling.num_frames)
-        pending = self._lookahead.add(idx, self._state, output, choice)
+        pending = self._inflight = self._lookahead.add(idx, self._state, output, choice, position)
         self._next_idx = idx + 1
         task = self._task = asyncio.create_task(self._produce(pending), name=f"segment-{idx}")
         try:
@@ -157,7 +247,7 @@ class SegmentRunner:
         result, generation_ms = task.result()
         self._state, pending.generated = result.continuation, True
         self._policy.generated(choice)
-        await self._persist()
+        await self._persist(boundary=True)
         await output.finish()
         if not pending.retracted:
             self._report(pending, generation_ms, started)
@@ -193,12 +283,18 @@ class SegmentRunner:
         await self._rebind_worker()
         return state
 
-    async def _persist(self) -> None:
-        """Store the state the next segment continues from, when it changed."""
-        state = self._state
+    async def _persist(self, *, boundary: bool = False) -> None:
+        """Store the state the next segment continues from, when it changed; at a segment ``boundary``
+        (a segment was just made) the policy's position is marked there too."""
+        state, stored = self._state, False
         if state is not None and state is not self._persisted:
             await self._services.store.store(self._session.id, state)
-            self._persisted = state
+            self._persisted, stored = state, True
+        if stored or boundary:
+            self._stored_idx = self._next_idx
+            if boundary:
+                self._policy.mark()
+            await self._record.sync()
 
     def _request(self, idx: int, choice: PromptChoice, steps: int, state: ContinuationState | None) -> SegmentRequest:
         defaults = self._services.defaults

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -15,8 +15,9 @@ from rtc_server.prompt_pipeline import PromptPipeline
 from rtc_server.protocol import SessionInitV2
 from rtc_server.session_log import SessionLogger
 from rtc_server.store.base import SessionStore
+from rtc_server.store.resume_records import InMemoryResumeRecords, ResumeRecords
 
-__all__ = ["Admission", "SessionServices", "policy_settings"]
+__all__ = ["Admission", "SessionDirectory", "SessionServices", "policy_settings"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +33,7 @@ class SessionServices:
     defaults: DefaultRequestConfig
     limits: LimitsConfig
     image_dir: Path
+    records: ResumeRecords = field(default_factory=InMemoryResumeRecords)  # sessions' resume records
 
 
 class Admission(Protocol):
@@ -47,6 +49,18 @@ class Admission(Protocol):
     async def wait(self, session_id: str, on_position: PositionCallback) -> None: ...
 
     def leave(self, session_id: str) -> None: ...
+
+
+class SessionDirectory(Protocol):
+    """The registry's live sessions by id, as a session resuming under an earlier id sees them."""
+
+    async def hand_over(self, session_id: str) -> bool:
+        """End the live session ``session_id`` on this server, if any (its client reconnected); True if one was."""
+        ...
+
+    def rename(self, old_id: str, session_id: str) -> None:
+        """The live session ``old_id`` now goes by ``session_id`` (it resumed that session)."""
+        ...
 
 
 def policy_settings(init: SessionInitV2, services: SessionServices) -> PolicySettings:

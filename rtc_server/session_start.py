@@ -62,6 +62,8 @@ def describe_init(init: SessionInitV2) -> dict[str, Any]:
         "single_clip": init.single_clip_mode,
         "initial_image": init.initial_image is not None,
         "resume_kind": init.continuation_state.kind if init.continuation_state else None,
+        # Which session it resumes, never the token (a secret of the client's).
+        "resume_session": init.resume_session.session_id if init.resume_session else None,
     }
 
 

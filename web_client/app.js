@@ -5,9 +5,23 @@
 // answer, or fails later. ?relay=1 makes WebRTC use TURN-relayed paths only (iceTransportPolicy
 // "relay"): a check that the TURN server works, and what a viewer behind a strict firewall gets.
 // Both transports speak the same control protocol (protocol.js) and share one StreamModel.
+//
+// Resume: the server names each session and gives it a resume token in session_info (kept here, in
+// memory only: it is a bearer credential for the session; a new one comes after every resume). When
+// the connection carrying a session that has one drops (a retryable gpu_unavailable/worker_failed
+// error, a WebSocket closed other than normally, a peer connection lost, or video that stopped while
+// the session's server no longer answers for it), the page shows "reconnecting" and opens a new
+// connection over the same transport to its own origin (a router places it on a healthy server)
+// with session_init_v2.resume_session, after RESUME_DELAYS_MS. The <video>, its buffered media (the
+// WebSocket path keeps its MediaSource) and the controls stay as they are; the status panel goes on
+// from the segment the new server continues at. A refused resume (a spent or unknown token: error
+// invalid_message naming resume_session, HTTP 400 on the offer) or no server taking it back within
+// the attempts ends with a notice and "Start over". This is not the WebRTC -> WebSocket fallback,
+// which only happens before a session has its session_info.
 // Modules: webrtc_player.js (POST /v1/webrtc/offer, RTP video, data channel "control"),
-// ws_player.js (GET /v1/stream, fMP4 into Media Source Extensions), stats.js (overlay), ui.js (DOM),
-// auth.js (the access token: URL fragment, this tab's storage or client-config.json).
+// ws_player.js (GET /v1/stream, fMP4 into Media Source Extensions; fmp4.js reads the few boxes it
+// needs), stats.js (overlay), ui.js (DOM), auth.js (the access token: URL fragment, this tab's
+// storage or client-config.json).
 
 import { forgetStoredToken, loadAccessToken } from "./auth.js";
 import {
@@ -48,6 +62,13 @@ const DEFAULT_SEEDS = [
 ];
 const REQUEST_TIMEOUT_MS = 15000; // snapshot / rewrite answers
 const INFO_NOTICE_MS = 8000;
+// Before each attempt to resume a dropped session (the first at once); then it is given up.
+const RESUME_DELAYS_MS = [0, 250, 500, 1000, 2000, 4000];
+// An attempt the server has not answered (no message at all) by then is dropped for the next one.
+const RESUME_ATTEMPT_TIMEOUT_MS = 10_000;
+const MAX_OUTBOX = 50; // control messages kept while reconnecting, sent once the session is back
+// Retryable errors that say the session's server went away, not that the session ended.
+const DROP_ERRORS = new Set(["gpu_unavailable", "worker_failed"]);
 
 const ui = getUi();
 const model = new StreamModel();
@@ -59,8 +80,12 @@ const app = {
   staged: { singleClip: false, initialImage: null, continuationState: null, continuationFallback: "fresh" },
   applied: { singleClip: false, initialImage: null }, // what the running session started with
   paused: false,
-  session: null, // {n, kind, init, transport, connected, ended, stopping, errorNotice, fallbackNote}
+  // {n, kind, init, transport, connected, ended, stopping, errorNotice, fallbackNote,
+  //  resume: {sessionId, token} | null (the latest session_info), reconnect: {...} | null while
+  //  reconnecting, resumes (done), player (the MsePlayer a resumed WebSocket goes on with), outbox}
+  session: null,
   sessions: 0,
+  resumeLog: [], // one entry per resume done: {session, kind, reason, attempts, ms, segmentIdx} (tests, debugging)
   startTicket: 0,
   webrtcBroken: false, // WebRTC could not connect here: later sessions go straight to the WebSocket
   lastUserPrompt: null,
@@ -132,6 +157,7 @@ async function endSession() {
   if (!session || session.ended) return;
   session.stopping = true;
   session.ended = true;
+  stopReconnecting(session);
   await session.transport.stop();
 }
 
@@ -158,16 +184,13 @@ async function startSession({ kind = preferredKind(), init = null, resend = null
     stopping: false,
     errorNotice: null,
     fallbackNote: note,
+    resume: null,
+    reconnect: null,
+    resumes: 0,
+    player: null,
+    outbox: [],
   };
-  const Transport = kind === "webrtc" ? WebRtcTransport : WebSocketTransport;
-  session.transport = new Transport({
-    video: ui.video,
-    init: sessionInit,
-    onMessage: (message) => onMessage(session, message),
-    onEvent: (type, detail) => onTransportEvent(session, type, detail),
-    token: app.token,
-    relay: app.relay,
-  });
+  openTransport(session, sessionInit);
   app.session = session;
   model.reset();
   clearPending();
@@ -188,19 +211,193 @@ async function startSession({ kind = preferredKind(), init = null, resend = null
   }
 }
 
+/**
+ * A connection for `session` over its transport, as its current one. Events and messages from a
+ * connection the session has left (a dropped one, an attempt given up) are not heard.
+ */
+function openTransport(session, init, { resuming = false } = {}) {
+  const Transport = session.kind === "webrtc" ? WebRtcTransport : WebSocketTransport;
+  const transport = new Transport({
+    video: ui.video,
+    init,
+    onMessage: (message) => {
+      if (session.transport === transport) onMessage(session, message);
+    },
+    onEvent: (type, detail) => {
+      if (session.transport === transport) onTransportEvent(session, type, detail);
+    },
+    token: app.token,
+    relay: app.relay,
+    resuming,
+    player: resuming ? session.player : null,
+    idleExpected: () => app.paused || (app.applied.singleClip && !model.generating),
+  });
+  session.transport = transport;
+  return transport;
+}
+
 function restart() {
   startSession().catch(reportBug);
 }
 
+// -- resuming a dropped session --------------------------------------------------------------
+
+function canResume(session) {
+  return Boolean(session.resume) && !session.ended && !session.stopping && model.endReason === null;
+}
+
+/** session_init_v2 that resumes `session` where its stored state stands, with the page's current toggles. */
+function resumeInit(session) {
+  const init = { ...session.init };
+  delete init.initial_image; // the session has long started from it
+  delete init.continuation_state; // resume_session replaces it (the server refuses both)
+  delete init.continuation_fallback; // a refused resume must say so, not start a fresh stream
+  return {
+    ...init,
+    curated_prompts: app.settings.seeds.filter((p) => p.trim() !== ""),
+    enhancement_enabled: app.settings.enhancement,
+    auto_extension_enabled: app.settings.autoExtension,
+    loop_generation_enabled: app.settings.loop,
+    resume_session: { session_id: session.resume.sessionId, resume_token: session.resume.token },
+  };
+}
+
+function onSessionInfo(session, message) {
+  if (typeof message.session_id !== "string" || typeof message.resume_token !== "string") return;
+  // Memory only, never storage or the URL: whoever holds it can take the session over.
+  session.resume = { sessionId: message.session_id, token: message.resume_token };
+  session.transport.markResumable(message.session_id);
+  if (session.reconnect) finishReconnecting(session);
+}
+
+/**
+ * The connection carrying `session` is gone (or an attempt to resume it failed): leave it, keeping
+ * the picture (and, over the WebSocket, the MediaSource), and try (again) to resume the session.
+ */
+function onDrop(session, reason) {
+  const player = session.transport.abandon();
+  if (player) session.player = player;
+  let reconnect = session.reconnect;
+  if (!reconnect) {
+    reconnect = { reason, noticedAt: performance.now(), attempt: 0, timer: null, attemptTimer: null, answered: false };
+    session.reconnect = reconnect;
+    console.info(`session ${session.resume.sessionId.slice(0, 8)} dropped (${reason}); resuming`);
+    announce(ui, "Connection lost; reconnecting.");
+    showTransport(ui, session.kind, "reconnecting");
+  }
+  clearTimeout(reconnect.attemptTimer);
+  if (reconnect.attempt >= RESUME_DELAYS_MS.length) {
+    giveUpResume(session, {
+      title: "Could not reconnect",
+      detail: `No server took the session back after ${reconnect.attempt} attempts (first: ${reconnect.reason}; last: ${reason}).`,
+    });
+    return;
+  }
+  const delay = RESUME_DELAYS_MS[reconnect.attempt];
+  reconnect.attempt += 1;
+  const attempt = `attempt ${reconnect.attempt} of ${RESUME_DELAYS_MS.length}`;
+  setStatus(ui, `reconnecting (${attempt}): ${reason}`);
+  setBadge(ui, "reconnecting", "reconnecting");
+  reconnect.timer = setTimeout(() => attemptResume(session), delay);
+  updateSessionButtons();
+}
+
+function attemptResume(session) {
+  const reconnect = session.reconnect;
+  if (session !== app.session || session.ended || !reconnect) return;
+  session.connected = false;
+  reconnect.answered = false;
+  const transport = openTransport(session, resumeInit(session), { resuming: true });
+  reconnect.attemptTimer = setTimeout(() => {
+    if (session.transport === transport && session.reconnect === reconnect && !reconnect.answered) {
+      onDrop(session, `no answer within ${RESUME_ATTEMPT_TIMEOUT_MS / 1000} s`);
+    }
+  }, RESUME_ATTEMPT_TIMEOUT_MS);
+  transport.start().catch((error) => {
+    if (session.transport === transport) onDrop(session, `could not start: ${error.message || error}`);
+  });
+}
+
+/** session_info on the new connection: the session is back. */
+function finishReconnecting(session) {
+  const reconnect = session.reconnect;
+  stopReconnecting(session);
+  session.resumes += 1;
+  model.lastError = null; // the error that announced the drop is over
+  app.resumeLog.push({
+    session: session.n,
+    kind: session.kind,
+    reason: reconnect.reason,
+    attempts: reconnect.attempt,
+    ms: Math.round(performance.now() - reconnect.noticedAt),
+    segmentIdx: model.segmentIdx,
+  });
+  // The page's own choices win over whatever the server restored (a change may not have reached it).
+  const transport = session.transport;
+  transport.send(toggleMessage("enhancement", app.settings.enhancement));
+  transport.send(toggleMessage("autoExtension", app.settings.autoExtension));
+  transport.send(toggleMessage("loop", app.settings.loop));
+  transport.send(pausedMessage(app.paused));
+  for (const message of session.outbox.splice(0)) transport.send(message);
+  showTransport(ui, session.kind, session.resumes > 1 ? `resumed ×${session.resumes}` : "resumed");
+  announce(ui, "Reconnected; the stream goes on.");
+  updateSessionButtons();
+}
+
+function stopReconnecting(session) {
+  const reconnect = session.reconnect;
+  if (!reconnect) return;
+  clearTimeout(reconnect.timer);
+  clearTimeout(reconnect.attemptTimer);
+  session.reconnect = null;
+}
+
+/** Ends a session that could not be resumed: says why and offers to start over. */
+function giveUpResume(session, { title, detail, code = null }) {
+  stopReconnecting(session);
+  session.ended = true;
+  const player = session.transport.abandon();
+  if (player) session.player = player;
+  if (session.player) session.player.end(); // what is buffered plays out
+  session.resume = null;
+  session.errorNotice = showNotice(ui, {
+    kind: "error",
+    title,
+    code,
+    detail,
+    actions: [{ label: "Start over", id: "restart", primary: true, run: restart }],
+  });
+  setStatus(ui, `${title}: ${detail}`, "error");
+  setBadge(ui, "error", "disconnected");
+  showTransport(ui, session.kind, "not resumed");
+  ui.placeholder.textContent = "no stream";
+  ui.placeholder.hidden = ui.video.readyState >= 2;
+  updateSessionButtons();
+}
+
+/** Whether a failed attempt to resume was refused for good (trying again cannot help). */
+function resumeRefusal(detail) {
+  const status = detail.status;
+  if (status === 400 || status === 401 || status === 403) return true;
+  if (detail.code === 1003 || detail.code === 4401 || detail.code === 1009) return true;
+  return Boolean(detail.error && detail.error.code === "unauthorized");
+}
+
 function onTransportEvent(session, type, detail = {}) {
   if (session !== app.session) return; // a session already replaced
+  const reconnecting = Boolean(session.reconnect);
   switch (type) {
     case "progress":
-      if (!session.connected) setStatus(ui, `connecting over ${TRANSPORT_LABELS[session.kind]}: ${detail.text}`);
+      if (reconnecting) setStatus(ui, `reconnecting (attempt ${session.reconnect.attempt}): ${detail.text}`);
+      else if (!session.connected) setStatus(ui, `connecting over ${TRANSPORT_LABELS[session.kind]}: ${detail.text}`);
       else setStatus(ui, detail.text);
       break;
     case "connected":
       session.connected = true;
+      if (reconnecting) {
+        setStatus(ui, `reconnecting: connected over ${TRANSPORT_LABELS[session.kind]}, resuming the session`);
+        break;
+      }
       setBadge(ui, "connecting", `connected · ${TRANSPORT_LABELS[session.kind]}`);
       setStatus(ui, `connected over ${TRANSPORT_LABELS[session.kind]}, waiting for the stream`);
       announce(ui, `Connected over ${TRANSPORT_LABELS[session.kind]}.`);
@@ -210,6 +407,10 @@ function onTransportEvent(session, type, detail = {}) {
       onTransportFailed(session, detail);
       break;
     case "closed":
+      if (reconnecting && model.endReason === null) {
+        onDrop(session, `closed: ${detail.text}`); // an attempt closed before the session came back
+        break;
+      }
       session.ended = true;
       if (!session.stopping && model.endReason === null) {
         setStatus(ui, `connection closed: ${detail.text}`);
@@ -224,6 +425,25 @@ function onTransportEvent(session, type, detail = {}) {
 
 function onTransportFailed(session, detail) {
   if (session.stopping) return;
+  if (session.reconnect) {
+    // An attempt to resume failed: refused for good, or try the next one.
+    if (resumeRefusal(detail)) {
+      const described = detail.error ? describeError(detail.error) : null;
+      if (described && described.code === "unauthorized") forgetStoredToken();
+      giveUpResume(session, {
+        title: described && described.code === "unauthorized" ? described.title : "The session could not be resumed",
+        detail: detail.text,
+        code: described ? described.code : null,
+      });
+    } else {
+      onDrop(session, detail.text);
+    }
+    return;
+  }
+  if (detail.drop && canResume(session)) {
+    onDrop(session, detail.text);
+    return;
+  }
   session.ended = true;
   if (detail.fallback && app.mode === "auto" && session.kind === "webrtc" && model.endReason === null) {
     if (detail.connectivity) app.webrtcBroken = true;
@@ -277,10 +497,19 @@ function onTransportFailed(session, detail) {
 
 function onMessage(session, message) {
   if (session !== app.session) return;
+  const reconnect = session.reconnect;
+  if (reconnect && !reconnect.answered) {
+    reconnect.answered = true; // a server has the attempt: its own answers decide from here
+    clearTimeout(reconnect.attemptTimer);
+  }
+  if (message.type === "error" && onErrorWhileResumable(session, message)) return;
   const change = model.apply(message);
   switch (message.type) {
     case "error":
       onServerError(session, message);
+      break;
+    case "session_info":
+      onSessionInfo(session, message);
       break;
     case "prompt_rejected": {
       const { title, detail } = describeRejection(message);
@@ -309,6 +538,7 @@ function onMessage(session, message) {
       break;
     case "session_timeout":
       session.ended = true;
+      stopReconnecting(session);
       showNotice(ui, {
         kind: "warning",
         title: "Session ended",
@@ -324,6 +554,34 @@ function onMessage(session, message) {
   }
   if (message.type === "ltx2_segment_start" && message.segment_idx === 0) ui.placeholder.textContent = "first segment on its way…";
   render();
+}
+
+/**
+ * An error that is about the session's connection rather than a request: the server went away
+ * (resume), or, while resuming, the attempt was refused. True when handled here.
+ */
+function onErrorWhileResumable(session, message) {
+  if (session.reconnect) {
+    if (message.retryable) {
+      onDrop(session, `error (${message.code}): ${message.message}`); // e.g. no healthy server yet
+    } else {
+      const described = describeError(message);
+      if (described.code === "unauthorized") forgetStoredToken();
+      const refused = message.code === "invalid_message" && /resume_session/.test(String(message.message));
+      giveUpResume(session, {
+        title: refused ? "The session could not be resumed" : described.title,
+        detail: described.detail,
+        code: described.code,
+      });
+    }
+    return true;
+  }
+  if (message.retryable && DROP_ERRORS.has(message.code) && canResume(session)) {
+    model.apply(message);
+    onDrop(session, `error (${message.code}): ${message.message}`);
+    return true;
+  }
+  return false;
 }
 
 function onServerError(session, message) {
@@ -354,6 +612,7 @@ function onServerError(session, message) {
 
 function onStreamComplete(session, reason) {
   session.ended = true;
+  stopReconnecting(session);
   const texts = {
     segment_cap: "stream complete: the segment limit was reached",
     stop_requested: "stopped",
@@ -377,7 +636,7 @@ function onStreamComplete(session, reason) {
 function render() {
   renderModel(ui, model, { enhancement: app.settings.enhancement });
   const session = app.session;
-  if (!session || session.ended || !session.connected) return;
+  if (!session || session.ended || !session.connected || session.reconnect) return;
   const label = TRANSPORT_LABELS[session.kind];
   if (model.queuePosition > 0) {
     setStatus(ui, `waiting in the queue: position ${model.queuePosition}`);
@@ -425,6 +684,11 @@ function clearPending() {
 function send(message) {
   const session = app.session;
   if (!session || session.ended) return false;
+  if (session.reconnect) {
+    // Sent once the session is back (toggles and pause are sent again then anyway).
+    if (session.outbox.length < MAX_OUTBOX) session.outbox.push(message);
+    return true;
+  }
   return session.transport.send(message);
 }
 
@@ -707,6 +971,8 @@ async function main() {
     model,
     frames: () => stats.counter.frames,
     transport: () => (app.session ? app.session.kind : null),
+    reconnecting: () => Boolean(app.session && app.session.reconnect),
+    resumes: () => app.resumeLog,
     // Feeds a server message to the page as if it had arrived (tests of answers this server cannot give yet).
     inject: (message) => app.session && onMessage(app.session, message),
   };

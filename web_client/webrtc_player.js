@@ -11,6 +11,15 @@
 // the app then falls back to the WebSocket path. Answers that any transport would get (400, 401,
 // 403, 429, from either endpoint) are reported without `fallback`.
 // With a token, every request carries `Authorization: Bearer <token>` (auth.js).
+//
+// Resuming (app.js): once session_info has arrived (markResumable), losing the connection is a
+// "drop" (`drop: true` on "failed"): the connection failed or closed, stayed "disconnected" over
+// RESUMABLE_GRACE_MS, the control channel closed, or no video came for FLOWING_STALL_MS while the
+// stream should flow (IDLE_STALL_MS while paused) and the session's server does not answer
+// GET /v1/sessions/{id}/frames (a dead server sends nothing, not even a close). A dropped session
+// is not ended with DELETE: the app resumes it on a new connection. A transport built with
+// `resuming: true` is such a connection: it puts the new stream on the <video> once its first
+// frames arrive, so the last picture stays until then.
 
 import { authHeaders } from "./auth.js";
 import { describeError, parseMessage } from "./protocol.js";
@@ -30,6 +39,11 @@ export const CONNECT_TIMEOUT_MS = 6000;
 // (30 s) plus admission, so only a server that hangs trips it, and the page still falls back then.
 export const OFFER_TIMEOUT_MS = 40_000;
 const DISCONNECTED_GRACE_MS = 3000; // "disconnected" may recover; after this it counts as failed
+const RESUMABLE_GRACE_MS = 1000; // the same for a session that can be resumed elsewhere: do so sooner
+const FRAME_POLL_MS = 250; // how often the stall watch reads the inbound packet count
+const FLOWING_STALL_MS = 500; // no video this long while it should flow: ask whether the session lives
+const IDLE_STALL_MS = 2000; // the same while none is expected (paused, a single clip done)
+const PROBE_TIMEOUT_MS = 1000; // GET /v1/sessions/{id}/frames; no answer in time counts as none
 // Answers that say nothing about WebRTC itself: a malformed request, no or a refused token,
 // a refused origin, too many requests. The WebSocket would be answered the same, so no fallback.
 const NO_FALLBACK_STATUSES = new Set([400, 401, 403, 429]);
@@ -136,8 +150,13 @@ export class WebRtcTransport {
     relay = false,
     connectTimeoutMs = CONNECT_TIMEOUT_MS,
     offerTimeoutMs = OFFER_TIMEOUT_MS,
+    resuming = false,
+    idleExpected = () => false,
   }) {
     this.kind = "webrtc";
+    this.resuming = resuming; // this connection resumes a session: keep the last picture until new frames
+    this.idleExpected = idleExpected; // () => true while no video is expected (paused, a clip done)
+    this.resumable = false; // session_info arrived: a lost connection is a drop, resumed elsewhere
     this.video = video;
     this.init = init;
     this.token = token;
@@ -230,10 +249,16 @@ export class WebRtcTransport {
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addEventListener("track", (event) => {
       if (this.closed) return;
-      this.video.removeAttribute("src");
-      this.video.srcObject = event.streams[0] || new MediaStream([event.track]);
-      this.video.muted = true;
-      this.video.play().catch(() => {}); // autoplay; muted video may always play
+      const attach = () => {
+        if (this.closed) return;
+        this.video.removeAttribute("src");
+        this.video.srcObject = event.streams[0] || new MediaStream([event.track]);
+        this.video.muted = true;
+        this.video.play().catch(() => {}); // autoplay; muted video may always play
+      };
+      // A resumed stream replaces the last picture only once it has frames (a track is muted until then).
+      if (this.resuming && event.track.muted) event.track.addEventListener("unmute", attach, { once: true });
+      else attach();
     });
     pc.addEventListener("connectionstatechange", () => this.onConnectionState());
     pc.addEventListener("icecandidateerror", (event) => {
@@ -248,7 +273,7 @@ export class WebRtcTransport {
     channel.addEventListener("close", () => {
       if (this.closed) return;
       if (this.serverEnded) this.finish("the server closed the session");
-      else this.fail("the control channel closed unexpectedly", { fallback: true });
+      else this.fail("the control channel closed unexpectedly", { fallback: true, drop: this.resumable });
     });
 
     this.onEvent("progress", { text: this.relay ? "gathering relay candidates (TURN)" : "gathering ICE candidates" });
@@ -295,6 +320,71 @@ export class WebRtcTransport {
     if (this.pc.connectionState === "connected" && this.channel.readyState === "open") {
       this.connected = true;
       this.onEvent("connected");
+      if (this.resumable) this.watchFrames();
+    }
+  }
+
+  /** session_info arrived: from now on a lost connection is a drop (see the top of this file). */
+  markResumable(sessionId) {
+    if (this.resumable || this.closed) return;
+    this.resumable = true;
+    if (sessionId) this.sessionId = sessionId;
+    if (this.connected) this.watchFrames();
+  }
+
+  /**
+   * Notices a server that died: it sends nothing more, not even a close, and ICE takes seconds to
+   * say so. When no RTP packet has come for a while, asks the session's server (through whatever
+   * serves this page, a router included) whether it still has the session; no 200: a drop.
+   */
+  watchFrames() {
+    let lastCount = null;
+    let lastChange = performance.now();
+    const tick = async () => {
+      if (this.closed) return;
+      const count = await this.packetsReceived();
+      if (this.closed) return;
+      const now = performance.now();
+      if (count !== lastCount) {
+        lastCount = count;
+        lastChange = now;
+      } else if (now - lastChange >= (this.idleExpected() ? IDLE_STALL_MS : FLOWING_STALL_MS)) {
+        const alive = await this.sessionAnswers();
+        if (this.closed) return;
+        if (!alive) {
+          const quiet = Math.round(now - lastChange);
+          this.fail(`no video for ${quiet} ms and the server does not answer for the session`, { fallback: true, drop: true });
+          return;
+        }
+        lastChange = performance.now(); // alive, only slow or idle: look again later
+      }
+      this.later(FRAME_POLL_MS, watch);
+    };
+    const watch = () => tick().catch((error) => console.warn("stall watch:", error));
+    this.later(FRAME_POLL_MS, watch);
+  }
+
+  /** The inbound video's packet count (null before there is one). */
+  async packetsReceived() {
+    if (!this.pc) return null;
+    const report = await this.pc.getStats();
+    let packets = null;
+    report.forEach((entry) => {
+      if (entry.type === "inbound-rtp" && entry.kind === "video") packets = entry.packetsReceived;
+    });
+    return packets;
+  }
+
+  /** Whether GET /v1/sessions/{id}/frames answers 200 within PROBE_TIMEOUT_MS. */
+  async sessionAnswers() {
+    if (!this.sessionId) return true;
+    const url = `/v1/sessions/${encodeURIComponent(this.sessionId)}/frames`;
+    const request = { headers: authHeaders(this.token), cache: "no-store" };
+    try {
+      const { response } = await fetchJson(url, request, PROBE_TIMEOUT_MS, this.abort.signal);
+      return response.status === 200;
+    } catch {
+      return false;
     }
   }
 
@@ -310,17 +400,18 @@ export class WebRtcTransport {
       this.checkConnected();
     } else if (state === "failed") {
       if (this.serverEnded) this.finish("connection closed");
-      else this.fail("the WebRTC connection failed", { fallback: true, connectivity: !this.connected });
+      else this.fail("the WebRTC connection failed", { fallback: true, connectivity: !this.connected, drop: this.resumable });
     } else if (state === "disconnected" && !this.disconnectTimer) {
       this.onEvent("progress", { text: "connection interrupted, waiting for it to recover" });
-      this.disconnectTimer = this.later(DISCONNECTED_GRACE_MS, () => {
+      this.disconnectTimer = this.later(this.resumable ? RESUMABLE_GRACE_MS : DISCONNECTED_GRACE_MS, () => {
         this.disconnectTimer = null;
         if (this.closed || this.pc.connectionState === "connected") return;
         if (this.serverEnded) this.finish("connection closed");
-        else this.fail("the WebRTC connection was lost", { fallback: true });
+        else this.fail("the WebRTC connection was lost", { fallback: true, drop: this.resumable });
       });
-    } else if (state === "closed" && this.serverEnded) {
-      this.finish("connection closed");
+    } else if (state === "closed") {
+      if (this.serverEnded) this.finish("connection closed");
+      else if (this.resumable) this.fail("the WebRTC connection closed", { fallback: true, drop: true });
     }
   }
 
@@ -336,6 +427,7 @@ export class WebRtcTransport {
       return;
     }
     if (message.type === "ltx2_stream_complete" || message.type === "session_timeout") this.serverEnded = true;
+    if (message.type === "session_info" && message.session_id) this.sessionId = message.session_id;
     this.onMessage(message);
   }
 
@@ -354,7 +446,8 @@ export class WebRtcTransport {
     this.close();
     // A peer that never connected still holds a server slot until its connect timeout: free it.
     // `released` settles once the server has ended it, so a fallback session is not refused.
-    if (sessionId && !this.serverEnded) this.released = this.deleteSession(sessionId);
+    // Not a resumable one: that session lives on, to be resumed on a new connection.
+    if (sessionId && !this.serverEnded && !this.resumable) this.released = this.deleteSession(sessionId);
     this.onEvent("failed", { text, fallback: false, retryable: true, ...detail });
   }
 
@@ -391,6 +484,12 @@ export class WebRtcTransport {
       fetch(`/v1/sessions/${encodeURIComponent(this.sessionId)}`, request).catch(() => null);
     }
     this.close();
+  }
+
+  /** Leaves this connection for one that resumes the session (no DELETE); the picture stays. */
+  abandon() {
+    this.close();
+    return null;
   }
 
   /** Tears down without reporting anything. The last frame stays on screen until replaced. */

@@ -12,8 +12,14 @@
 // that: it sets video.disableRemotePlayback (Safari attaches a ManagedMediaSource only then, or with
 // an AirPlay alternative source, which a live stream lacks) and follows the browser's
 // startstreaming/endstreaming hints (see MsePlayer.mayAppend).
+//
+// Resuming a session (app.js): a transport built with `player` goes on with the MsePlayer of the
+// connection that dropped, so the <video> keeps its MediaSource and what it has buffered. The new
+// server's encoder starts a timeline of its own (at 0), so the player places the resumed stream
+// right after the last buffered frame (MsePlayer.continueTimeline) and the picture goes on there.
 
 import { webSocketAuth } from "./auth.js";
+import { fragmentDecodeTime, initTimescale } from "./fmp4.js";
 import { describeClose, parseMessage } from "./protocol.js";
 import { RateMeter } from "./stats.js";
 
@@ -30,6 +36,14 @@ const MAX_LAG_SEGMENTS = 2;
 // buffered ahead; below it they are appended anyway, so a missing startstreaming never starves
 // the playhead (the stream is live: the server keeps sending whatever the browser says).
 const HOLD_WHILE_AHEAD_S = 1.0;
+// Close code for a connection left behind because the session is being resumed on another one:
+// not 1000, which would tell the server (and a router) that the session ended normally.
+const RESUMING_CLOSE_CODE = 4000;
+// WebSocket closes that end the session for good: normal, a refused init (a resume refused
+// included), a message too large, a refused token. Any other close may be resumed.
+const FINAL_CLOSE_CODES = new Set([1000, 1003, 1009, 4401]);
+// A queue entry, not media: what follows starts a new timeline (see continueTimeline).
+const NEW_TIMELINE = Symbol("new timeline");
 
 /**
  * The Media Source implementation this browser has: {MediaSourceClass, managed}, MediaSource first
@@ -73,6 +87,9 @@ export class MsePlayer {
     this.stalls = 0;
     this.maxLagSegments = MAX_LAG_SEGMENTS;
     this.appended = 0;
+    this.timelines = 1; // server timelines played (one more per resumed connection)
+    // While a new timeline waits for its first fragment: {at: where it goes (s), timescale}.
+    this.rebase = null;
     this.opened = new Promise((resolve) => {
       this.mediaSource.addEventListener("sourceopen", resolve, { once: true });
     });
@@ -101,6 +118,26 @@ export class MsePlayer {
       },
     };
     for (const [name, listener] of Object.entries(this.listeners)) video.addEventListener(name, listener);
+  }
+
+  /** Who hears about playback failures and progress: the transport feeding this player now. */
+  setCallbacks({ onError, onStatus }) {
+    this.onError = onError;
+    this.onStatus = onStatus;
+  }
+
+  /**
+   * A new connection's stream follows what was queued so far (a resumed session). Its timestamps
+   * start wherever its server's encoder starts, so before its first fragment is appended,
+   * timestampOffset is set to put that fragment's decode time (tfdt) right after the last frame
+   * buffered; the rest of the stream follows on that offset. The playhead, waiting at the end of
+   * what the dropped connection delivered, plays on into it. ("sequence" mode would do the same,
+   * but crashed Chromium's renderer now and then when switched to in the middle of a stream.)
+   */
+  continueTimeline() {
+    if (this.failed) return;
+    this.queue.push(NEW_TIMELINE);
+    this.pump();
   }
 
   /** Detaches from the <video> (listeners, object URL); what is on screen stays until replaced. */
@@ -162,10 +199,18 @@ export class MsePlayer {
     if (this.mediaSource.readyState !== "open") return;
     const buffer = this.queue[0];
     if (buffer === undefined) return;
+    if (buffer === NEW_TIMELINE) {
+      this.queue.shift();
+      this.timelines += 1;
+      this.rebase = { at: this.bufferedEnd(), timescale: null };
+      this.pump();
+      return;
+    }
     if (!this.mayAppend()) {
       this.heldAppends += 1;
       return; // startstreaming, or the playhead nearing the buffered end (timeupdate), pumps again
     }
+    if (this.rebase !== null) this.placeTimeline(sb, buffer);
     try {
       sb.appendBuffer(buffer);
       this.queue.shift();
@@ -188,6 +233,26 @@ export class MsePlayer {
   mayAppend() {
     if (this.streaming !== false) return true;
     return !this.video.buffered.length || this.bufferAhead() < HOLD_WHILE_AHEAD_S;
+  }
+
+  /** See continueTimeline: learns the new stream's timescale, then offsets its first fragment. */
+  placeTimeline(sb, buffer) {
+    const rebase = this.rebase;
+    const timescale = initTimescale(buffer);
+    if (timescale !== null) {
+      rebase.timescale = timescale;
+      return; // an init segment: no media yet
+    }
+    const decodeTime = fragmentDecodeTime(buffer);
+    if (decodeTime === null) return;
+    this.rebase = null;
+    if (rebase.timescale === null) console.warn("new timeline without an init segment first: assuming it starts at 0");
+    const start = rebase.timescale === null ? 0 : decodeTime / rebase.timescale;
+    try {
+      sb.timestampOffset = rebase.at - start;
+    } catch (error) {
+      console.warn(`cannot place the resumed stream after what is buffered: ${error.message}`);
+    }
   }
 
   onUpdateEnd() {
@@ -288,10 +353,12 @@ const CLIENT_STOP_REASON = "client stop";
 /**
  * One session over GET /v1/stream. `onMessage(message)` gets every control message (media ones
  * included, after the player took them); `onEvent(type, detail)` gets "progress" {text},
- * "connected", "failed" {text, retryable, code, error?} and "closed" {text, code}.
+ * "connected", "failed" {text, retryable, code, error?, drop} and "closed" {text, code}. `drop`:
+ * the connection went away while the session may live on (any close but FINAL_CLOSE_CODES).
+ * `player`: an MsePlayer to go on with (a resumed session), instead of a new one.
  */
 export class WebSocketTransport {
-  constructor({ video, init, onMessage, onEvent, token = null }) {
+  constructor({ video, init, onMessage, onEvent, token = null, player = null }) {
     this.kind = "ws";
     this.video = video;
     this.init = init;
@@ -299,8 +366,11 @@ export class WebSocketTransport {
     this.onMessage = onMessage;
     this.onEvent = onEvent;
     this.ws = null;
-    this.player = null;
-    this.sessionId = null; // the WebSocket protocol does not tell it
+    this.player = player;
+    this.adopted = player !== null; // the player came from a dropped connection
+    this.playerTaken = false; // abandon() handed the player on: nothing here may end or destroy it
+    this.resumable = false; // session_info arrived: a drop can be resumed
+    this.sessionId = null; // from session_info
     this.pending = []; // messages sent before the socket opened
     this.segment = null; // {idx, chunks}: the segment whose binary frames are arriving
     this.serverEnded = false;
@@ -315,14 +385,20 @@ export class WebSocketTransport {
     const ws = new WebSocket(url, protocols);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
-    this.player = new MsePlayer(this.video, {
+    const callbacks = {
       onError: (text) => {
         if (this.closed) return;
         this.onEvent("failed", { text: `playback error: ${text}`, retryable: true });
         this.close();
       },
       onStatus: (text) => this.onEvent("progress", { text }),
-    });
+    };
+    if (this.adopted) {
+      this.player.setCallbacks(callbacks);
+      this.player.continueTimeline();
+    } else {
+      this.player = new MsePlayer(this.video, callbacks);
+    }
     // For debugging and tests: the player's counters (appends, live-edge jumps).
     window.wsPlayer = this.player;
     this.onEvent("progress", { text: "opening the WebSocket" });
@@ -335,12 +411,18 @@ export class WebSocketTransport {
     });
     ws.addEventListener("message", (event) => this.receive(event.data));
     ws.addEventListener("close", (event) => {
-      if (this.player) this.player.end();
-      if (this.closed) return;
+      if (this.closed) return; // closed here (stop, abandon, a playback error): nothing to report
       this.closed = true;
       const close = describeClose(event.code, event.reason);
-      if (close.normal || this.serverEnded) this.onEvent("closed", { text: close.text, code: event.code });
-      else this.onEvent("failed", { text: close.text, retryable: close.retryable, code: event.code, error: close.error });
+      if (close.normal || this.serverEnded) {
+        if (this.player) this.player.end();
+        this.onEvent("closed", { text: close.text, code: event.code });
+        return;
+      }
+      const drop = !FINAL_CLOSE_CODES.has(event.code);
+      this.onEvent("failed", { text: close.text, retryable: close.retryable, code: event.code, error: close.error, drop });
+      // Unless the app took the player to resume the session on a new connection: play out what is buffered.
+      if (this.player && !this.playerTaken) this.player.end();
     });
     return Promise.resolve();
   }
@@ -380,6 +462,9 @@ export class WebSocketTransport {
         this.serverEnded = true;
         this.player.end();
         break;
+      case "session_info":
+        this.sessionId = message.session_id || null;
+        break;
       default:
         break;
     }
@@ -403,6 +488,26 @@ export class WebSocketTransport {
   /** The page is going away. */
   leave() {
     this.close(1000, "page closed"); // browsers allow only 1000 and 3000-4999 here
+  }
+
+  /** session_info arrived: a drop from now on can be resumed (the app decides; see `drop`). */
+  markResumable() {
+    this.resumable = true;
+  }
+
+  /**
+   * Leaves this connection for another that resumes the session: closes it (not with 1000, which
+   * would end the session) and hands over the player, so the <video> goes on with what it has.
+   */
+  abandon() {
+    const player = this.playerTaken ? null : this.player;
+    this.playerTaken = true;
+    this.player = null;
+    this.closed = true;
+    if (this.ws && (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING)) {
+      this.ws.close(RESUMING_CLOSE_CODE, "resuming on another connection");
+    }
+    return player;
   }
 
   /** Tears down without reporting anything. The last frame stays on screen. */

@@ -26,6 +26,7 @@ class ReceivedSegment:
     init: bytes = b""
     chunks: list[bytes] = field(default_factory=list)
     complete: dict[str, Any] | None = None
+    first_chunk_at: float | None = None  # monotonic s: when its first media chunk (after the init) arrived
     completed_at: float | None = None
 
     @property
@@ -125,6 +126,8 @@ class WebSocketClient(EventLog):
         elif not self._current.init:
             self._current.init = data
         else:
+            if not self._current.chunks:
+                self._current.first_chunk_at = time.monotonic()
             self._current.chunks.append(data)
 
     async def wait_closed(self, timeout: float = 10.0) -> int | None:

@@ -4,6 +4,7 @@ Keys, under a prefix (default ``rtcvs:``)::
 
     {prefix}state:{session_id}   JSON {kind, payload (with blob references), blobs (ids it owns)}
     {prefix}blob:{blob_id}       the blob's raw bytes
+    {prefix}resume:{session_id}  a session's resume record (``rtc_server.store.redis_resume``)
 
 Every key written carries a TTL (SET PX): snapshot blobs ``snapshot_ttl_s``, live states
 ``state_ttl_s`` refreshed on every store, and live blobs a little longer than their state, so a
@@ -16,12 +17,14 @@ The client must be created with ``decode_responses=False``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -43,8 +46,10 @@ from rtc_server.store.base import (
 __all__ = [
     "DEFAULT_KEY_PREFIX",
     "DEFAULT_STATE_TTL_S",
+    "RedisBackends",
     "RedisBlobStore",
     "RedisSessionStore",
+    "open_redis_backends",
     "open_redis_stores",
 ]
 
@@ -57,14 +62,26 @@ _SCAN_BATCH = 1000  # keys per SCAN round trip (a hint to the server)
 
 CloseHook = Callable[[], Awaitable[None]]
 
+if TYPE_CHECKING:  # redis_resume builds on this module
+    from rtc_server.store.redis_resume import RedisResumeRecords
+
 
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
-    """Turn redis and socket errors raised in the block into StoreError."""
+    """Turn redis and socket errors raised in the block into StoreError, and give back a lost cancellation."""
+    task = asyncio.current_task()
+    cancels_before = task.cancelling() if task is not None else 0
     try:
         yield
     except (RedisError, ConnectionError, OSError) as exc:
         raise StoreError(f"redis {what} failed: {exc}") from exc
+    # redis-py sends each command under asyncio.wait_for, which on Python 3.11 swallows a
+    # cancellation that arrives as the command completes (CPython gh-86296): the command returns
+    # normally to a task that was cancelled. Measured: most cancellations of a task in a tight
+    # SET loop were lost, so a session being torn down went on making segments. The task still
+    # counts the request, so a cancellation asked for during the command is raised here.
+    if task is not None and task.cancelling() > cancels_before:
+        raise asyncio.CancelledError(f"{task.get_name()} was cancelled during redis {what}")
 
 
 def _px(ttl_s: float) -> int:
@@ -233,6 +250,25 @@ def _redacted(url: str) -> str:
         return "<unparseable redis URL>"
 
 
+async def _connect(url: str, client_options: dict[str, Any]) -> Redis:
+    """A client for ``url`` that has answered PING; StoreError naming the URL (password redacted) if none."""
+    shown = _redacted(url)
+    if client_options.get("decode_responses"):
+        raise ValueError("the stores need raw bytes: decode_responses must be False")
+    client_options["decode_responses"] = False
+    client_options.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT_S)
+    try:
+        client = Redis.from_url(url, **client_options)
+    except ValueError as exc:
+        raise StoreError(f"invalid redis URL {shown}: {exc}") from exc
+    try:
+        await client.ping()
+    except (RedisError, ConnectionError, OSError) as exc:
+        await client.aclose()
+        raise StoreError(f"cannot connect to redis at {shown}: {exc}") from exc
+    return client
+
+
 async def open_redis_stores(
     url: str,
     *,
@@ -248,21 +284,50 @@ async def open_redis_stores(
     go to ``Redis.from_url`` (a 5 s connect timeout unless given). StoreError names the URL
     (password redacted) when it cannot connect.
     """
-    shown = _redacted(url)
-    if client_options.get("decode_responses"):
-        raise ValueError("the stores need raw bytes: decode_responses must be False")
-    client_options["decode_responses"] = False
-    client_options.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT_S)
-    try:
-        client = Redis.from_url(url, **client_options)
-    except ValueError as exc:
-        raise StoreError(f"invalid redis URL {shown}: {exc}") from exc
-    try:
-        await client.ping()
-    except (RedisError, ConnectionError, OSError) as exc:
-        await client.aclose()
-        raise StoreError(f"cannot connect to redis at {shown}: {exc}") from exc
+    client = await _connect(url, client_options)
     shared = _SharedClient(client, holders=2)
+    sessions, blobs = _stores(client, shared, key_prefix, inline_limit_bytes, snapshot_ttl_s, state_ttl_s)
+    logger.info("connected to redis at %s (prefix %r)", _redacted(url), key_prefix)
+    return sessions, blobs
+
+
+@dataclass(frozen=True)
+class RedisBackends:
+    """Everything a server keeps in Redis, over one client that closes when all three are closed."""
+
+    sessions: RedisSessionStore
+    blobs: RedisBlobStore
+    resume: RedisResumeRecords
+
+
+async def open_redis_backends(
+    url: str,
+    *,
+    key_prefix: str = DEFAULT_KEY_PREFIX,
+    inline_limit_bytes: int = DEFAULT_INLINE_LIMIT_BYTES,
+    snapshot_ttl_s: float = DEFAULT_SNAPSHOT_TTL_S,
+    state_ttl_s: float = DEFAULT_STATE_TTL_S,
+    **client_options: Any,
+) -> RedisBackends:
+    """Like :func:`open_redis_stores`, plus the sessions' resume records (same prefix, TTL ``state_ttl_s``)."""
+    from rtc_server.store.redis_resume import RedisResumeRecords
+
+    client = await _connect(url, client_options)
+    shared = _SharedClient(client, holders=3)
+    sessions, blobs = _stores(client, shared, key_prefix, inline_limit_bytes, snapshot_ttl_s, state_ttl_s)
+    resume = RedisResumeRecords(client, key_prefix=key_prefix, ttl_s=state_ttl_s, close_client=shared.release)
+    logger.info("connected to redis at %s (prefix %r)", _redacted(url), key_prefix)
+    return RedisBackends(sessions=sessions, blobs=blobs, resume=resume)
+
+
+def _stores(
+    client: Redis,
+    shared: _SharedClient,
+    key_prefix: str,
+    inline_limit_bytes: int,
+    snapshot_ttl_s: float,
+    state_ttl_s: float,
+) -> tuple[RedisSessionStore, RedisBlobStore]:
     blobs = RedisBlobStore(client, key_prefix=key_prefix, close_client=shared.release)
     sessions = RedisSessionStore(
         client,
@@ -273,5 +338,4 @@ async def open_redis_stores(
         state_ttl_s=state_ttl_s,
         close_client=shared.release,
     )
-    logger.info("connected to redis at %s (prefix %r)", shown, key_prefix)
     return sessions, blobs

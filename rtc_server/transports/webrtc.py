@@ -85,6 +85,9 @@ class PeerSession:
         self._channels: list[RTCDataChannel] = []
         self._closing: asyncio.Future[None] | None = None
         self._label = f"session {controller.session.short_id}"
+        # The transport's key for this peer: the session's id when the answer was made. An init on
+        # the data channel that resumes another session changes the session's id later.
+        self.key = controller.session.id
 
     @property
     def session_id(self) -> str:
@@ -293,7 +296,7 @@ class WebRTCTransport:
         except HttpError:
             await controller.client_left()
             raise
-        self._peers[peer.session_id] = peer
+        self._peers[peer.key] = peer
         peer.wire()
         return {"sdp": answer.sdp, "type": answer.type, "session_id": peer.session_id}
 
@@ -328,7 +331,8 @@ class WebRTCTransport:
         return pc.localDescription
 
     async def _close_peer(self, peer: PeerSession) -> None:
-        self._peers.pop(peer.session_id, None)
+        if self._peers.get(peer.key) is peer:
+            del self._peers[peer.key]
         self._departing.add(peer)
         try:
             await peer.close()

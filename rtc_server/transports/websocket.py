@@ -1,9 +1,12 @@
 """WebSocket transport: ``GET /v1/stream``, the same control protocol, video as fMP4 for MSE players.
 
-Close codes (protocol.md): 1000 normal end, 1003 invalid first message, 1011
-internal failure, 1013 server full; 1009 for a frame over twice the message
-limit (aiohttp refuses to read it). A frame over the limit but under twice it
-gets ``error{invalid_message}`` and the session goes on.
+Close codes (protocol.md): 1000 normal end, 1003 invalid first message (a refused
+``resume_session`` too), 1011 internal failure, 1013 server full; 1012 when the
+server shuts down (after ``error{gpu_unavailable, retryable}``: resume the
+session elsewhere); 1001 for a socket that never started a session at shutdown;
+1009 for a frame over twice the message limit (aiohttp refuses to read it). A
+frame over the limit but under twice it gets ``error{invalid_message}`` and the
+session goes on.
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ _CLOSE_CODES: dict[CloseReason, int] = {
     CloseReason.ERROR: WSCloseCode.INTERNAL_ERROR,
     CloseReason.REJECTED: WSCloseCode.TRY_AGAIN_LATER,
     CloseReason.INVALID: WSCloseCode.UNSUPPORTED_DATA,
-    CloseReason.SHUTDOWN: WSCloseCode.GOING_AWAY,
+    # 1012 "service restart": this server is going away, the session is not over. A client resumes it
+    # elsewhere (session_init_v2.resume_session); 1013 already means "full, try later".
+    CloseReason.SHUTDOWN: WSCloseCode.SERVICE_RESTART,
     CloseReason.CLIENT_LEFT: WSCloseCode.OK,
 }
 MAX_PACING_SLEEP_S = 0.25  # re-check the pacing estimate at least this often

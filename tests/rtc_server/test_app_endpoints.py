@@ -12,6 +12,7 @@ from tests.conftest import LOOPBACK, RunningServer, make_config
 from tests.gpu.status_shape import STATUS_KEYS, WORKER_KEYS
 
 ADMIN = {"Authorization": "Bearer operator-secret"}
+SLOT_KEYS = {"session_capacity", "free_slots"}  # beyond protocol.md: what the router reads
 
 
 async def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -30,7 +31,8 @@ async def test_health_endpoints_report_a_ready_pool(start_server: Any) -> None:
     status, body = await get(f"{server.url}/health")
     assert status == 200 and body == {"status": "ok", "sessions": 0, "stream_mode": "av_fmp4", "transports": ["webrtc", "websocket"]}
     status, body = await get(f"{server.url}/status", ADMIN)
-    assert status == 200 and body.keys() == STATUS_KEYS
+    assert status == 200 and body.keys() == STATUS_KEYS | SLOT_KEYS
+    assert body["session_capacity"] == body["free_slots"] == 4  # make_config: 4 sessions, no queue, none open
     worker = next(iter(body["gpu_status"].values()))
     assert worker.keys() == WORKER_KEYS
     assert worker["ready"] is True and worker["state"] == "ready" and worker["warmup_ms"] is not None
@@ -42,7 +44,7 @@ async def test_status_shows_strangers_counts_and_states_but_no_process_details(s
     )
     for headers in (None, {"Authorization": "Bearer guess"}):
         status, body = await get(f"{server.url}/status", headers)
-        assert status == 200 and body.keys() == STATUS_KEYS and body["total_gpus"] == 1
+        assert status == 200 and body.keys() == STATUS_KEYS | SLOT_KEYS and body["total_gpus"] == 1
         assert [set(w) for w in body["gpu_status"].values()] == [{"gpu_id", "state", "ready"}]
     status, body = await get(f"{server.url}/status", ADMIN)
     assert next(iter(body["gpu_status"].values()))["pid"] > 0

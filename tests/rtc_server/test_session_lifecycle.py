@@ -58,7 +58,8 @@ async def test_queue_admits_fifo_with_positions_and_rejects_beyond_it(start_serv
         await second.wait_for_event("ltx2_segment_start")
         await third.wait_for_event("queue_status", lambda e: e["position"] == 1 and e["queue_depth"] == 1)
         kinds = [e["type"] for e in second.events]
-        assert kinds[: kinds.index("ltx2_stream_start") + 1][-3:] == ["queue_status", "gpu_assigned", "ltx2_stream_start"]
+        opening = kinds[: kinds.index("ltx2_stream_start") + 1][-4:]
+        assert opening == ["queue_status", "gpu_assigned", "session_info", "ltx2_stream_start"]
     finally:
         for client in (first, second, third, fourth):
             await client.close()

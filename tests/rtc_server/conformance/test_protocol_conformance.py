@@ -76,14 +76,16 @@ async def test_events_arrive_in_protocol_order(server: RunningServer, open_sessi
     client = await open_session(server)
     await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == 1)
     kinds = [e["type"] for e in client.events]
-    assert kinds[:3] == ["queue_status", "gpu_assigned", "ltx2_stream_start"]
-    first = kinds[3 : kinds.index("ltx2_segment_complete") + 1]
+    # session_info (this project's addition) comes once, right after gpu_assigned.
+    assert kinds[:4] == ["queue_status", "gpu_assigned", "session_info", "ltx2_stream_start"]
+    assert kinds.count("session_info") == 1
+    first = kinds[4 : kinds.index("ltx2_segment_complete") + 1]
     assert media_events(first) == ["ltx2_segment_start", "step_complete", "step_complete", "ltx2_segment_complete"]
     if "media_init" in first:
         assert first.index("step_complete") < first.index("media_init") < first.index("media_segment_complete")
         assert first.index("media_segment_complete") == len(first) - 2
     assert client.events[0] == {"type": "queue_status", "position": 0, "queue_depth": 0}
-    stream = client.events[2]
+    stream = client.events[3]
     assert (stream["width"], stream["height"], stream["fps"], stream["num_frames"]) == (256, 256, 24, 24)
     assert [e["segment_idx"] for e in client.events_of("ltx2_segment_start")][:2] == [0, 1]
 
