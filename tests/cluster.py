@@ -11,15 +11,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.processes import free_port, stop_process
 
-__all__ = ["Cluster", "Process"]
+__all__ = ["Cluster", "Process", "cluster"]
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -135,3 +137,13 @@ class Cluster:
     def close(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, fresh_redis_url: str) -> Iterator[Cluster]:
+    """A cluster on a fresh Redis database; every process it started is stopped at the end."""
+    running = Cluster(tmp_path, fresh_redis_url)
+    try:
+        yield running
+    finally:
+        running.close()

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 from rtc_server.app import POOL, build_app
 from rtc_server.config import ServiceConfig
 
-pytest_plugins = ["tests.redis_fixture", "tests.turn_fixture"]
+pytest_plugins = ["tests.redis_fixture", "tests.turn_fixture", "tests.cluster"]
 
 LOOPBACK = "127.0.0.1"
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,14 +14,6 @@ from tests.rtc_server.test_failover_through_router import INIT, playing, router_
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def cluster(tmp_path: Path, fresh_redis_url: str) -> Iterator[Cluster]:
-    running = Cluster(tmp_path, fresh_redis_url)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 @pytest.mark.parametrize("transport", ["webrtc", "websocket"])

@@ -10,8 +10,6 @@ import asyncio
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,14 +22,6 @@ pytestmark = pytest.mark.slow
 INIT = {"curated_prompts": ["a red fox running through fresh snow", "a lighthouse in a storm"]}
 FAILOVER_BUDGET_S = 2.0  # the bound: kill -> frames of the continued stream
 
-
-@pytest.fixture
-def cluster(tmp_path: Path, fresh_redis_url: str) -> Iterator[Cluster]:
-    running = Cluster(tmp_path, fresh_redis_url)
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 def sessions_on(replica: Process) -> int:
