@@ -148,6 +148,7 @@ const CLOSE_CODES = {
   1008: { text: "the page stopped reading fast enough", retryable: true },
   1009: { text: "a message was too large", retryable: false },
   1011: { text: "internal server failure", retryable: true },
+  1012: { text: "the server is restarting; the session moves to another", retryable: true },
   1013: { text: "server full, try again later", retryable: true },
   4401: { text: "not authorized", retryable: false, error: "unauthorized" },
   4429: { text: "too many requests, try again later", retryable: true, error: "rate_limited" },
