@@ -17,14 +17,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,11 +30,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from aiortc import RTCPeerConnection
 
-from bench.webrtc_session import free_port, percentile, process_cpu_seconds, wait_ready
+from bench.webrtc_session import Server, free_port, percentile, process_cpu_seconds, running
 from rtc_server.clients.ws_client import WebSocketClient
-from rtc_server.transports.ice import build_rtc_configuration, restrict_host_candidates
+from tests.rtc_server.offers import real_offer_sdp
 
 WARMUP_OFFERS: Final = 3  # of each, not counted
 STOP_TIMEOUT_S: Final = 10.0
@@ -46,26 +41,6 @@ STREAM_START_TIMEOUT_S: Final = 30.0
 INIT: Final = {"type": "session_init_v2", "curated_prompts": ["a red fox running through fresh snow"]}
 
 
-@dataclass(frozen=True)
-class Process:
-    url: str
-    pid: int
-
-
-@contextlib.contextmanager
-def running(command: list[str], url: str) -> Iterator[Process]:
-    """Start ``command`` (a server answering at ``url``), wait until ready, SIGTERM it on exit."""
-    process = subprocess.Popen(command, cwd=REPO)
-    try:
-        wait_ready(url, process=process)
-        yield Process(url=url, pid=process.pid)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def replica_config(port: int, size: int, streams: int) -> dict[str, Any]:
@@ -83,17 +58,6 @@ def router_config(port: int, replica_url: str) -> dict[str, Any]:
     return {"host": "127.0.0.1", "port": port, "replicas": [{"url": replica_url, "role": "primary"}]}
 
 
-async def offer_sdp() -> str:
-    """A real offer (video receive + the control channel), as the page sends; reused for every POST."""
-    pc = RTCPeerConnection(build_rtc_configuration([]))
-    try:
-        pc.addTransceiver("video", direction="recvonly")
-        pc.createDataChannel("control")
-        restrict_host_candidates(pc, ["127.0.0.1"])
-        await pc.setLocalDescription(await pc.createOffer())
-        return str(pc.localDescription.sdp)
-    finally:
-        await pc.close()
 
 
 async def offer_once(http: aiohttp.ClientSession, base_url: str, body: dict[str, Any], replica_url: str) -> float:
@@ -110,7 +74,7 @@ async def offer_once(http: aiohttp.ClientSession, base_url: str, body: dict[str,
 
 
 async def interleaved_offers(router_url: str, replica_url: str, count: int) -> dict[str, list[float]]:
-    body = {"sdp": await offer_sdp(), "type": "offer", "session_init": INIT}
+    body = {"sdp": await real_offer_sdp(), "type": "offer", "session_init": INIT}
     times: dict[str, list[float]] = {"router": [], "direct": []}
     async with aiohttp.ClientSession() as http:
         for _ in range(WARMUP_OFFERS):
@@ -122,7 +86,7 @@ async def interleaved_offers(router_url: str, replica_url: str, count: int) -> d
     return times
 
 
-async def bridged_streams(router: Process, streams: int, seconds: float) -> dict[str, float]:
+async def bridged_streams(router: Server, streams: int, seconds: float) -> dict[str, float]:
     clients = [WebSocketClient(router.url, session_init=INIT) for _ in range(streams)]
     try:
         for client in clients:
@@ -151,7 +115,7 @@ def relayed_bytes(client: WebSocketClient) -> int:
     return sum(len(segment.init) + sum(len(chunk) for chunk in segment.chunks) for segment in client.segments)
 
 
-async def measure(router: Process, replica: Process, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(router: Server, replica: Server, args: argparse.Namespace) -> dict[str, Any]:
     offers = await interleaved_offers(router.url, replica.url, args.offers)
     streams = await bridged_streams(router, args.streams, args.seconds)
     return {"offers": offers, "streams": streams}

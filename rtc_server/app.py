@@ -46,6 +46,7 @@ from rtc_server.store.resume_records import InMemoryResumeRecords, ResumeRecords
 from rtc_server.transports import webrtc, websocket
 from rtc_server.transports.gate import Gate
 from rtc_server.transports.ice import apply_bitrate_bounds
+from rtc_server.web_page import add_web_client
 
 __all__ = [
     "CONFIG",
@@ -355,19 +356,6 @@ async def _delete_session(request: web.Request) -> web.Response:
     return web.json_response({"session_id": session_id, "state": controller.session.state.value})
 
 
-def _add_web_client(app: web.Application, directory: Path) -> None:
-    index = directory / "index.html"
-
-    async def page(request: web.Request) -> web.StreamResponse:
-        if not index.is_file():
-            return json_error(404, "invalid_message", f"web client not found at {directory}")
-        return web.FileResponse(index)
-
-    app.router.add_get("/", page)
-    if directory.is_dir():
-        app.router.add_static("/client/", directory)
-
-
 def build_app(config: ServiceConfig) -> web.Application:
     """The service as an aiohttp application; shared objects live in its cleanup contexts."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
@@ -388,5 +376,5 @@ def build_app(config: ServiceConfig) -> web.Application:
     webrtc.register_routes(app, WEBRTC, config)
     websocket.register_routes(app, WEBSOCKET)
     web_dir = Path(config.server.web_client_dir) if config.server.web_client_dir else DEFAULT_WEB_CLIENT_DIR
-    _add_web_client(app, web_dir)
+    add_web_client(app, web_dir)
     return app

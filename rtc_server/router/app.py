@@ -24,7 +24,7 @@ from aiohttp import web
 
 from rtc_server.packaged import shipped_dir
 from rtc_server.router.config import RouterConfig
-from rtc_server.router.endpoints import add_own_endpoints, add_web_client
+from rtc_server.router.endpoints import add_own_endpoints
 from rtc_server.router.keys import BRIDGES, CONFIG, HTTP, METRICS, REPLICAS, SERVICE_NAME, SESSIONS
 from rtc_server.router.metrics import RouterMetrics
 from rtc_server.router.probe import Probe, run_health_check_loop
@@ -32,6 +32,7 @@ from rtc_server.router.registry import ReplicaRegistry
 from rtc_server.router.session_map import open_session_map
 from rtc_server.router.signalling import add_signalling_routes
 from rtc_server.router.stream import add_stream_route, close_bridges
+from rtc_server.web_page import add_web_client
 
 __all__ = ["BRIDGES", "CONFIG", "HTTP", "METRICS", "REPLICAS", "SERVICE_NAME", "SESSIONS", "build_router_app"]
 

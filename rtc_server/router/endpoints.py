@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -13,7 +12,7 @@ from rtc_server.auth import bearer_token
 from rtc_server.http_errors import json_error
 from rtc_server.router.keys import BRIDGES, CONFIG, METRICS, REPLICAS, SERVICE_NAME
 
-__all__ = ["add_own_endpoints", "add_web_client"]
+__all__ = ["add_own_endpoints"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 
@@ -90,15 +89,3 @@ def add_own_endpoints(app: web.Application) -> None:
     app.router.add_get("/metrics", _metrics)
 
 
-def add_web_client(app: web.Application, directory: Path) -> None:
-    """The page at ``/`` and its files at ``/client/``: it then talks to the router as to a server."""
-    index = directory / "index.html"
-
-    async def page(request: web.Request) -> web.StreamResponse:
-        if not index.is_file():
-            return json_error(404, "invalid_message", f"web client not found at {directory}")
-        return web.FileResponse(index)
-
-    app.router.add_get("/", page)
-    if directory.is_dir():
-        app.router.add_static("/client/", directory)
