@@ -67,6 +67,7 @@ def process_figures(pid: int) -> ProcessFigures:
 def write_config(path: Path, *, port: int, pool: str) -> None:
     config = {
         "server": {"host": "127.0.0.1", "port": port},
+        "generator": {"options": {"audio": os.environ.get("CHURN_AUDIO", "1") == "1"}},
         "pool": {"backend": pool, "num_workers": 1, "sessions_per_worker": 16},
         "default_request": {"sampling": {"width": 128, "height": 128, "fps": 24, "num_frames": 12}},
         "streaming": {"max_sessions": 16, "max_queue": 16},

@@ -22,6 +22,11 @@ Everything large sits under the one ``frames`` key, which the session store may 
 store. The noise of segment ``i`` is seeded from ``(request.seed, i)``, so a fixed seed is
 reproducible without every segment starting from the same noise.
 
+Prompts are encoded once per text (gpu/prompt_embeddings.py) and handed to the pipeline as
+embeddings. A distilled checkpoint's fixed schedule is the ``timesteps`` option (fewer steps run a
+subset of it, gpu/diffusion_rules.py), with ``image_cond_noise_scale`` and ``guidance_rescale`` as
+the model card recommends. LTX-Video makes no sound: ``audio_format`` is None.
+
 torch and diffusers are imported when a generator is built, never at module import, so this module
 (and the factory) loads where the ``diffusers`` extra is not installed.
 """
@@ -45,6 +50,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from gpu.audio import AudioFormat
+from gpu.diffusion_rules import check_schedule, schedule_for_steps
 from gpu.frames import (
     FrameFormatError,
     decode_png,
@@ -68,6 +75,7 @@ from gpu.generator import (
     is_state_counter,
     quote_state_value,
 )
+from gpu.prompt_embeddings import DEFAULT_PROMPT_CACHE_SIZE, PromptEmbeddingCache
 
 __all__ = [
     "DEFAULT_CONDITIONING_FRAMES",
@@ -88,6 +96,7 @@ DEFAULT_CONDITIONING_FRAMES = 9  # one latent frame of context beyond the first:
 DEFAULT_DECODE_TIMESTEP = 0.05  # LTX-Video 0.9.5+ recommendations; unused by VAEs without timestep input
 DEFAULT_DECODE_NOISE_SCALE = 0.025
 DEFAULT_MAX_SEQUENCE_LENGTH = 256  # prompt tokens; the pipeline's own default
+DEFAULT_IMAGE_COND_NOISE_SCALE = 0.15  # the pipeline's default; the distilled 0.9.7/0.9.8 cards use 0.0
 TIMESTEP_SCALE = 1000  # the pipeline's timesteps are sigmas times this
 # Frames converted to uint8 and handed over at a time: the first chunk leaves before the rest of the
 # video has been quantised and copied to the host.
@@ -215,6 +224,12 @@ class DiffusersGenerator:
     - ``conditioning_strength``: how hard those frames (and the initial image) hold, in ``(0, 1]``.
     - ``decode_timestep``, ``decode_noise_scale``: VAE decode settings for timestep-aware VAEs.
     - ``max_sequence_length``: prompt tokens given to the text encoder.
+    - ``timesteps``: a fixed denoising schedule (0..1000, falling), e.g. the distilled 0.9.7/0.9.8
+      ``[1000, 993, 987, 981, 975, 909, 725, 0.03]``; a request for fewer steps runs a subset, more is
+      an error. Unset: the pipeline's own schedule for any step count.
+    - ``image_cond_noise_scale``: noise added to the conditioning frames (0.0 for the distilled models).
+    - ``guidance_rescale``: rescales classifier-free guidance (0.7 on the model cards), 0 turns it off.
+    - ``prompt_cache_size``: prompt encodings kept (per text), 0 turns the cache off.
 
     One segment runs at a time (a pipeline is not thread-safe); concurrent callers wait their turn.
     Bad option values raise ValueError; a directory that cannot be loaded raises GeneratorError
@@ -234,6 +249,10 @@ class DiffusersGenerator:
         decode_timestep: float = DEFAULT_DECODE_TIMESTEP,
         decode_noise_scale: float = DEFAULT_DECODE_NOISE_SCALE,
         max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
+        timesteps: Sequence[float] | None = None,
+        image_cond_noise_scale: float = DEFAULT_IMAGE_COND_NOISE_SCALE,
+        guidance_rescale: float = 0.0,
+        prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
     ) -> None:
         if not isinstance(model_path, (str, PathLike)) or not str(model_path):
             raise ValueError(f"model_path must be a directory path, got {model_path!r}")
@@ -245,7 +264,12 @@ class DiffusersGenerator:
             raise ValueError(f"conditioning_frames must be a positive int, got {conditioning_frames!r}")
         if not _is_number(conditioning_strength) or not 0.0 < conditioning_strength <= 1.0:
             raise ValueError(f"conditioning_strength must be in (0, 1], got {conditioning_strength!r}")
-        for option, value in (("decode_timestep", decode_timestep), ("decode_noise_scale", decode_noise_scale)):
+        for option, value in (
+            ("decode_timestep", decode_timestep),
+            ("decode_noise_scale", decode_noise_scale),
+            ("image_cond_noise_scale", image_cond_noise_scale),
+            ("guidance_rescale", guidance_rescale),
+        ):
             if not _is_number(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{option} must be in [0, 1], got {value!r}")
         if not _is_count(max_sequence_length) or max_sequence_length < 1:
@@ -255,6 +279,10 @@ class DiffusersGenerator:
         self._decode_timestep = float(decode_timestep)
         self._decode_noise_scale = float(decode_noise_scale)
         self._max_sequence_length = max_sequence_length
+        self._schedule = check_schedule(timesteps, name="timesteps", high=TIMESTEP_SCALE)
+        self._image_cond_noise_scale = float(image_cond_noise_scale)
+        self._guidance_rescale = float(guidance_rescale)
+        self._prompts: PromptEmbeddingCache[tuple[Any, Any]] = PromptEmbeddingCache(prompt_cache_size)
         self._lock = threading.Lock()  # one pipeline call at a time; also guards close()
 
         torch, pipeline_class, condition_class = _import_runtime()
@@ -293,6 +321,16 @@ class DiffusersGenerator:
         return "diffusers"
 
     @property
+    def audio_format(self) -> AudioFormat | None:
+        """None: LTX-Video makes no sound."""
+        return None
+
+    @property
+    def prompt_cache(self) -> PromptEmbeddingCache[tuple[Any, Any]]:
+        """The prompt encodings kept between segments."""
+        return self._prompts
+
+    @property
     def conditioning_frames(self) -> int:
         """K: how many trailing frames each segment hands to the next."""
         return self._conditioning_frames
@@ -313,6 +351,7 @@ class DiffusersGenerator:
             pipeline, self._pipeline = self._pipeline, None
         if pipeline is None:
             return
+        self._prompts.clear()
         del pipeline
         gc.collect()
         if self._device.type == "cuda":
@@ -388,6 +427,11 @@ class DiffusersGenerator:
                     f"frame {edge} {value} must be a multiple of {ratio} in {ratio}..{MAX_FRAME_EDGE_PX} for this model"
                 )
         check_segment_limits(request)
+        if self._schedule is not None and request.num_inference_steps > len(self._schedule):
+            raise GeneratorError(
+                f"num_inference_steps {request.num_inference_steps} exceeds the {len(self._schedule)} steps "
+                "of this model's configured timesteps"
+            )
         if not _is_number(request.guidance_scale) or request.guidance_scale < 0:
             raise GeneratorError(f"guidance_scale must be a non-negative number, got {request.guidance_scale!r}")
 
@@ -429,10 +473,10 @@ class DiffusersGenerator:
         conditions = self._conditions(cursor, init_image)
         noise = torch.Generator(device=self._device).manual_seed(segment_seed(request.seed, cursor.segment_idx))
         try:
+            embeddings = self._embeddings(pipeline, request)
             output = pipeline(
                 conditions=conditions or None,
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
+                **embeddings,
                 width=request.width,
                 height=request.height,
                 num_frames=total_frames,
@@ -440,6 +484,8 @@ class DiffusersGenerator:
                 num_inference_steps=steps,
                 timesteps=self._timesteps(steps),
                 guidance_scale=float(request.guidance_scale),
+                guidance_rescale=self._guidance_rescale,
+                image_cond_noise_scale=self._image_cond_noise_scale,
                 generator=noise,
                 decode_timestep=self._decode_timestep,
                 decode_noise_scale=self._decode_noise_scale,
@@ -469,10 +515,37 @@ class DiffusersGenerator:
                     f"converting the frames of segment {segment_idx} failed: {type(exc).__name__}: {exc}"
                 ) from exc
             if on_frames is not None:
-                on_frames(frames[start:stop])  # outside the try: a receiver's exception is its own
+                on_frames(frames[start:stop], None)  # outside the try: a receiver's exception is its own
         return frames
 
+    def _embeddings(self, pipeline: Any, request: SegmentRequest) -> dict[str, Any]:
+        """The pipeline's prompt arguments as embeddings, each text encoded once (prompt cache)."""
+        embeds, mask = self._encode(pipeline, request.prompt)
+        arguments: dict[str, Any] = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+        if request.guidance_scale > 1.0:  # the pipeline's own test for classifier-free guidance
+            negative, negative_mask = self._encode(pipeline, request.negative_prompt or "")
+            arguments.update(negative_prompt_embeds=negative, negative_prompt_attention_mask=negative_mask)
+        return arguments
+
+    def _encode(self, pipeline: Any, text: str) -> tuple[Any, Any]:
+        def encode() -> tuple[Any, Any]:
+            with self._torch.no_grad():  # as inside the pipeline: no autograd graph kept with the cache
+                embeds, mask, _, _ = pipeline.encode_prompt(
+                    prompt=text,
+                    do_classifier_free_guidance=False,
+                    max_sequence_length=self._max_sequence_length,
+                    device=self._device,
+                )
+            return embeds, mask
+
+        return self._prompts.get((text, self._max_sequence_length), encode)
+
     def _timesteps(self, steps: int) -> list[float]:
+        if self._schedule is not None:
+            try:
+                return schedule_for_steps(self._schedule, steps)
+            except ValueError as exc:
+                raise GeneratorError(f"num_inference_steps: {exc} (option timesteps)") from exc
         # The pipeline's own default schedule, handed over as a list: given none, the pipeline passes
         # a tensor that the scheduler converts with np.array(), a DeprecationWarning under numpy 2.
         from diffusers.pipelines.ltx.pipeline_ltx_condition import (

@@ -1,9 +1,11 @@
 """The generator contract: what every video backend takes and returns.
 
 Pure data types and a Protocol; no I/O. Frames are ``uint8`` arrays of shape
-``(num_frames, height, width, 3)`` in RGB order. A backend hands frames over in
-chunks as it makes them (``on_frames``), so the first frame of a segment can be
-on its way to the viewer before the last one exists.
+``(num_frames, height, width, 3)`` in RGB order. A backend with sound (``audio_format``
+not None) makes PCM with them, ``float32`` ``(samples, channels)``, each chunk's audio
+covering exactly its frames (gpu/audio.py). A backend hands frames over in chunks as it
+makes them (``on_frames``), so the first frame of a segment can be on its way to the
+viewer before the last one exists.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from gpu.audio import AudioFormat, frame_sample_offset
 
 __all__ = [
     "MAX_STATE_COUNTER",
@@ -25,6 +29,7 @@ __all__ = [
     "SegmentRequest",
     "SegmentResult",
     "StepCallback",
+    "audio_span",
     "check_segment_limits",
     "empty_frames",
     "generate_streaming",
@@ -44,11 +49,13 @@ _QUOTE_CHARS = 40  # what an error message quotes of a state's content
 StepCallback = Callable[[int, int], None]
 """Called as ``on_step(step, total_steps)`` after each denoising step (1-based)."""
 
-FrameCallback = Callable[[np.ndarray], None]
-"""Called as ``on_frames(chunk)`` with ``(n, H, W, 3)`` uint8 RGB frames, in order, as they are made.
+FrameCallback = Callable[[np.ndarray, np.ndarray | None], None]
+"""Called as ``on_frames(chunk, audio)`` with ``(n, H, W, 3)`` uint8 RGB frames, in order, as they are made.
 
-The chunk may be a view into the backend's own segment array. Neither side modifies it afterwards:
-the backend hands over frames it is done with, so a receiver may keep the chunk without copying."""
+``audio`` is the chunk's sound, ``(samples, channels)`` float32 owning exactly those frames
+(gpu/audio.py), or None from a backend without sound. Either array may be a view into the
+backend's own segment arrays. Neither side modifies them afterwards: the backend hands over what
+it is done with, so a receiver may keep them without copying."""
 
 
 class GeneratorError(RuntimeError):
@@ -94,10 +101,12 @@ class SegmentRequest:
 
 @dataclass(frozen=True)
 class SegmentResult:
-    """Frames of one segment, ``(N, H, W, 3)`` uint8 RGB, and the state to continue from."""
+    """Frames of one segment, ``(N, H, W, 3)`` uint8 RGB, the audio of exactly those frames (None
+    without sound), and the state to continue from. Pools leave out what went through ``on_frames``."""
 
     frames: np.ndarray
     continuation: ContinuationState
+    audio: np.ndarray | None = None
 
 
 def is_state_counter(value: object) -> bool:
@@ -132,16 +141,21 @@ class Generator(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def audio_format(self) -> AudioFormat | None:
+        """The format of the audio every segment comes with; None for a backend without sound."""
+        ...
+
     def generate(
         self,
         request: SegmentRequest,
         on_step: StepCallback | None = None,
         on_frames: FrameCallback | None = None,
     ) -> SegmentResult:
-        """Generate one segment. With ``on_frames``, every frame of the result also goes through it
-        exactly once, in order, before ``generate`` returns: as soon as each chunk exists, or all at
-        once for a backend that only has them at the end. A callback raising SegmentCancelled ends
-        the segment early with that exception."""
+        """Generate one segment. With ``on_frames``, every frame of the result (with its audio) also
+        goes through it exactly once, in order, before ``generate`` returns: as soon as each chunk
+        exists, or all at once for a backend that only has them at the end. A callback raising
+        SegmentCancelled ends the segment early with that exception."""
         ...
 
     def check_state(self, state: ContinuationState) -> None:
@@ -165,14 +179,14 @@ def generate_streaming(
     """``generator.generate`` with every frame of the result handed to ``on_frames`` exactly once, in order.
 
     Frames a backend returned without handing them over (one that only has them at the end and does
-    not call ``on_frames``) go through ``on_frames`` after it returns; more frames handed over than
-    returned is a GeneratorError.
+    not call ``on_frames``) go through ``on_frames`` after it returns, with the part of the result's
+    audio they own; more frames handed over than returned is a GeneratorError.
     """
     handed = 0
 
-    def counting(chunk: np.ndarray) -> None:
+    def counting(chunk: np.ndarray, audio: np.ndarray | None) -> None:
         nonlocal handed
-        on_frames(chunk)
+        on_frames(chunk, audio)
         handed += chunk.shape[0]
 
     result = generator.generate(request, on_step, counting)
@@ -180,5 +194,17 @@ def generate_streaming(
     if handed > made:
         raise GeneratorError(f"{generator.name} handed over {handed} frames but returned {made}")
     if handed < made:
-        on_frames(result.frames[handed:])
+        audio_format = generator.audio_format
+        rest = None
+        if result.audio is not None and audio_format is not None:
+            rest = result.audio[audio_span(request, audio_format, handed, made - handed)]
+        on_frames(result.frames[handed:], rest)
     return result
+
+
+def audio_span(request: SegmentRequest, audio_format: AudioFormat | None, first: int, count: int) -> slice:
+    """The samples of a segment's audio that frames ``first .. first + count - 1`` own."""
+    if audio_format is None:
+        return slice(0, 0)
+    start = frame_sample_offset(first, request.fps, audio_format.sample_rate)
+    return slice(start, frame_sample_offset(first + count, request.fps, audio_format.sample_rate))

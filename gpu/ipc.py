@@ -18,6 +18,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from gpu.audio import AudioFormat
 from gpu.generator import ContinuationState, SegmentRequest
 
 __all__ = [
@@ -101,6 +102,7 @@ class WorkerReady:
     pid: int
     boot_ms: float
     warmup_ms: float | None
+    audio_format: AudioFormat | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +131,13 @@ class StepDone:
 
 @dataclass(frozen=True, slots=True)
 class FramesReady:
-    """The next chunk of the job's frames, ``shape`` uint8, lies in ``slot``."""
+    """The next chunk of the job's frames, ``shape`` uint8, lies in ``slot``, with its audio
+    (``audio_shape`` float32) after them when the backend has sound."""
 
     job_id: int
     slot: int
     shape: tuple[int, ...]
+    audio_shape: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,12 +105,12 @@ class JobRelay:
         except Exception:  # a broken progress callback must not kill the segment
             logger.exception("%s: on_step callback failed", self._label)
 
-    def frames(self, chunk: np.ndarray) -> None:
+    def frames(self, chunk: np.ndarray, audio: np.ndarray | None = None) -> None:
         """Call ``on_frames`` unless the job is abandoned."""
         if self._on_frames is None or not self._delivering():
             return
         try:
-            self._on_frames(chunk)
+            self._on_frames(chunk, audio)
         except Exception as exc:  # noqa: BLE001  (carried to the caller, who raises it from run())
             self._fail(exc)
 
@@ -126,13 +126,13 @@ class JobRelay:
         if self._on_step is not None:
             self._call_soon(self.step, step, total)
 
-    def frames_from_thread(self, chunk: np.ndarray) -> None:
-        """From a backend thread: queue ``chunk`` on the loop; SegmentCancelled once abandoned.
+    def frames_from_thread(self, chunk: np.ndarray, audio: np.ndarray | None = None) -> None:
+        """From a backend thread: queue ``chunk`` (and its audio) on the loop; SegmentCancelled once abandoned.
 
         No copy: backends hand over frames they no longer touch (see ``FrameCallback``)."""
         self._check()
         if self._on_frames is not None:
-            self._call_soon(self.frames, chunk)
+            self._call_soon(self.frames, chunk, audio)
 
     def _check(self) -> None:
         if self._abandoned.is_set():

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
+from gpu.audio import AudioFormat
 from gpu.generator import (
     ContinuationState,
     FrameCallback,
@@ -90,6 +91,10 @@ class GpuPool(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def audio_format(self) -> AudioFormat | None:
+        """The format of the audio segments come with (None: video only); known once ``start`` returned."""
+
     async def acquire(self, session_id: str) -> PoolAssignment:
         """Bind ``session_id`` to a worker (the same one again if it is already bound)."""
 
@@ -102,10 +107,11 @@ class GpuPool(Protocol):
     ) -> SegmentResult:
         """Generate one segment for a bound session; callbacks run on the event loop thread.
 
-        With ``on_frames``, the frames go through it in order as the backend makes them, all before
-        ``run`` returns, and the result's ``frames`` is empty ``(0, H, W, 3)``; without it the result
-        holds every frame. Cancelling the caller abandons the job: no callback runs after that, and
-        the backend stops at its next step or chunk. A callback raising SegmentCancelled (or
+        With ``on_frames``, the frames (and their audio) go through it in order as the backend makes
+        them, all before ``run`` returns, and the result's ``frames`` is empty ``(0, H, W, 3)`` and
+        its ``audio`` None; without it the result holds every frame and all the audio. Cancelling
+        the caller abandons the job: no callback runs after that, and the backend stops at its next
+        step or chunk. A callback raising SegmentCancelled (or
         ``on_frames`` raising anything) abandons it too, and ``run`` raises that exception.
         """
 
@@ -169,6 +175,10 @@ class InProcessGpuPool:
     @property
     def ready(self) -> bool:
         return self._state is WorkerState.READY
+
+    @property
+    def audio_format(self) -> AudioFormat | None:
+        return self._generator.audio_format if self._generator is not None else None
 
     async def start(self) -> None:
         """Build the generator and warm it up; a failure is logged and recorded, not raised."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from gpu.audio import AudioFormat, samples_for_frames
 from gpu.frame_slots import FrameSlots, SlotRef
 from gpu.generator import (
     ContinuationState,
@@ -67,7 +68,7 @@ from gpu.pool_status import PoolStatus, WorkerStatus
 from gpu.worker import worker_main
 from gpu.worker_state import CrashReason, WorkerState, advance
 
-__all__ = ["SLOTS_PER_WORKER", "SubprocessGpuPool", "WorkerSettings"]
+__all__ = ["AUDIO_SLOT_FORMAT", "SLOTS_PER_WORKER", "SubprocessGpuPool", "WorkerSettings", "audio_slot_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,15 @@ logger = logging.getLogger(__name__)
 SLOTS_PER_WORKER = 4
 STOP_GRACE_S = 5.0  # a worker asked to stop is killed after this long
 _STOP = object()  # tells a writer thread to end
+
+
+AUDIO_SLOT_FORMAT = AudioFormat(sample_rate=48_000, channels=2)  # the most sound a slot makes room for
+_PCM_BYTES = 4  # float32
+
+
+def audio_slot_bytes(num_frames: int, fps: int, audio_format: AudioFormat = AUDIO_SLOT_FORMAT) -> int:
+    """Bytes of float32 PCM that ``num_frames`` frames at ``fps`` own in ``audio_format``."""
+    return samples_for_frames(0, num_frames, fps, audio_format.sample_rate) * audio_format.channels * _PCM_BYTES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +99,9 @@ class WorkerSettings:
     gpu_ids: tuple[int, ...] | None = None
     sessions_per_worker: int = 1
     max_frame_bytes: int = 512 * 512 * 3 * 24  # one whole segment: the size of each frame slot
+    # Added to each slot for the segment's audio (audio_slot_bytes); a backend whose sound needs more
+    # gets a GeneratorError naming this allowance.
+    max_audio_bytes: int = 384_000  # one second of 48 kHz stereo float32
     warmup: bool = True
     warmup_request: SegmentRequest = DEFAULT_WARMUP_REQUEST
     boot_timeout_s: float = 300.0
@@ -105,11 +118,16 @@ class _Job:
     relay: JobRelay | None = None
     request: SegmentRequest | None = None
     chunks: list[np.ndarray] = field(default_factory=list)  # frames kept for the result (no on_frames)
+    audio_chunks: list[np.ndarray] = field(default_factory=list)  # their audio
     started: bool = False
 
 
 def _join(chunks: list[np.ndarray]) -> np.ndarray:
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+def _join_result(frames: list[np.ndarray], audio: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    return _join(frames), (_join(audio) if audio else None)
 
 
 class _Worker:
@@ -173,12 +191,17 @@ class SubprocessGpuPool:
         self._started = False
         self._shutdown_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()  # restarts and reaps, awaited at shutdown
+        self._audio_format: AudioFormat | None = None  # what the first ready worker reported
 
     # -- lifecycle --------------------------------------------------------
 
     @property
     def ready(self) -> bool:
         return self._shutdown_task is None and any(worker.ready for worker in self._workers)
+
+    @property
+    def audio_format(self) -> AudioFormat | None:
+        return self._audio_format
 
     @property
     def capacity(self) -> int:
@@ -202,7 +225,7 @@ class SubprocessGpuPool:
         worker.state = advance(worker.state, WorkerState.BOOTING)
         worker.crash = None
         worker.running_job = None
-        slots = FrameSlots.create(count=SLOTS_PER_WORKER, slot_bytes=settings.max_frame_bytes)
+        slots = FrameSlots.create(count=SLOTS_PER_WORKER, slot_bytes=settings.max_frame_bytes + settings.max_audio_bytes)
         worker.slots = slots
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         worker.process = self._context.Process(
@@ -273,9 +296,9 @@ class SubprocessGpuPool:
                 if isinstance(message, FramesReady):
                     # Copied out and handed back here, before the loop even learns of it: the slot
                     # returns to the worker whether or not anyone still wants the job's frames.
-                    frames = slots.read(SlotRef(message.slot, message.shape))
+                    frames, audio = slots.read(SlotRef(message.slot, message.shape, message.audio_shape))
                     outbox.put(ReleaseSlot(message.slot))
-                    self._post(loop, self._on_frames, worker, message.job_id, frames)
+                    self._post(loop, self._on_frames, worker, message.job_id, frames, audio)
                 else:
                     self._post(loop, self._on_message, worker, message)
         except (EOFError, OSError, ValueError):  # the pipe closed, or the slots with it
@@ -324,6 +347,12 @@ class SubprocessGpuPool:
         worker.state = advance(worker.state, WorkerState.READY)
         worker.warmup_ms = message.warmup_ms
         worker.boot_ms = message.boot_ms
+        if self._audio_format is None:
+            self._audio_format = message.audio_format
+        elif message.audio_format != self._audio_format:
+            # Workers are built from one config; a per-worker option that changes the sound would
+            # change a stream's format mid-session.
+            logger.error("pool: %s makes %s audio, the pool %s", worker.worker_id, message.audio_format, self._audio_format)
         logger.info("pool: %s ready (boot %.0f ms, warm-up %s ms)", worker.worker_id, message.boot_ms, message.warmup_ms)
         self._resolve_boot(worker)
         self._notify()
@@ -337,14 +366,16 @@ class SubprocessGpuPool:
         if job is not None:
             job.started = True
 
-    def _on_frames(self, worker: _Worker, job_id: int, frames: np.ndarray) -> None:
+    def _on_frames(self, worker: _Worker, job_id: int, frames: np.ndarray, audio: np.ndarray | None) -> None:
         job = worker.jobs.get(job_id)
         if job is None or job.relay is None:
             return  # abandoned: its slot is already back with the worker
         if job.relay.streams_frames:
-            job.relay.frames(frames)
+            job.relay.frames(frames, audio)
         else:
             job.chunks.append(frames)
+            if audio is not None:
+                job.audio_chunks.append(audio)
 
     def _on_done(self, worker: _Worker, message: JobDone) -> None:
         if worker.running_job == message.job_id:
@@ -513,6 +544,13 @@ class SubprocessGpuPool:
         shape_bytes = request.width * request.height * 3 * request.num_frames
         if shape_bytes > self._settings.max_frame_bytes:
             raise GeneratorError(f"a {shape_bytes} byte segment exceeds the pool's {self._settings.max_frame_bytes} byte slots")
+        sound = self._audio_format
+        if sound is not None:
+            audio_bytes = audio_slot_bytes(request.num_frames, request.fps, sound)
+            if audio_bytes > self._settings.max_audio_bytes:
+                raise GeneratorError(
+                    f"a segment's {audio_bytes} bytes of audio exceed the pool's {self._settings.max_audio_bytes} byte allowance"
+                )
         relay = JobRelay(
             self._loop,
             label=f"session {session_id} on {worker.worker_id}",
@@ -527,8 +565,8 @@ class SubprocessGpuPool:
         try:
             result: SegmentResult = await job.future
             if job.chunks:
-                frames = await asyncio.to_thread(_join, job.chunks)
-                result = SegmentResult(frames, result.continuation)
+                frames, audio = await asyncio.to_thread(_join_result, job.chunks, job.audio_chunks)
+                result = SegmentResult(frames, result.continuation, audio)
         except asyncio.CancelledError:
             relay.abandon()
             raise

@@ -5,6 +5,8 @@ the prompt and seed through a stable hash; the motion (shape positions and veloc
 slots) travels in the continuation state, so a prompt change recolours the scene without a jump.
 Like a diffusion model it runs every step first and only then has frames, which it hands over one by
 one as they are rendered; each carries a marker with its segment, frame number and prompt tag.
+With ``audio`` on (the default) every frame comes with its sound: a prompt-dependent tone with sync
+clicks (gpu/synthetic_audio.py), whose phase travels in the state too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from gpu.audio import AudioFormat, frame_sample_offset
 from gpu.frame_marker import FrameMarker, draw_marker, marker_region, prompt_tag
 from gpu.generator import (
     MAX_FRAME_EDGE_PX,
@@ -35,6 +38,7 @@ from gpu.generator import (
     is_state_counter,
     quote_state_value,
 )
+from gpu.synthetic_audio import SYNTHETIC_AUDIO_FORMAT, render_tone
 
 __all__ = ["STATE_KIND", "SyntheticGenerator"]
 
@@ -58,6 +62,7 @@ INIT_IMAGE_WEIGHT_MAX = 230  # of 256: how strongly the init image shows at fram
 _FIXED_ONE = 256  # fixed-point unit for blending
 
 _PAYLOAD_KEYS = ("segment_idx", "frame_number", "shapes")
+_TONE_PHASE_KEY = "tone_phase"  # optional: states written before the backend had sound lack it
 _MOTION_FIELDS = 4  # x, y, vx, vy per shape slot
 
 
@@ -81,6 +86,7 @@ class _Cursor:
     segment_idx: int
     frame_number: int
     motion: np.ndarray  # (shapes, 4) float64: x, y in [0, 1], vx, vy per frame
+    tone_phase: float = 0.0  # cycles, [0, 1)
 
 
 def _rng(*parts: object) -> np.random.Generator:
@@ -202,7 +208,8 @@ class SyntheticGenerator:
     """Procedural frames from prompt and seed: moving shapes on a gradient, a caption, a marker.
 
     ``step_delay_s`` and ``frame_delay_s`` stand in for a model's time per denoising step and per
-    decoded frame (load tests, and tests that need a segment to take a while).
+    decoded frame (load tests, and tests that need a segment to take a while). ``audio`` gives every
+    frame its sound (48 kHz mono).
     """
 
     def __init__(
@@ -212,17 +219,21 @@ class SyntheticGenerator:
         frame_delay_s: float = 0.0,
         fail_on_start: bool = False,
         shapes: int = DEFAULT_SHAPES,
+        audio: bool = True,
     ) -> None:
         for option, delay in (("step_delay_s", step_delay_s), ("frame_delay_s", frame_delay_s)):
             if not _is_number(delay) or delay < 0:
                 raise ValueError(f"{option} must be a non-negative number, got {delay!r}")
         if not _is_count(shapes) or not 1 <= shapes <= MAX_SHAPES:
             raise ValueError(f"shapes must be an int in 1..{MAX_SHAPES}, got {shapes!r}")
+        if not isinstance(audio, bool):
+            raise TypeError(f"audio must be true or false, got {audio!r}")
         if fail_on_start:
             raise GeneratorError("synthetic generator configured to fail on start (fail_on_start=True)")
         self._step_delay_s = float(step_delay_s)
         self._frame_delay_s = float(frame_delay_s)
         self._shapes = shapes
+        self._audio_format = SYNTHETIC_AUDIO_FORMAT if audio else None
         self._closed = False
         # The last look built, keyed by what it depends on; a tuple swap is atomic across threads.
         self._look_cache: tuple[tuple[object, ...], _Look] | None = None
@@ -230,6 +241,10 @@ class SyntheticGenerator:
     @property
     def name(self) -> str:
         return "synthetic"
+
+    @property
+    def audio_format(self) -> AudioFormat | None:
+        return self._audio_format
 
     def close(self) -> None:
         self._closed = True
@@ -257,6 +272,7 @@ class SyntheticGenerator:
             if on_step is not None:
                 on_step(step, total)
         frames = np.empty((request.num_frames, request.height, request.width, 3), dtype=np.uint8)
+        audio, next_phase = self._sound(request, cursor)
         motion = cursor.motion.copy()
         tag = prompt_tag(request.prompt)
         for index in range(request.num_frames):
@@ -266,8 +282,29 @@ class SyntheticGenerator:
             draw_marker(frames[index], FrameMarker(cursor.segment_idx, cursor.frame_number + index, tag))
             _advance(motion)
             if on_frames is not None:
-                on_frames(frames[index : index + 1])
-        return SegmentResult(frames=frames, continuation=self._next_state(cursor, motion, request.num_frames))
+                on_frames(frames[index : index + 1], self._frame_audio(audio, index, request.fps))
+        state = self._next_state(cursor, motion, request.num_frames, next_phase)
+        return SegmentResult(frames=frames, continuation=state, audio=audio)
+
+    def _sound(self, request: SegmentRequest, cursor: _Cursor) -> tuple[np.ndarray | None, float]:
+        if self._audio_format is None:
+            return None, cursor.tone_phase
+        tone = render_tone(
+            prompt=request.prompt,
+            seed=request.seed,
+            phase=cursor.tone_phase,
+            first_frame_number=cursor.frame_number,
+            num_frames=request.num_frames,
+            fps=request.fps,
+            audio_format=self._audio_format,
+        )
+        return tone.pcm, tone.next_phase
+
+    def _frame_audio(self, audio: np.ndarray | None, index: int, fps: int) -> np.ndarray | None:
+        if audio is None or self._audio_format is None:
+            return None
+        rate = self._audio_format.sample_rate
+        return audio[frame_sample_offset(index, fps, rate) : frame_sample_offset(index + 1, fps, rate)]
 
     def check_state(self, state: ContinuationState) -> None:
         """Raise IncompatibleStateError unless ``state`` is a well-formed synthetic.v1 state."""
@@ -310,7 +347,12 @@ class SyntheticGenerator:
                 f"{STATE_KIND} payload needs segment_idx and frame_number as ints in 0..{MAX_STATE_COUNTER}, "
                 f"got {quote_state_value(segment_idx)} and {quote_state_value(frame_number)}"
             )
-        return _Cursor(segment_idx, frame_number, self._parse_shapes(payload["shapes"]))
+        phase = payload.get(_TONE_PHASE_KEY, 0.0)
+        if not _is_number(phase) or not 0.0 <= phase < 1.0:
+            raise IncompatibleStateError(
+                f"{STATE_KIND} {_TONE_PHASE_KEY} must be a number in [0, 1), got {quote_state_value(phase)}"
+            )
+        return _Cursor(segment_idx, frame_number, self._parse_shapes(payload["shapes"]), float(phase))
 
     def _parse_shapes(self, shapes: object) -> np.ndarray:
         if (
@@ -337,11 +379,12 @@ class SyntheticGenerator:
             )
         return motion
 
-    def _next_state(self, cursor: _Cursor, motion: np.ndarray, num_frames: int) -> ContinuationState:
+    def _next_state(self, cursor: _Cursor, motion: np.ndarray, num_frames: int, tone_phase: float) -> ContinuationState:
         payload: dict[str, Any] = {
             "segment_idx": cursor.segment_idx + 1,
             "frame_number": cursor.frame_number + num_frames,
             "shapes": [[float(value) for value in slot] for slot in motion],
+            _TONE_PHASE_KEY: tone_phase,
         }
         return ContinuationState(kind=STATE_KIND, payload=payload)
 

@@ -92,7 +92,14 @@ class WorkerLoop:
             second = replace(warmup_request, segment_idx=warmup_request.segment_idx + 1, continuation=first.continuation)
             self._generator.generate(second)
             warmup_ms = (time.perf_counter() - warm_started) * 1000.0
-        self._send(WorkerReady(pid=os.getpid(), boot_ms=(time.perf_counter() - started) * 1000.0, warmup_ms=warmup_ms))
+        self._send(
+            WorkerReady(
+                pid=os.getpid(),
+                boot_ms=(time.perf_counter() - started) * 1000.0,
+                warmup_ms=warmup_ms,
+                audio_format=self._generator.audio_format,
+            )
+        )
 
     def serve(self) -> None:
         """Handle messages until told to stop (or the pipe closes: EOFError)."""
@@ -160,15 +167,15 @@ class WorkerLoop:
             self._poll()
             self._send(StepDone(job_id, step, total))
 
-        def on_frames(chunk: np.ndarray) -> None:
+        def on_frames(chunk: np.ndarray, audio: np.ndarray | None) -> None:
             self._poll()
             slot = self._take_slot()
             try:
-                ref = self._slots.write(slot, chunk)
+                ref = self._slots.write(slot, chunk, audio)
             except ValueError:
                 self._free.add(slot)
                 raise
-            self._send(FramesReady(job_id, ref.index, ref.shape))
+            self._send(FramesReady(job_id, ref.index, ref.shape, ref.audio_shape))
 
         try:
             result = generate_streaming(self._generator, message.request, on_step, on_frames)

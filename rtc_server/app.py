@@ -27,7 +27,7 @@ from aiohttp import web
 from gpu.factory import build_generator
 from gpu.generator import Generator, SegmentRequest
 from gpu.pool import GpuPool, InProcessGpuPool
-from gpu.subprocess_pool import SubprocessGpuPool, WorkerSettings
+from gpu.subprocess_pool import SubprocessGpuPool, WorkerSettings, audio_slot_bytes
 from prompt import PromptEnhancer, open_providers
 from prompt.safety import PromptSafetyFilter
 from rtc_server.admin import is_admin, public_status
@@ -114,6 +114,7 @@ def build_pool(config: ServiceConfig) -> GpuPool:
                 gpu_ids=tuple(pool_config.gpu_ids) if pool_config.gpu_ids else None,
                 sessions_per_worker=pool_config.sessions_per_worker,
                 max_frame_bytes=sampling.width * sampling.height * 3 * sampling.num_frames,
+                max_audio_bytes=audio_slot_bytes(sampling.num_frames, sampling.fps),
                 warmup=pool_config.warmup,
                 warmup_request=warmup_request,
                 boot_timeout_s=pool_config.boot_timeout_seconds,

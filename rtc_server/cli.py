@@ -89,7 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     config = _with_overrides(config, args.host, args.port)
     try:
-        preflight(config.generator.backend, config.generator.options)
+        preflight(
+            config.generator.backend,
+            config.generator.options,
+            sampling=config.default_request.sampling.model_dump(),
+            sampling_key="default_request.sampling",
+        )
     except GeneratorError as exc:
         print(f"error: generator: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -255,7 +255,9 @@ class SegmentRunner:
     async def _produce(self, pending: PendingSegment) -> tuple[SegmentResult, float]:
         idx, choice, state = pending.idx, pending.choice, pending.state_before
         steps = choice.num_inference_steps or self._services.defaults.sampling.num_inference_steps
-        feed = SegmentFeed(pending.output)
+        feed = SegmentFeed(
+            pending.output, fps=self._services.defaults.sampling.fps, audio_format=self._services.pool.audio_format
+        )
 
         def on_step(step: int, total: int) -> None:
             self._events.send(StepComplete(segment_idx=idx, step=step, total_steps=total))

@@ -32,8 +32,11 @@ class SegmentOutput(Protocol):
         """True once any of its frames has left for the client: from then on it plays."""
         ...
 
-    def put_frames(self, frames: np.ndarray) -> None:
-        """Queue ``(n, H, W, 3)`` frames for delivery; never blocks."""
+    def put_frames(self, frames: np.ndarray, audio: np.ndarray | None = None) -> None:
+        """Queue ``(n, H, W, 3)`` frames for delivery with their audio (``(samples, channels)`` float32
+        owning exactly those frames, see gpu/audio.py; None without sound); never blocks.
+
+        Frames arrive in order, from the segment's first, each exactly once."""
         ...
 
     async def finish(self) -> None:

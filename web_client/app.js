@@ -21,7 +21,8 @@
 // Modules: webrtc_player.js (POST /v1/webrtc/offer, RTP video, data channel "control"),
 // ws_player.js (GET /v1/stream, fMP4 into Media Source Extensions; fmp4.js reads the few boxes it
 // needs), stats.js (overlay), ui.js (DOM), auth.js (the access token: URL fragment, this tab's
-// storage or client-config.json).
+// storage or client-config.json), av_sync.js (A/V offset from the sync clicks and frame markers;
+// marker.js reads the marker, click_worklet.js finds the clicks).
 
 import { forgetStoredToken, loadAccessToken } from "./auth.js";
 import {
@@ -39,8 +40,10 @@ import {
   snapshotMessage,
   toggleMessage,
 } from "./protocol.js";
+import { AvSync } from "./av_sync.js";
 import { StatsOverlay } from "./stats.js";
 import {
+  SoundControl,
   TRANSPORT_LABELS,
   announce,
   getUi,
@@ -72,6 +75,10 @@ const DROP_ERRORS = new Set(["gpu_unavailable", "worker_failed"]);
 
 const ui = getUi();
 const model = new StreamModel();
+// Sound: the page starts muted; the control shows for a stream with sound; the A/V offset is measured
+// once the viewer unmutes (the AudioContext needs that gesture).
+const avSync = new AvSync(ui.video, { fps: () => (model.stream ? model.stream.fps : null) });
+const sound = new SoundControl(ui, ui.video, { onUnmute: () => avSync.start() });
 
 const app = {
   mode: "auto", // "auto" | "webrtc" | "ws"
@@ -193,6 +200,8 @@ async function startSession({ kind = preferredKind(), init = null, resend = null
   openTransport(session, sessionInit);
   app.session = session;
   model.reset();
+  avSync.reset();
+  onSound({ available: false }); // until the new stream says
   clearPending();
   app.rewrites.clear();
   setPaused(false, { send: false });
@@ -406,6 +415,9 @@ function onTransportEvent(session, type, detail = {}) {
     case "failed":
       onTransportFailed(session, detail);
       break;
+    case "sound":
+      onSound(detail);
+      break;
     case "closed":
       if (reconnecting && model.endReason === null) {
         onDrop(session, `closed: ${detail.text}`); // an attempt closed before the session came back
@@ -421,6 +433,12 @@ function onTransportEvent(session, type, detail = {}) {
     default:
       break;
   }
+}
+
+/** Whether the stream on the <video> has sound ({available, stream}: WebRTC's MediaStream, else MSE). */
+function onSound({ available, stream = null }) {
+  sound.setAvailable(available);
+  avSync.setSource(available ? (stream ? { stream } : { element: true }) : null);
 }
 
 function onTransportFailed(session, detail) {
@@ -964,7 +982,7 @@ async function main() {
   wireControls();
   renderSeedList();
   updateSessionButtons();
-  const stats = new StatsOverlay(document, ui.video, () => ({ model, transport: app.session ? app.session.transport : null }));
+  const stats = new StatsOverlay(document, ui.video, () => ({ model, transport: app.session ? app.session.transport : null, avSync }));
   // For debugging and tests.
   window.liveClient = {
     app,
@@ -973,6 +991,8 @@ async function main() {
     transport: () => (app.session ? app.session.kind : null),
     reconnecting: () => Boolean(app.session && app.session.reconnect),
     resumes: () => app.resumeLog,
+    // The sound control and the A/V measurement: {available, muted, volume, context, level, offsets, ...}.
+    sound: () => ({ available: !ui.sound.hidden, muted: ui.video.muted, volume: ui.video.volume, ...avSync.debug() }),
     // Feeds a server message to the page as if it had arrived (tests of answers this server cannot give yet).
     inject: (message) => app.session && onMessage(app.session, message),
   };

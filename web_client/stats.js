@@ -2,7 +2,8 @@
 // and end-to-end latency (from ltx2_segment_complete), bitrate and buffer from the transport
 // (WebRTC getStats: jitter buffer; MSE: seconds buffered ahead of the playhead), and for WebRTC
 // the path the media takes: the selected ICE candidate pair's local candidate type (host, srflx,
-// prflx or relay; "relay" means through a TURN server).
+// prflx or relay; "relay" means through a TURN server), and the A/V offset measured on the sync
+// clicks (av_sync.js): "+40 ms" means the sound comes 40 ms after the picture.
 
 const FPS_WINDOW_MS = 1000;
 const REFRESH_MS = 500;
@@ -119,6 +120,7 @@ export class StatsOverlay {
       buffer: doc.getElementById("stat-buffer"),
       bufferLabel: doc.getElementById("stat-buffer-label"),
       path: doc.getElementById("stat-path"),
+      av: doc.getElementById("stat-av"),
       root: doc.getElementById("stats"),
     };
     this.counter = new FrameCounter(video);
@@ -131,7 +133,8 @@ export class StatsOverlay {
     if (this.busy) return;
     this.busy = true;
     try {
-      const { model, transport } = this.getContext();
+      const { model, transport, avSync = null } = this.getContext();
+      this.showOffset(avSync);
       const fps = this.counter.fps();
       this.el.fps.textContent = fps === null ? "–" : String(Math.round(fps));
       this.el.root.dataset.frames = String(this.counter.frames);
@@ -160,6 +163,20 @@ export class StatsOverlay {
     } finally {
       this.busy = false;
     }
+  }
+
+  /** The A/V row: the median offset in ms (sound after picture is positive), "–" when not measurable. */
+  showOffset(avSync) {
+    const el = this.el.av;
+    if (!el) return;
+    const figures = avSync ? avSync.stats() : { offsetMs: null, state: "no sound" };
+    const offset = figures.offsetMs === null ? null : Math.round(figures.offsetMs);
+    el.textContent = offset === null ? "–" : `${offset > 0 ? "+" : ""}${offset} ms`;
+    el.dataset.offsetMs = offset === null ? "" : String(offset);
+    el.title =
+      offset === null
+        ? `A/V offset: ${figures.state}`
+        : `sound ${offset >= 0 ? "after" : "before"} picture by ${Math.abs(offset)} ms (median of the last sync clicks)`;
   }
 
   /** The ICE path row: the local candidate type, with both types as data attributes for tests. */

@@ -1,5 +1,5 @@
 // The page's elements and the small widgets built on them: notices (errors with their actions),
-// the screen-reader announcer, the status panel and the editable seed-prompt list.
+// the screen-reader announcer, the status panel, the editable seed-prompt list and the sound control.
 // No protocol or network code here.
 
 const MAX_NOTICES = 5;
@@ -47,7 +47,58 @@ export function getUi(doc = document) {
     resumeFile: $("resume-file"),
     resumeFresh: $("resume-fresh"),
     sessionHint: $("session-hint"),
+    sound: $("sound"),
+    soundToggle: $("sound-toggle"),
+    soundText: $("sound-text"),
+    soundVolume: $("sound-volume"),
   };
+}
+
+/**
+ * The sound control over the video: a mute toggle and a volume slider acting on the <video>'s
+ * muted and volume (the page starts muted: autoplay rules). Hidden while the stream has no sound.
+ * `onUnmute()` runs inside the viewer's gesture (the AudioContext may start then).
+ */
+export class SoundControl {
+  constructor(ui, video, { onUnmute = () => {} } = {}) {
+    this.ui = ui;
+    this.video = video;
+    this.onUnmute = onUnmute;
+    ui.soundToggle.addEventListener("click", () => this.setMuted(!video.muted));
+    ui.soundVolume.addEventListener("input", () => {
+      const volume = Number(ui.soundVolume.value) / 100;
+      video.volume = volume;
+      if (volume > 0 && video.muted) this.setMuted(false); // moving the slider up means "I want sound"
+      this.sync();
+    });
+    video.addEventListener("volumechange", () => this.sync());
+    this.sync();
+  }
+
+  setMuted(muted) {
+    const video = this.video;
+    if (!muted && video.volume === 0) video.volume = 1; // unmuting at volume 0 would still be silent
+    video.muted = muted;
+    if (!muted) this.onUnmute();
+    announce(this.ui, muted ? "Sound off." : "Sound on.");
+    this.sync();
+  }
+
+  /** Shows or hides the control: `available` when the current stream has sound. */
+  setAvailable(available) {
+    this.ui.sound.hidden = !available;
+    this.ui.sound.dataset.available = String(Boolean(available));
+  }
+
+  sync() {
+    const { soundToggle, soundText, soundVolume } = this.ui;
+    const muted = this.video.muted;
+    soundToggle.dataset.muted = String(muted);
+    soundText.textContent = muted ? "Unmute" : "Mute";
+    const percent = Math.round(this.video.volume * 100);
+    if (Number(soundVolume.value) !== percent) soundVolume.value = String(percent);
+    soundVolume.setAttribute("aria-valuetext", muted ? `${percent} %, muted` : `${percent} %`);
+  }
 }
 
 function element(doc, tag, props = {}, children = []) {

@@ -1,5 +1,8 @@
-// WebRTC transport: POST /v1/webrtc/offer with the session init in the body, video over RTP, the
+// WebRTC transport: POST /v1/webrtc/offer with the session init in the body, video (and sound, when
+// the server's generator makes some: the offer always has a recvonly audio m-line) over RTP, the
 // JSON control protocol over the data channel "control". Same interface as WebSocketTransport.
+// Both received tracks play on the one <video>; it reports "sound" {available, stream} once the
+// stream is on it.
 //
 // ICE servers come from GET /v1/webrtc/ice-servers, fetched anew for every peer connection: its
 // TURN credentials are short-lived (`ttl_seconds`), so none are kept for a later one. `relay: true`
@@ -70,6 +73,19 @@ async function readJson(response) {
 }
 
 class RequestTimeout extends Error {}
+
+/**
+ * play(), and if the browser refuses sound without a gesture (NotAllowedError), muted: muted video
+ * may always play. The page starts muted; only the viewer's unmute (a gesture) turns sound on.
+ */
+export function playMutedIfRefused(video) {
+  video.play().catch((error) => {
+    if (error && error.name === "NotAllowedError" && !video.muted) {
+      video.muted = true;
+      video.play().catch(() => {});
+    }
+  });
+}
 
 /**
  * fetch() and the answer's JSON body (null when not JSON), within `timeoutMs`: {response, body}.
@@ -177,6 +193,7 @@ export class WebRtcTransport {
     this.timers = new Set();
     this.rate = new RateMeter();
     this.released = Promise.resolve(null);
+    this.stream = new MediaStream(); // what the <video> plays: the received video and audio tracks
   }
 
   later(ms, fn) {
@@ -247,18 +264,11 @@ export class WebRtcTransport {
     const channel = pc.createDataChannel("control");
     this.channel = channel;
     pc.addTransceiver("video", { direction: "recvonly" });
+    // Sound too: a server whose generator makes none answers this m-line without a track.
+    pc.addTransceiver("audio", { direction: "recvonly" });
     pc.addEventListener("track", (event) => {
-      if (this.closed) return;
-      const attach = () => {
-        if (this.closed) return;
-        this.video.removeAttribute("src");
-        this.video.srcObject = event.streams[0] || new MediaStream([event.track]);
-        this.video.muted = true;
-        this.video.play().catch(() => {}); // autoplay; muted video may always play
-      };
-      // A resumed stream replaces the last picture only once it has frames (a track is muted until then).
-      if (this.resuming && event.track.muted) event.track.addEventListener("unmute", attach, { once: true });
-      else attach();
+      // Both tracks go into one stream of our own: the server's may name a stream per track.
+      if (!this.closed) this.stream.addTrack(event.track);
     });
     pc.addEventListener("connectionstatechange", () => this.onConnectionState());
     pc.addEventListener("icecandidateerror", (event) => {
@@ -313,6 +323,28 @@ export class WebRtcTransport {
     this.startConnectTimer();
     this.onEvent("progress", { text: "connecting (ICE)" });
     await pc.setRemoteDescription({ type: body.type || "answer", sdp: body.sdp });
+    this.attachWhenReady();
+  }
+
+  /**
+   * Puts the stream on the <video> once the answer's tracks are known (every "track" event fires
+   * while the answer is applied): a resumed stream only once its video has frames (a track is muted
+   * until then), so the last picture stays meanwhile. Then says whether the stream has sound.
+   */
+  attachWhenReady() {
+    if (this.closed) return;
+    const video = this.stream.getVideoTracks()[0];
+    if (!video) return; // an answer without video: nothing to show
+    const attach = () => {
+      if (this.closed) return;
+      this.video.removeAttribute("src");
+      this.video.srcObject = this.stream;
+      playMutedIfRefused(this.video);
+      const audio = this.stream.getAudioTracks().length > 0;
+      this.onEvent("sound", { available: audio, stream: audio ? this.stream : null });
+    };
+    if (this.resuming && video && video.muted) video.addEventListener("unmute", attach, { once: true });
+    else attach();
   }
 
   checkConnected() {

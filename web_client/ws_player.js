@@ -4,7 +4,9 @@
 // Per segment the server sends media_init{mime}, then the init segment (ftyp+moov) as the first
 // binary frame, then moof+mdat fragments, then media_segment_complete. Media timestamps continue
 // across segments, so one SourceBuffer in "segments" mode takes init + fragments of every segment
-// in order.
+// in order. With sound the mime names both codecs (e.g. 'video/mp4; codecs="avc1.42C01E,
+// mp4a.40.2"'): the one SourceBuffer, made from it, takes both tracks of the muxed fMP4. The
+// transport reports "sound" {available} from the first mime.
 // With a token, the socket offers the subprotocols ["rtcvs", "bearer.<token>"] (auth.js); a refused
 // token is answered with error{unauthorized} and close 4401.
 //
@@ -53,6 +55,16 @@ export function mediaSourceImpl(scope = window) {
   if (typeof scope.MediaSource === "function") return { MediaSourceClass: scope.MediaSource, managed: false };
   if (typeof scope.ManagedMediaSource === "function") return { MediaSourceClass: scope.ManagedMediaSource, managed: true };
   return null;
+}
+
+/** Audio codecs a media_init mime may name next to the video's (fMP4: AAC, Opus, AC-3, FLAC, ALAC). */
+const AUDIO_CODEC = /^(mp4a|opus|ac-3|ec-3|flac|alac)(\.|$)/i;
+
+/** True when `mime` (e.g. 'video/mp4; codecs="avc1.42C01E, mp4a.40.2"') names an audio codec. */
+export function mimeHasAudio(mime) {
+  const match = /codecs\s*=\s*"?([^";]*)"?/i.exec(mime || "");
+  if (!match) return false;
+  return match[1].split(",").some((codec) => AUDIO_CODEC.test(codec.trim()));
 }
 
 /**
@@ -293,8 +305,14 @@ export class MsePlayer {
     if (this.video.currentTime < ranges.start(0)) this.video.currentTime = ranges.start(0);
     if (this.playRequested) return;
     this.playRequested = true;
-    this.video.muted = true; // muted autoplay is allowed without a user gesture
+    // The page starts muted (muted autoplay needs no gesture); sound is on only after the viewer's
+    // unmute. Should the browser still refuse it, play muted rather than not at all.
     this.video.play().catch((error) => {
+      if (error.name === "NotAllowedError" && !this.video.muted) {
+        this.video.muted = true;
+        this.playRequested = false; // the next append tries again, muted
+        return;
+      }
       this.playRequested = false; // try again on the next append
       this.onStatus(`playback blocked: ${error.message}`);
     });
@@ -377,6 +395,7 @@ export class WebSocketTransport {
     this.closed = false;
     this.bytes = 0;
     this.rate = new RateMeter();
+    this.soundReported = false;
   }
 
   start() {
@@ -449,6 +468,7 @@ export class WebSocketTransport {
       case "media_init":
         this.segment = { idx: message.segment_idx, chunks: 0 };
         this.player.beginSegment(message.mime);
+        this.reportSound(message.mime);
         break;
       case "media_segment_complete":
         if (this.segment && this.segment.chunks !== message.chunks + 1) {
@@ -469,6 +489,14 @@ export class WebSocketTransport {
         break;
     }
     this.onMessage(message);
+  }
+
+  /** "sound" {available, stream: null} for the first media_init (the player keeps its first mime). */
+  reportSound(mime) {
+    if (this.soundReported) return;
+    this.soundReported = true;
+    const playing = this.player.mime || mime; // the SourceBuffer's mime decides what plays
+    this.onEvent("sound", { available: mimeHasAudio(playing), stream: null });
   }
 
   /** Sends a control message; queued until the socket opens. False once the session is over. */

@@ -16,6 +16,16 @@ Timeline continuation: a segment's frames get pts ``start_frame .. start_frame +
 ``avoid_negative_ts=make_non_negative`` stops libavformat from shifting the start back to zero,
 which it otherwise does for fragmented output without edit lists).
 
+Sound (optional, ``audio_format``): an AAC-LC track next to the video, in the same init and the
+same fragments. One :class:`~rtc_server.media.aac.AacTrack` encodes the whole stream's audio (no
+priming or padding at segment seams); each fragment carries the AAC packets completed by its frames'
+audio, so the audio trails its video by the encoder's delay (see aac.py) and both tracks' ``tfdt``
+continue across segments. Items of a stream are then ``(frames, audio)`` pairs, the audio owning
+exactly those frames (gpu/audio.py); a bare frames array gets silence. Segments must be encoded one
+after another, in the order they were placed on the timeline. The timeline of a stream with sound
+starts ``lead_frames`` frames in (aac.py: the audio starts at 0 with that much silence, which
+absorbs the encoder's priming). Without ``audio_format`` the output is video only, starting at 0.
+
 Fragment cutting: libavformat's mp4 muxer closes a fragment only when the packet after it arrives
 or the file ends, which would hold every fragment back by one frame, and the last frame of each
 chunk a generator hands over until its next chunk exists. So one encoder serves the whole segment
@@ -51,6 +61,9 @@ from av.video.reformatter import (
 )
 from av.video.stream import VideoStream
 
+from gpu.audio import AudioFormat, as_pcm
+from rtc_server.media.aac import AacTrack, AudioEncodeError, lead_frames
+
 __all__ = [
     "H264_PROFILES",
     "X264_PRESETS",
@@ -59,6 +72,7 @@ __all__ = [
     "Fmp4SegmentStream",
     "MediaEncodeError",
     "codec_string_from_init",
+    "mime_type",
 ]
 
 logger = logging.getLogger(__name__)
@@ -129,11 +143,12 @@ class Fmp4Segment:
     duration_ms: float
     pts_base_ms: float
     codec_string: str
+    audio_codec_string: str | None = None  # mp4a.40.2 when the segment has sound
 
     @property
     def mime(self) -> str:
         """MIME type for ``MediaSource.isTypeSupported`` / ``addSourceBuffer``."""
-        return _mime(self.codec_string)
+        return mime_type(self.codec_string, self.audio_codec_string)
 
 
 @dataclass(frozen=True)
@@ -196,16 +211,18 @@ class Fmp4SegmentStream(Iterator[bytes]):
         self,
         *,
         config: _X264Config,
-        frames: Iterator[np.ndarray],
+        frames: Iterator[object],
         num_frames: int,
         start_frame: int,
         frames_per_fragment: int,
         codec_string: str,
+        audio: AacTrack | None = None,
     ) -> None:
         self._reserved_frames = num_frames
         self._fps = config.fps
         self._start_frame = start_frame
         self._codec_string = codec_string
+        self._audio_codec_string = audio.codec_string if audio is not None else None
         self._media_chunks = 0
         self._delivered_frames = 0
         self._done = False
@@ -217,6 +234,7 @@ class Fmp4SegmentStream(Iterator[bytes]):
             start_frame=start_frame,
             frames_per_fragment=frames_per_fragment,
             expected_codec_string=codec_string,
+            audio=audio,
         )
 
     @property
@@ -245,9 +263,14 @@ class Fmp4SegmentStream(Iterator[bytes]):
         return self._codec_string
 
     @property
+    def audio_codec_string(self) -> str | None:
+        """RFC 6381 codec string of the audio track (``mp4a.40.2``), None without sound."""
+        return self._audio_codec_string
+
+    @property
     def mime(self) -> str:
-        """MIME type with codecs parameter, for the ``media_init`` message."""
-        return _mime(self._codec_string)
+        """MIME type with codecs parameter (video, then audio if any), for the ``media_init`` message."""
+        return mime_type(self._codec_string, self._audio_codec_string)
 
     @property
     def media_chunks(self) -> int:
@@ -304,7 +327,8 @@ class Fmp4Encoder:
     the timeline position, guarded by a lock; segments are placed on the timeline in the order
     :meth:`encode_stream` / :meth:`encode_segment_iter` / :meth:`encode_segment` are called, each
     reserving its declared frames at once. A given :class:`Fmp4SegmentStream` must be iterated by
-    one thread at a time (e.g. an executor worker).
+    one thread at a time (e.g. an executor worker). With sound, the stream's one AAC encoder is
+    shared too: segments must then be encoded one after another, in the order they were placed.
     """
 
     def __init__(
@@ -319,12 +343,16 @@ class Fmp4Encoder:
         profile: str = "baseline",
         frames_per_fragment: int = 1,
         threads: int = 0,
+        audio_format: AudioFormat | None = None,
+        audio_bitrate: int | None = None,
     ) -> None:
         """Validate the settings and open libx264 once to learn the codec string.
 
         ``bitrate`` (bit/s) selects capped average-bitrate mode and takes precedence over ``crf``;
         with neither, x264's default rate control applies. ``frames_per_fragment`` frames go into
         each moof+mdat (1 gives the lowest latency). ``threads`` is libx264's (0 = automatic).
+        ``audio_format`` adds an AAC-LC track (``audio_bitrate`` bit/s, default 64 kbit/s per
+        channel); None keeps the output video only.
         """
         for name, value in (("width", width), ("height", height)):
             if value <= 0 or value % 2:
@@ -343,6 +371,8 @@ class Fmp4Encoder:
             raise ValueError(f"frames_per_fragment must be >= 1, got {frames_per_fragment}")
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
+        if audio_bitrate is not None and audio_bitrate <= 0:
+            raise ValueError(f"audio_bitrate must be positive (bit/s), got {audio_bitrate}")
         self._config = _X264Config(
             width=width,
             height=height,
@@ -355,8 +385,15 @@ class Fmp4Encoder:
         )
         self._frames_per_fragment = frames_per_fragment
         self._codec_string = _probe_codec_string(self._config)
+        self._audio: AacTrack | None = None
+        if audio_format is not None:
+            try:
+                self._audio = AacTrack(audio_format, fps=fps, bitrate=audio_bitrate)
+            except AudioEncodeError as exc:
+                raise MediaEncodeError(str(exc)) from exc
         self._lock = threading.Lock()
-        self._next_frame = 0
+        # With sound, the first frame goes one lead in: the audio before it absorbs the AAC priming.
+        self._next_frame = lead_frames(fps, audio_format.sample_rate) if audio_format is not None else 0
         logger.debug(
             "fMP4 encoder %dx%d@%d %s (%s)", width, height, fps, self._codec_string, preset
         )
@@ -382,9 +419,24 @@ class Fmp4Encoder:
         return self._codec_string
 
     @property
+    def audio_format(self) -> AudioFormat | None:
+        """The format of the audio track; None for video only."""
+        return self._audio.audio_format if self._audio is not None else None
+
+    @property
+    def audio_codec_string(self) -> str | None:
+        """``mp4a.40.2`` with an audio track, else None."""
+        return self._audio.codec_string if self._audio is not None else None
+
+    @property
     def mime(self) -> str:
-        """``video/mp4; codecs="..."`` for this encoder's streams."""
-        return _mime(self._codec_string)
+        """``video/mp4; codecs="..."`` for this encoder's streams (both codecs with sound)."""
+        return mime_type(self._codec_string, self.audio_codec_string)
+
+    def close(self) -> None:
+        """Release the audio encoder (nothing to do for video only). No segment may be encoded after."""
+        if self._audio is not None:
+            self._audio.close()
 
     @property
     def next_pts_ms(self) -> float:
@@ -392,10 +444,12 @@ class Fmp4Encoder:
         with self._lock:
             return self._next_frame * _MS_PER_S / self._config.fps
 
-    def encode_stream(self, frames: Iterable[np.ndarray], *, num_frames: int) -> Fmp4SegmentStream:
+    def encode_stream(self, frames: Iterable[object], *, num_frames: int) -> Fmp4SegmentStream:
         """Reserve ``num_frames`` frames on the timeline and encode frames as ``frames`` produces them.
 
-        ``frames`` yields uint8 RGB frames ``(H, W, 3)`` or chunks of them ``(n, H, W, 3)``; it is
+        ``frames`` yields uint8 RGB frames ``(H, W, 3)`` or chunks of them ``(n, H, W, 3)``, or
+        ``(chunk, audio)`` pairs whose audio (``(samples, channels)``, None for silence) owns exactly
+        those frames (gpu/audio.py; a wrong length is a ValueError); it is
         pulled lazily by the thread iterating the returned stream, which yields the init before
         pulling the first frame, then each fragment as soon as its frames are encoded. Each item
         is checked as it arrives: a non-array raises TypeError, a wrong dtype or shape ValueError,
@@ -421,7 +475,7 @@ class Fmp4Encoder:
         num_frames = _validate_frames(frames, self._config.width, self._config.height)
         return self._open_stream(iter((frames,)), num_frames)
 
-    def _open_stream(self, source: Iterator[np.ndarray], num_frames: int) -> Fmp4SegmentStream:
+    def _open_stream(self, source: Iterator[object], num_frames: int) -> Fmp4SegmentStream:
         with self._lock:
             start_frame = self._next_frame
             self._next_frame += num_frames
@@ -432,11 +486,18 @@ class Fmp4Encoder:
             start_frame=start_frame,
             frames_per_fragment=self._frames_per_fragment,
             codec_string=self._codec_string,
+            audio=self._audio,
         )
 
-    def encode_segment(self, frames: np.ndarray) -> Fmp4Segment:
-        """Encode ``frames`` (N,H,W,3 uint8 RGB) into one complete, independently appendable segment."""
-        with self.encode_segment_iter(frames) as stream:
+    def encode_segment(self, frames: np.ndarray, audio: np.ndarray | None = None) -> Fmp4Segment:
+        """Encode ``frames`` (N,H,W,3 uint8 RGB), with the ``audio`` they own if the encoder has sound,
+        into one complete, independently appendable segment."""
+        if audio is None:
+            stream = self.encode_segment_iter(frames)
+        else:
+            num_frames = _validate_frames(frames, self._config.width, self._config.height)
+            stream = self._open_stream(iter(((frames, audio),)), num_frames)
+        with stream:
             chunks = list(stream)
         init = chunks[0]
         return Fmp4Segment(
@@ -445,6 +506,7 @@ class Fmp4Encoder:
             duration_ms=stream.duration_ms,
             pts_base_ms=stream.pts_base_ms,
             codec_string=codec_string_from_init(init),
+            audio_codec_string=stream.audio_codec_string,
         )
 
 
@@ -457,8 +519,10 @@ def codec_string_from_init(init: bytes) -> str:
     return _avc1_string(avcc[1], avcc[2], avcc[3])
 
 
-def _mime(codec_string: str) -> str:
-    return f'video/mp4; codecs="{codec_string}"'
+def mime_type(video_codec: str, audio_codec: str | None = None) -> str:
+    """``video/mp4; codecs="avc1.42C01E"``, or with sound ``video/mp4; codecs="avc1.42C01E, mp4a.40.2"``."""
+    codecs = video_codec if audio_codec is None else f"{video_codec}, {audio_codec}"
+    return f'video/mp4; codecs="{codecs}"'
 
 
 def _avc1_string(profile_idc: int, constraint_flags: int, level_idc: int) -> str:
@@ -627,10 +691,12 @@ class _SegmentMuxer:
 
     The init muxer owns the encoder's stream but never gets a packet; each fragment's packets go
     to a muxer made from that stream's parameters, and closing it writes the fragment at once.
+    With sound, every muxer also gets an audio stream copied from the stream's AAC encoder (track 2).
     """
 
-    def __init__(self, config: _X264Config) -> None:
+    def __init__(self, config: _X264Config, audio: AacTrack | None = None) -> None:
         self._config = config
+        self._audio = audio
         self._time_base = Fraction(1, config.fps)
         self._reformatter = VideoReformatter()  # reused: keeps one swscale context for the segment
         self._init_muxer: OutputContainer | None = None
@@ -645,6 +711,8 @@ class _SegmentMuxer:
         stream = cast(VideoStream, self._init_muxer.add_stream(_ENCODER_NAME, rate=self._config.fps))
         self._config.apply(stream.codec_context)
         stream.time_base = self._time_base
+        if self._audio is not None:
+            self._init_muxer.add_stream_from_template(self._audio.template)
         self._init_muxer.start_encoding()  # opens libx264 and writes the header: with empty_moov, the init
         self._stream = stream
         return b"".join(_take_boxes(output, _INIT_BOXES))
@@ -673,8 +741,8 @@ class _SegmentMuxer:
         self._flushed = True
         return self._opened_stream().encode(None)
 
-    def fragment(self, packets: list[Packet]) -> bytes:
-        """Mux ``packets`` into the next moof+mdat fragment and return it."""
+    def fragment(self, packets: list[Packet], audio_packets: list[Packet] = []) -> bytes:  # noqa: B006 - read only
+        """Mux ``packets`` (video) and ``audio_packets`` into the next moof+mdat fragment and return it."""
         self._fragments += 1
         output = _OutputBuffer()
         options = {**_MUX_OPTIONS, "fragment_index": str(self._fragments)}
@@ -682,10 +750,15 @@ class _SegmentMuxer:
         muxed = False
         try:
             stream = muxer.add_stream_from_template(self._opened_stream())
+            audio_stream = muxer.add_stream_from_template(self._audio.template) if self._audio is not None else None
             muxer.start_encoding()
             for packet in packets:
                 packet.stream = stream
                 muxer.mux(packet)
+            if audio_stream is not None:
+                for packet in audio_packets:
+                    packet.stream = audio_stream
+                    muxer.mux(packet)
             muxed = True
         finally:
             if not muxed:
@@ -718,18 +791,22 @@ def _close_abandoned(muxer: OutputContainer) -> None:
 def _encode_chunks(
     *,
     config: _X264Config,
-    frames: Iterator[np.ndarray],
+    frames: Iterator[object],
     num_frames: int,
     start_frame: int,
     frames_per_fragment: int,
     expected_codec_string: str,
+    audio: AacTrack | None = None,
 ) -> Generator[tuple[bytes, int], None, None]:
     """Encode frames as they are pulled from ``frames``; yield the init, then each fragment when done.
 
     Yields ``(chunk, frames in it)``: ``(init, 0)`` first, then ``(moof+mdat, n)``. However the
-    stream ends, the encoder is released and ``frames`` is closed (if it can be).
+    stream ends, the encoder is released and ``frames`` is closed (if it can be). With ``audio``,
+    each fragment's frames' audio is fed to the stream's AAC encoder just before the fragment is
+    muxed, and the fragment takes every AAC packet completed so far.
     """
-    muxer = _SegmentMuxer(config)
+    muxer = _SegmentMuxer(config, audio)
+    sound = _SegmentSound(audio) if audio is not None else None
     try:
         init = muxer.open()
         actual = codec_string_from_init(init)
@@ -738,15 +815,20 @@ def _encode_chunks(
             # browser reject or misconfigure its SourceBuffer.
             raise MediaEncodeError(f"init codec {actual} differs from the probed {expected_codec_string}")
         yield init, 0
+        if sound is not None:
+            sound.start(start_frame)
         encoded = 0
         pending: list[Packet] = []
         for item in frames:  # pulls the producer: may wait for the generator's next frames
+            item, pcm = _split_item(item)
             chunk = _as_chunk(item, config.width, config.height)
             if encoded + len(chunk) > num_frames:
                 raise ValueError(
                     f"frames produced more than the declared num_frames={num_frames}"
                     f" ({encoded} encoded, then a chunk of {len(chunk)})"
                 )
+            if sound is not None:
+                sound.add_chunk(encoded, len(chunk), pcm)
             for pixels in chunk:
                 pending += muxer.encode(pixels, start_frame + encoded)
                 encoded += 1
@@ -755,19 +837,68 @@ def _encode_chunks(
                     # The last fragment leaves now, not when the producer gets round to stopping.
                     pending += muxer.flush()
                 if pending and (complete or len(pending) >= frames_per_fragment):
-                    yield muxer.fragment(pending), len(pending)
+                    audio_packets = sound.take_until(encoded) if sound is not None else []
+                    yield muxer.fragment(pending, audio_packets), len(pending)
                     pending = []
         pending += muxer.flush()  # the producer stopped early: the segment ends with what it made
         if pending:
-            yield muxer.fragment(pending), len(pending)
-    except (av.FFmpegError, UnknownCodecError) as exc:
+            audio_packets = sound.take_until(encoded) if sound is not None else []
+            yield muxer.fragment(pending, audio_packets), len(pending)
+    except (av.FFmpegError, UnknownCodecError, AudioEncodeError) as exc:
         raise MediaEncodeError(f"fMP4 encoding failed: {exc}") from exc
     finally:
         muxer.close()
         _close_producer(frames)
 
 
-def _close_producer(frames: Iterator[np.ndarray]) -> None:
+class _SegmentSound:
+    """One segment's audio on its way into the stream's AAC track, frame by frame.
+
+    Chunks' audio is checked when it arrives and held until the fragment with its frames is cut;
+    audio of frames whose fragment never leaves (the stream was abandoned) is never fed, and the
+    next segment's :meth:`AacTrack.align` fills the hole with silence.
+    """
+
+    def __init__(self, track: AacTrack) -> None:
+        self._track = track
+        self._held: list[tuple[int, int, np.ndarray]] = []  # (first frame, frames, pcm), in order
+        self._fed_frames = 0
+
+    def start(self, start_frame: int) -> None:
+        self._track.align(start_frame)
+
+    def add_chunk(self, first: int, count: int, pcm: object) -> None:
+        """The audio of the segment's frames ``first .. first + count - 1`` (None: silence)."""
+        samples = self._track.samples_for(first, count)
+        audio_format = self._track.audio_format
+        if pcm is None:
+            array = np.zeros((samples, audio_format.channels), np.float32)
+        else:
+            array = as_pcm(pcm, audio_format, expected=samples)  # AudioFormatError is a ValueError
+        self._held.append((first, count, array))
+
+    def take_until(self, frame: int) -> list[Packet]:
+        """Feed the audio of the segment's frames before ``frame``; the AAC packets now complete."""
+        while self._held and self._fed_frames < frame:
+            first, count, pcm = self._held[0]
+            stop = min(first + count, frame)
+            start_sample = self._track.samples_for(first, self._fed_frames - first)
+            stop_sample = self._track.samples_for(first, stop - first)
+            self._track.feed(pcm[start_sample:stop_sample])
+            self._fed_frames = stop
+            if stop == first + count:
+                self._held.pop(0)
+        return self._track.take()
+
+
+def _split_item(item: object) -> tuple[object, object]:
+    """A produced item as (frames, audio): a ``(frames, audio)`` pair, or bare frames with no audio."""
+    if isinstance(item, tuple) and len(item) == 2:
+        return item[0], item[1]
+    return item, None
+
+
+def _close_producer(frames: Iterator[object]) -> None:
     """Close the frames iterator if it can be closed: an abandoned segment tells its producer to stop."""
     close = getattr(frames, "close", None)
     if callable(close):

@@ -1,4 +1,9 @@
-"""The WebRTC video path: a bounded playout buffer and the paced track that drains it."""
+"""The WebRTC video path: a bounded playout buffer and the paced track that drains it.
+
+Each buffered frame carries its own audio; the track hands it to the audio timeline
+(rtc_server/media/audio_track.py) at the tick that releases the frame, so sound and picture share
+one playout clock through stalls and pauses.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import asyncio
 import fractions
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,15 +20,25 @@ from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 from av.video.reformatter import VideoReformatter
 
-from rtc_server.media.pacing import RTP_VIDEO_CLOCK_HZ, PlayoutClock
+from rtc_server.media.audio_track import AudioTimeline
+from rtc_server.media.pacing import RTP_VIDEO_CLOCK_HZ, PlayoutClock, Tick
 
-__all__ = ["PacedVideoTrack", "PlayoutBuffer", "PlayoutStats"]
+__all__ = ["PacedVideoTrack", "PlayoutBuffer", "PlayoutStats", "QueuedFrame"]
 
 _TIME_BASE = fractions.Fraction(1, RTP_VIDEO_CLOCK_HZ)
 _CONVERT_THREADS = 1  # per-frame conversion is ~1 ms at 512x512; worker threads would cost more than they save
 
 ReleaseCallback = Callable[[np.ndarray], None]
 """Called as ``on_release(frame)`` for each fresh frame handed to the encoder."""
+
+
+@dataclass(frozen=True)
+class QueuedFrame:
+    """A frame waiting in the playout buffer: its pixels and the audio it owns (None: no sound)."""
+
+    tag: int
+    pixels: np.ndarray
+    audio: np.ndarray | None = None
 
 
 class PlayoutBuffer:
@@ -34,7 +49,7 @@ class PlayoutBuffer:
     """
 
     def __init__(self) -> None:
-        self._frames: deque[tuple[int, np.ndarray]] = deque()
+        self._frames: deque[QueuedFrame] = deque()
         self._changed = asyncio.Event()
         self._closed = False
         self._next_tag = 0
@@ -52,18 +67,23 @@ class PlayoutBuffer:
         tag, self._next_tag = self._next_tag, self._next_tag + 1
         return tag
 
-    def put(self, tag: int, frames: Iterable[np.ndarray]) -> None:
+    def put(self, tag: int, frames: Iterable[np.ndarray], audio: Sequence[np.ndarray] | None = None) -> None:
+        """Queue ``frames`` of segment ``tag``, with ``audio[i]`` the sound of ``frames[i]`` (if any)."""
         if self._closed:
             return
-        self._frames.extend((tag, frame) for frame in frames)
+        if audio is None:
+            self._frames.extend(QueuedFrame(tag, frame) for frame in frames)
+        else:
+            self._frames.extend(QueuedFrame(tag, frame, pcm) for frame, pcm in zip(frames, audio, strict=True))
         self._changed.set()
 
-    def pop(self) -> np.ndarray | None:
+    def pop(self) -> QueuedFrame | None:
         if not self._frames:
             return None
-        self._released_tag, frame = self._frames.popleft()
+        queued = self._frames.popleft()
+        self._released_tag = queued.tag
         self._changed.set()
-        return frame
+        return queued
 
     def released(self, tag: int) -> bool:
         """True once a frame of segment ``tag`` (or of a later one) has been released."""
@@ -72,7 +92,7 @@ class PlayoutBuffer:
     def drop_from(self, tag: int) -> int:
         """Drop the frames of segment ``tag`` and every later one; returns how many were dropped."""
         dropped = 0
-        while self._frames and self._frames[-1][0] >= tag:
+        while self._frames and self._frames[-1].tag >= tag:
             self._frames.pop()
             dropped += 1
         if dropped:
@@ -112,7 +132,11 @@ class PlayoutStats:
 
 
 class PacedVideoTrack(MediaStreamTrack):
-    """Releases buffered frames at the stream's fps; when the buffer runs dry it repeats the last frame."""
+    """Releases buffered frames at the stream's fps; when the buffer runs dry it repeats the last frame.
+
+    With ``audio``, each released frame's sound goes into that timeline at the frame's tick (a held
+    frame writes nothing: the audio there is silence).
+    """
 
     kind = "video"
 
@@ -124,10 +148,12 @@ class PacedVideoTrack(MediaStreamTrack):
         on_release: ReleaseCallback | None = None,
         on_stall: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        audio: AudioTimeline | None = None,
     ) -> None:
         super().__init__()
         self._buffer = buffer
         self._pacer = PlayoutClock(fps)
+        self._audio = audio
         self._on_release = on_release
         self._on_stall = on_stall
         self._clock = clock
@@ -150,14 +176,19 @@ class PacedVideoTrack(MediaStreamTrack):
             await asyncio.sleep(delay)
         if self.readyState != "live":
             raise MediaStreamError
-        frame = await self._take_frame()
+        frame = await self._take_frame(tick)
         frame.pts = tick.pts
         frame.time_base = _TIME_BASE
         return frame
 
-    async def _take_frame(self) -> VideoFrame:
-        pixels = self._buffer.pop()
-        if pixels is None:
+    async def _take_frame(self, tick: Tick) -> VideoFrame:
+        queued = self._buffer.pop()
+        if self._audio is not None:
+            self._audio.anchor(tick.due - tick.index * self._pacer.interval)  # tick 0: exactly its due time
+            if queued is not None and queued.audio is not None:
+                self._audio.write_slot(tick.index, queued.audio)
+            self._audio.tick(tick.index)
+        if queued is None:
             assert self._last is not None
             self.stats.frames_held += 1
             if not self._stalled:
@@ -168,6 +199,7 @@ class PacedVideoTrack(MediaStreamTrack):
             return self._last
         self._stalled = False
         self.stats.frames_released += 1
+        pixels = queued.pixels
         if self._on_release is not None:
             self._on_release(pixels)
         self._last = await asyncio.get_running_loop().run_in_executor(None, self._to_yuv, pixels)

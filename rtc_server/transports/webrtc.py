@@ -1,4 +1,9 @@
-"""WebRTC transport: HTTP offer/answer, the paced video track and the ``control`` data channel."""
+"""WebRTC transport: HTTP offer/answer, the paced video (and audio) tracks and the ``control`` data channel.
+
+An offer with an audio m-line gets an Opus track next to the video when the backend makes sound
+(``pool.audio_format``); otherwise the session is video only and the audio m-line is answered
+without a track (inactive).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import time
 from typing import Any, Literal
 
 from aiohttp import web
-from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rtc_server.auth import bearer_token
@@ -18,6 +23,7 @@ from rtc_server.config import LimitsConfig, ServiceConfig
 from rtc_server.controller import SessionController
 from rtc_server.http_errors import HttpError, read_json_body
 from rtc_server.inbound import validate_session_init
+from rtc_server.media.audio_track import AudioTimeline, PacedAudioTrack
 from rtc_server.media.track import PacedVideoTrack, PlayoutBuffer
 from rtc_server.protocol import InvalidMessage, SessionInitV2
 from rtc_server.registry import SessionRegistry
@@ -58,13 +64,14 @@ class OfferBody(BaseModel):
 
 
 class PeerSession:
-    """One browser peer: connection, track, control channel, controller, and the watchdog that ends them."""
+    """One browser peer: connection, tracks, control channel, controller, and the watchdog that ends them."""
 
     def __init__(
         self,
         *,
         pc: RTCPeerConnection,
         track: PacedVideoTrack,
+        audio_track: PacedAudioTrack | None = None,
         sink: WebRTCSink,
         controller: SessionController,
         peer_timeout_s: float,
@@ -74,6 +81,7 @@ class PeerSession:
     ) -> None:
         self.pc = pc
         self.track = track
+        self.audio_track = audio_track
         self.sink = sink
         self.controller = controller
         self._peer_timeout_s = peer_timeout_s
@@ -129,7 +137,7 @@ class PeerSession:
     async def _watch(self) -> None:
         """End the session when the peer never connects, connects but never sends session_init_v2,
         or stops sending RTCP reports on our video."""
-        sender = self.pc.getSenders()[0]
+        sender = self._video_sender()
         media_since: float | None = None
         connected_at: float | None = None
         while True:
@@ -155,6 +163,10 @@ class PeerSession:
                 self._begin_departure(f"no RTCP for {self._peer_timeout_s:.1f}s")
                 return
 
+    def _video_sender(self) -> RTCRtpSender:
+        # The offer's m-line order decides the senders' order: audio may come first.
+        return next(s for s in self.pc.getSenders() if s.track is self.track)
+
     async def _refuse_uninitialised(self) -> None:
         message = f"no session_init_v2 received within {self._init_timeout_s:g}s of connecting"
         logger.info("%s: %s", self._label, message)
@@ -172,6 +184,8 @@ class PeerSession:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._watchdog
             self.track.stop()
+            if self.audio_track is not None:
+                self.audio_track.stop()
             await self._inbox.close()
             await self.pc.close()
         finally:
@@ -241,6 +255,7 @@ class WebRTCTransport:
             raise HttpError(400, "invalid_message", f"invalid offer: {_first_error(exc)}") from exc
         init = _parse_init(offer.session_init, self._config.limits)
         sampling = self._config.default_request.sampling
+        audio_format = self._registry.services.pool.audio_format
         buffer = PlayoutBuffer()
         peer_box: list[PeerSession] = []
 
@@ -254,6 +269,8 @@ class WebRTCTransport:
             queue_limit=self._config.webrtc.channel_queue_limit,
             on_close=close_peer,
             max_queued_event_bytes=self._config.limits.max_queued_event_bytes,
+            fps=sampling.fps,
+            audio_format=audio_format,
         )
         try:
             controller = self._registry.open(
@@ -274,12 +291,17 @@ class WebRTCTransport:
         per_offer = self.ice_servers.for_server()
         pc = RTCPeerConnection(build_rtc_configuration(per_offer) if per_offer is not None else self._rtc_configuration)
         delivery = controller.delivery
+        timeline = None
+        if audio_format is not None and _offers_audio(offer.sdp):
+            timeline = AudioTimeline(audio_format, fps=sampling.fps)
         track = PacedVideoTrack(
-            buffer, fps=sampling.fps, on_release=delivery.frame_released, on_stall=delivery.stalled
+            buffer, fps=sampling.fps, on_release=delivery.frame_released, on_stall=delivery.stalled, audio=timeline
         )
+        audio_track = PacedAudioTrack(timeline) if timeline is not None else None
         peer = PeerSession(
             pc=pc,
             track=track,
+            audio_track=audio_track,
             sink=sink,
             controller=controller,
             peer_timeout_s=self._config.webrtc.peer_timeout_seconds,
@@ -292,7 +314,7 @@ class WebRTCTransport:
         peer_box.append(peer)
         sink.label = f"session {controller.session.short_id}"
         try:
-            answer = await self._negotiate(pc, track, offer.sdp)
+            answer = await self._negotiate(pc, track, audio_track, offer.sdp)
         except HttpError:
             await controller.client_left()
             raise
@@ -300,7 +322,9 @@ class WebRTCTransport:
         peer.wire()
         return {"sdp": answer.sdp, "type": answer.type, "session_id": peer.session_id}
 
-    async def _negotiate(self, pc: RTCPeerConnection, track: PacedVideoTrack, sdp: str) -> RTCSessionDescription:
+    async def _negotiate(
+        self, pc: RTCPeerConnection, track: PacedVideoTrack, audio: PacedAudioTrack | None, sdp: str
+    ) -> RTCSessionDescription:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:  # aiortc raises assorted errors for malformed SDP
@@ -312,6 +336,8 @@ class WebRTCTransport:
             raise HttpError(400, "invalid_message", "the offer has no data channel (expected one labelled 'control')")
         refuse_invalid_text_gently(pc)
         pc.addTrack(track)
+        if audio is not None and any(t.kind == "audio" for t in pc.getTransceivers()):
+            pc.addTrack(audio)  # takes the offer's audio transceiver: never a section the offer lacks
         install_gathering(pc, self._gathering)
         recheck_on_peer_checks(pc)
         try:
@@ -364,6 +390,15 @@ async def _begin_or_answer(controller: SessionController, init: SessionInitV2) -
         status = _REFUSAL_STATUS.get(failure.code, 500)
         headers = {"Retry-After": "5"} if status == 503 else None
         raise HttpError(status, failure.code, failure.message, retryable=failure.retryable, headers=headers) from exc
+
+
+def _offers_audio(sdp: str) -> bool:
+    """True if the offer has an audio section that is not rejected (port 0). Malformed SDP is refused later."""
+    for line in sdp.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "m=audio" and len(fields) > 1 and fields[1] != "0":
+            return True
+    return False
 
 
 def _parse_init(raw: dict[str, Any] | None, limits: LimitsConfig) -> SessionInitV2 | None:

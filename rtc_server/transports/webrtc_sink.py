@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from aiortc import RTCDataChannel
 
+from gpu.audio import AudioFormat, split_by_frames
 from rtc_server.media.track import PlayoutBuffer
 from rtc_server.protocol import ServerMessage, serialize
 from rtc_server.sink import CloseReason
@@ -30,20 +31,28 @@ CHANNEL_SETTLE_S = 0.05  # grace after the channel buffer empties
 
 
 class BufferedSegment:
-    """One segment's frames in the playout buffer (a SegmentOutput)."""
+    """One segment's frames in the playout buffer (a SegmentOutput), each with the audio it owns."""
 
-    def __init__(self, buffer: PlayoutBuffer) -> None:
+    def __init__(self, buffer: PlayoutBuffer, *, fps: int = 24, audio_format: AudioFormat | None = None) -> None:
         self._buffer = buffer
         self._tag = buffer.new_tag()
         self._retracted = False
+        self._fps = fps
+        self._rate = audio_format.sample_rate if audio_format is not None else None
+        self._put = 0  # frames of this segment put so far: where the next chunk's audio starts
 
     @property
     def delivered(self) -> bool:
         return self._buffer.released(self._tag)
 
-    def put_frames(self, frames: np.ndarray) -> None:
-        if not self._retracted:
-            self._buffer.put(self._tag, frames)
+    def put_frames(self, frames: np.ndarray, audio: np.ndarray | None = None) -> None:
+        if self._retracted:
+            return
+        per_frame = None
+        if audio is not None and self._rate is not None:
+            per_frame = split_by_frames(audio, self._put, [1] * len(frames), self._fps, self._rate)
+        self._buffer.put(self._tag, frames, per_frame)
+        self._put += len(frames)
 
     async def finish(self) -> None:
         """Nothing to wait for: the frames are queued for the track."""
@@ -68,8 +77,12 @@ class WebRTCSink:
         on_close: Callable[[CloseReason], Awaitable[None]],
         max_queued_event_bytes: int = 4 * 1024 * 1024,
         label: str = "",
+        fps: int = 24,
+        audio_format: AudioFormat | None = None,
     ) -> None:
         self._buffer = buffer
+        self._fps = fps
+        self._audio_format = audio_format
         self._max_event_bytes = max_queued_event_bytes
         self.on_backlog: Callable[[], None] | None = None  # the client reads nothing of the channel
         self._lookahead_frames = lookahead_frames
@@ -132,7 +145,7 @@ class WebRTCSink:
         await self._buffer.wait_for_room(self._lookahead_frames)
 
     def open_segment(self, segment_idx: int, *, num_frames: int) -> BufferedSegment:
-        return BufferedSegment(self._buffer)
+        return BufferedSegment(self._buffer, fps=self._fps, audio_format=self._audio_format)
 
     async def drain(self) -> None:
         await self._buffer.wait_empty()

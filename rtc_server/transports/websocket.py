@@ -61,6 +61,8 @@ class WebSocketTransport:
         return len(self._sockets)
 
     def _make_encoder(self) -> Fmp4Encoder:
+        """A session's encoder; with an AAC track when the pool's backend makes sound (its format is
+        known once the pool has started, before any session gets frames)."""
         sampling = self._config.default_request.sampling
         settings = self._config.websocket
         return Fmp4Encoder(
@@ -70,6 +72,7 @@ class WebSocketTransport:
             crf=settings.crf,
             preset=settings.preset,
             profile=settings.profile,
+            audio_format=self._registry.services.pool.audio_format,
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

@@ -60,8 +60,11 @@ class _SegmentSent:
 _Item = str | bytes | _SegmentSent
 
 
+_Chunk = tuple[np.ndarray, np.ndarray | None]  # frames and the audio they own (None: no sound)
+
+
 class StreamedSegment:
-    """One segment encoded to fMP4 as its frames arrive (a SegmentOutput).
+    """One segment encoded to fMP4 as its frames (and their audio) arrive (a SegmentOutput).
 
     Its media starts leaving with the first frame put, so it can be taken back only before that.
     """
@@ -70,7 +73,7 @@ class StreamedSegment:
         self._sink = sink
         self._segment_idx = segment_idx
         self._num_frames = num_frames
-        self._frames: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
+        self._frames: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
         self._task: asyncio.Task[None] | None = None
         self._retracted = False
 
@@ -78,12 +81,12 @@ class StreamedSegment:
     def delivered(self) -> bool:
         return self._task is not None
 
-    def put_frames(self, frames: np.ndarray) -> None:
+    def put_frames(self, frames: np.ndarray, audio: np.ndarray | None = None) -> None:
         if self._retracted or self._sink.closed:
             return
         if self._task is None:
             self._task = self._sink.begin_stream(self)
-        self._frames.put(frames)
+        self._frames.put((frames, audio))
 
     async def finish(self) -> None:
         if self._task is None:
@@ -101,8 +104,9 @@ class StreamedSegment:
         """End the frames early (the session is closing): the encoder stops waiting for more."""
         self._frames.put(None)
 
-    def frames(self) -> Iterator[np.ndarray]:
-        """The frames as they are put; ends at finish or abandon. Iterated in the encoder's thread."""
+    def frames(self) -> Iterator[_Chunk]:
+        """The frames with their audio as they are put; ends at finish or abandon. Iterated in the
+        encoder's thread (the encoder takes the pairs as they are, and ignores audio it has no track for)."""
         while (chunk := self._frames.get()) is not None:
             yield chunk
 
@@ -189,6 +193,14 @@ class WebSocketSink:
         if self._current is segment:
             self._current = None
             self._idle.set()  # a drain waiting for the segment looks again
+        self._release_encoder()
+
+    def _release_encoder(self) -> None:
+        """Once closed and no segment is being encoded, free the encoder now: its AAC track holds a
+        resampler thread per core, which would otherwise wait for a garbage collection."""
+        if self._closed and self._current is None and self._encoder is not None:
+            encoder, self._encoder = self._encoder, None
+            encoder.close()
 
     def start(self) -> None:
         if self._writer is None:
@@ -224,7 +236,7 @@ class WebSocketSink:
     def open_segment(self, segment_idx: int, *, num_frames: int) -> StreamedSegment:
         return StreamedSegment(self, segment_idx, num_frames)
 
-    async def _send_stream(self, segment_idx: int, num_frames: int, frames: Iterable[np.ndarray]) -> None:
+    async def _send_stream(self, segment_idx: int, num_frames: int, frames: Iterable[_Chunk]) -> None:
         """Encode one segment as its frames arrive and queue its media, contiguous, in protocol order."""
         try:
             if self._pending_segments >= self._max_pending:
@@ -298,6 +310,7 @@ class WebSocketSink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.drain(), CLOSE_DRAIN_TIMEOUT_S)
         self._closed = True
+        self._release_encoder()  # else the segment being encoded releases it when it ends
         self._wakeup.set()
         for task in (self._watchdog, self._writer):
             if task is not None and task is not asyncio.current_task():

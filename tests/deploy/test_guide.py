@@ -6,6 +6,7 @@ the shipped config, and a real worker pool's shared memory is measured against t
 
 from __future__ import annotations
 
+import mmap
 import re
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,16 @@ def coturn_setting(name: str) -> str:
     return value
 
 
-def shm_bytes(config: ServiceConfig) -> int:
-    """The guide's /dev/shm formula: num_workers x 4 slots x width x height x 3 x num_frames."""
+def slot_bytes(config: ServiceConfig) -> int:
+    """The guide's slot: width x height x 3 x num_frames, plus num_frames x 384 000 / fps for the sound."""
     sampling = config.default_request.sampling
-    return config.pool.num_workers * SLOTS_PER_WORKER * sampling.width * sampling.height * 3 * sampling.num_frames
+    frames = sampling.width * sampling.height * 3 * sampling.num_frames
+    return frames + sampling.num_frames * 384_000 // sampling.fps
+
+
+def shm_bytes(config: ServiceConfig) -> int:
+    """The guide's /dev/shm formula: num_workers x 4 slots x slot_bytes."""
+    return config.pool.num_workers * SLOTS_PER_WORKER * slot_bytes(config)
 
 
 def test_the_guides_config_validates_and_keeps_the_server_behind_nginx_with_auth() -> None:
@@ -103,8 +110,7 @@ def test_the_guides_heartbeat_fits_the_snippets_websocket_timeout() -> None:
 
 def test_the_guides_shm_figures_follow_from_the_code() -> None:
     config = deployed_config()
-    sampling = config.default_request.sampling
-    slot = sampling.width * sampling.height * 3 * sampling.num_frames
+    slot = slot_bytes(config)
     text = guide()
     assert f"`SLOTS_PER_WORKER` = {SLOTS_PER_WORKER}" in text
     assert f"{slot // MIB} MiB a slot, {SLOTS_PER_WORKER * slot // MIB} MiB per worker" in text
@@ -135,7 +141,8 @@ async def test_a_worker_pool_maps_what_the_guides_formula_says(start_server: Any
     config = make_config(pool={"backend": "subprocess", "num_workers": 2})
     await start_server(config)
     slots = {name: size for name, size in shm_mappings().items() if name not in before}
-    sampling = config.default_request.sampling
     assert len(slots) == 2 * SLOTS_PER_WORKER
-    assert set(slots.values()) == {sampling.width * sampling.height * 3 * sampling.num_frames}
-    assert sum(slots.values()) == shm_bytes(config)
+    # Mappings are whole pages: the guide's bytes, rounded up to one.
+    page = mmap.PAGESIZE
+    assert set(slots.values()) == {-(-slot_bytes(config) // page) * page}
+    assert 0 <= sum(slots.values()) - shm_bytes(config) < len(slots) * page

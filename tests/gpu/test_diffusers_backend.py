@@ -193,9 +193,18 @@ def test_request_parameters_reach_the_pipeline(
 ) -> None:
     generator.generate(REQUEST)
     call = pipeline_calls[0]
-    assert call["prompt"] == REQUEST.prompt
-    assert call["negative_prompt"] == REQUEST.negative_prompt
+    # The prompts arrive encoded (the prompt cache), exactly as the pipeline would have encoded them.
+    assert "prompt" not in call and "negative_prompt" not in call
+    import torch
+
+    pipeline = generator._pipeline
+    for text, key in ((REQUEST.prompt, "prompt"), (REQUEST.negative_prompt, "negative_prompt")):
+        with torch.no_grad():
+            embeds, mask, _, _ = pipeline.encode_prompt(prompt=text, do_classifier_free_guidance=False, device="cpu")
+        assert np.array_equal(call[f"{key}_embeds"].numpy(), embeds.numpy())
+        assert np.array_equal(call[f"{key}_attention_mask"].numpy(), mask.numpy())
     assert call["guidance_scale"] == REQUEST.guidance_scale
+    assert call["image_cond_noise_scale"] == 0.15 and call["guidance_rescale"] == 0.0  # the pipeline's defaults
     assert call["num_inference_steps"] == STEPS
     assert len(call["timesteps"]) == STEPS
     assert call["frame_rate"] == REQUEST.fps
@@ -222,7 +231,8 @@ def test_frames_are_handed_over_chunk_by_chunk_as_each_is_converted(
         events.append(f"convert {video.shape[0]}")
         return convert(video)
 
-    def on_frames(chunk: np.ndarray) -> None:
+    def on_frames(chunk: np.ndarray, audio: np.ndarray | None) -> None:
+        assert audio is None  # LTX-Video makes no sound
         events.append(f"hand over {chunk.shape[0]}")
         chunks.append(chunk.copy())
 
@@ -257,7 +267,7 @@ def test_segment_cancelled_from_on_step_stops_the_pipeline_unwrapped(generator: 
 def test_segment_cancelled_from_on_frames_stops_the_hand_over_unwrapped(generator: DiffusersGenerator) -> None:
     handed: list[int] = []
 
-    def on_frames(chunk: np.ndarray) -> None:
+    def on_frames(chunk: np.ndarray, audio: np.ndarray | None) -> None:
         handed.append(chunk.shape[0])
         raise SegmentCancelled("the viewer left")
 
@@ -474,6 +484,12 @@ def test_unknown_component_class_is_named(tiny_dir: Path, tmp_path: Path, no_net
         ({"dtype": "int8"}, "dtype must be"),
         ({"conditioning_strength": 0}, "conditioning_strength"),
         ({"decode_timestep": 2.0}, "decode_timestep"),
+        ({"image_cond_noise_scale": 1.5}, "image_cond_noise_scale"),
+        ({"guidance_rescale": -0.1}, "guidance_rescale"),
+        ({"timesteps": [725, 909]}, "strictly decreasing"),
+        ({"timesteps": []}, "non-empty list"),
+        ({"timesteps": [2000, 10]}, r"in \[0, 1000\]"),
+        ({"prompt_cache_size": -1}, "prompt_cache_size"),
         ({"enable_model_cpu_offload": True}, "needs a CUDA device"),
     ],
 )
@@ -512,8 +528,106 @@ def test_factory_builds_the_diffusers_backend(tiny_dir: Path, no_network: None) 
         ({"model_path": "x", "conditioning_frames": True}, "option 'conditioning_frames'"),
         ({"model_path": "x", "colour": "red"}, "unknown option 'colour'"),
         ({"model_path": "x", "device": "gpu"}, "backend 'diffusers': device must be"),
+        ({"model_path": "x", "timesteps": "1000, 0"}, "option 'timesteps'"),
+        ({"model_path": "x", "timesteps": [1, 2]}, "backend 'diffusers': timesteps must be strictly decreasing"),
     ],
 )
 def test_factory_names_bad_diffusers_options(options: dict[str, Any], message: str) -> None:
     with pytest.raises(GeneratorError, match=message):
         build_generator("diffusers", options)
+
+
+# Audio, the prompt cache and the distilled schedule.
+
+
+def test_ltx_video_has_no_sound(generator: DiffusersGenerator) -> None:
+    assert generator.audio_format is None
+    assert generator.generate(replace(REQUEST, num_frames=2)).audio is None
+
+
+@pytest.fixture
+def text_encoder_calls(monkeypatch: pytest.MonkeyPatch, generator: DiffusersGenerator) -> list[int]:
+    """One entry (the batch's token count) per forward pass of the pipeline's text encoder."""
+    encoder = generator._pipeline.text_encoder
+    calls: list[int] = []
+    original = type(encoder).forward
+
+    def spy(self: Any, input_ids: Any = None, *args: Any, **kwargs: Any) -> Any:
+        calls.append(int(input_ids.shape[-1]))
+        return original(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(type(encoder), "forward", spy)
+    generator.prompt_cache.clear()
+    return calls
+
+
+def test_a_repeated_prompt_does_not_run_the_text_encoder_again(
+    generator: DiffusersGenerator, text_encoder_calls: list[int]
+) -> None:
+    short = replace(REQUEST, num_frames=2)
+    first = generator.generate(short)
+    assert len(text_encoder_calls) == 2  # the prompt and the negative prompt (guidance 3.0)
+    second = generator.generate(replace(short, continuation=first.continuation, segment_idx=1))
+    assert len(text_encoder_calls) == 2
+    other = generator.generate(replace(short, prompt="a blue bird flying over the sea"))
+    assert len(text_encoder_calls) == 3  # only the new prompt; the negative one is cached
+    generator.generate(replace(short, continuation=second.continuation, segment_idx=2))  # back to the first
+    assert len(text_encoder_calls) == 3
+    assert other.frames.shape == first.frames.shape
+    assert generator.prompt_cache.stats().size == 3
+
+
+def test_cached_embeddings_give_the_frames_the_text_would(
+    generator: DiffusersGenerator, text_encoder_calls: list[int]
+) -> None:
+    short = replace(REQUEST, num_frames=2)
+    cold = generator.generate(short).frames
+    warm = generator.generate(short).frames
+    np.testing.assert_array_equal(cold, warm)
+
+
+def test_a_disabled_cache_encodes_every_segment(tiny_dir: Path, no_network: None) -> None:
+    built = DiffusersGenerator(model_path=tiny_dir, device="cpu", conditioning_frames=K, prompt_cache_size=0)
+    try:
+        short = replace(REQUEST, num_frames=2)
+        built.generate(short)
+        built.generate(short)
+        assert built.prompt_cache.stats().misses == 4 and built.prompt_cache.stats().size == 0
+    finally:
+        built.close()
+
+
+DISTILLED_TIMESTEPS = [1000, 993, 987, 981, 975, 909, 725, 0.03]
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_dir: Path, no_network: None) -> Iterator[DiffusersGenerator]:
+    built = DiffusersGenerator(
+        model_path=tiny_dir,
+        device="cpu",
+        conditioning_frames=K,
+        timesteps=DISTILLED_TIMESTEPS,
+        image_cond_noise_scale=0.0,
+        guidance_rescale=0.7,
+    )
+    yield built
+    built.close()
+
+
+def test_the_distilled_schedule_and_settings_reach_the_pipeline(
+    distilled: DiffusersGenerator, pipeline_calls: list[dict[str, Any]]
+) -> None:
+    steps: list[tuple[int, int]] = []
+    request = replace(REQUEST, num_frames=2, guidance_scale=1.0, num_inference_steps=8)
+    distilled.generate(request, lambda step, total: steps.append((step, total)))
+    distilled.generate(replace(request, num_inference_steps=4))
+    full, subset = pipeline_calls
+    assert full["timesteps"] == DISTILLED_TIMESTEPS and steps[-1] == (8, 8)
+    assert subset["timesteps"] == [1000, 909, 725, 0.03]  # both ends kept, the largest jump smallest
+    assert full["image_cond_noise_scale"] == 0.0 and full["guidance_rescale"] == 0.7
+    assert "negative_prompt_embeds" not in full  # guidance 1.0: no negative prompt to encode
+
+
+def test_more_steps_than_the_schedule_are_refused(distilled: DiffusersGenerator) -> None:
+    with pytest.raises(GeneratorError, match="exceeds the 8 steps"):
+        distilled.generate(replace(REQUEST, num_inference_steps=9))

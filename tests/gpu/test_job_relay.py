@@ -24,7 +24,7 @@ async def test_thread_calls_run_on_the_loop_in_call_order() -> None:
         loop,
         label="t",
         on_step=lambda step, total: seen.append(("step", step, threading.get_ident())),
-        on_frames=lambda chunk: seen.append(("frames", int(chunk[0, 0, 0, 0]), threading.get_ident())),
+        on_frames=lambda chunk, audio=None: seen.append(("frames", int(chunk[0, 0, 0, 0]), threading.get_ident())),
     )
 
     def backend() -> None:
@@ -44,7 +44,7 @@ async def test_thread_calls_run_on_the_loop_in_call_order() -> None:
 async def test_chunks_reach_the_loop_as_they_are_without_a_copy() -> None:
     # Backends hand over frames they are done with (FrameCallback), so no per-frame copy is paid.
     received: list[np.ndarray] = []
-    relay = JobRelay(asyncio.get_running_loop(), label="t", on_frames=received.append)
+    relay = JobRelay(asyncio.get_running_loop(), label="t", on_frames=lambda chunk, audio=None: received.append(chunk))
     chunk = _chunk(7)
     await asyncio.to_thread(relay.frames_from_thread, chunk)
     await asyncio.sleep(0)
@@ -58,7 +58,7 @@ async def test_after_abandon_nothing_is_delivered_and_the_backend_is_told_to_sto
         asyncio.get_running_loop(),
         label="t",
         on_step=lambda step, total: calls.append("step"),
-        on_frames=lambda chunk: calls.append("frames"),
+        on_frames=lambda chunk, audio=None: calls.append("frames"),
         on_abandon=lambda: abandoned.append(True),
     )
     relay.frames_from_thread(_chunk(1))  # queued on the loop, not yet run
@@ -74,7 +74,7 @@ async def test_after_abandon_nothing_is_delivered_and_the_backend_is_told_to_sto
 
 
 async def test_an_on_frames_failure_abandons_the_job_and_is_kept_for_the_caller() -> None:
-    def broken(chunk: np.ndarray) -> None:
+    def broken(chunk: np.ndarray, audio: np.ndarray | None = None) -> None:
         raise BrokenPipeError("sink closed")
 
     relay = JobRelay(asyncio.get_running_loop(), label="t", on_frames=broken)
@@ -103,7 +103,7 @@ async def test_segment_cancelled_from_on_step_abandons_and_other_step_errors_are
 
 def test_a_closed_loop_stops_the_backend() -> None:
     loop = asyncio.new_event_loop()
-    relay = JobRelay(loop, label="t", on_frames=lambda chunk: None)
+    relay = JobRelay(loop, label="t", on_frames=lambda chunk, audio=None: None)
     loop.close()
     with pytest.raises(SegmentCancelled, match="closed"):
         relay.frames_from_thread(_chunk(1))
@@ -120,7 +120,7 @@ async def test_nothing_is_delivered_once_the_awaiting_task_is_asked_to_cancel() 
                 asyncio.get_running_loop(),
                 label="t",
                 on_step=lambda step, total: calls.append("step"),
-                on_frames=lambda chunk: calls.append("frames"),
+                on_frames=lambda chunk, audio=None: calls.append("frames"),
                 on_abandon=lambda: abandoned.append(True),
                 owner=asyncio.current_task(),
             )

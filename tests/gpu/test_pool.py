@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gpu.audio import AudioFormat
 from gpu.generator import (
     FrameCallback,
     Generator,
@@ -30,6 +31,7 @@ from gpu.pool import (
 )
 from gpu.pool_status import PoolStatus, WorkerStatus
 from gpu.synthetic import SyntheticGenerator
+from gpu.synthetic_audio import SYNTHETIC_AUDIO_FORMAT
 from gpu.worker_state import WorkerState
 from tests.gpu.status_shape import STATUS_KEYS, WORKER_KEYS
 
@@ -54,6 +56,10 @@ class _RecordingGenerator:
     @property
     def name(self) -> str:
         return "recording"
+
+    @property
+    def audio_format(self) -> AudioFormat | None:
+        return self._inner.audio_format
 
     def generate(
         self,
@@ -81,8 +87,10 @@ class _RecordingGenerator:
 class _HeldGenerator:
     """Hands over the first frame, then holds the rest of the segment until ``release`` is set."""
 
+    audio_format = None
+
     def __init__(self) -> None:
-        self._inner = SyntheticGenerator()
+        self._inner = SyntheticGenerator(audio=False)
         self.release = threading.Event()
         self.finished = threading.Event()
 
@@ -98,10 +106,10 @@ class _HeldGenerator:
     ) -> SegmentResult:
         result = self._inner.generate(request, on_step)
         if on_frames is not None:
-            on_frames(result.frames[:1])
+            on_frames(result.frames[:1], None)
             if not self.release.wait(timeout=10):
                 raise GeneratorError("never released")
-            on_frames(result.frames[1:])
+            on_frames(result.frames[1:], None)
         self.finished.set()
         return result
 
@@ -354,7 +362,7 @@ async def test_chunks_reach_on_frames_on_the_loop_in_order_before_run_returns(po
     events: list[str] = []
     chunks: list[np.ndarray] = []
 
-    def on_frames(chunk: np.ndarray) -> None:
+    def on_frames(chunk: np.ndarray, audio: np.ndarray | None = None) -> None:
         assert threading.get_ident() == loop_thread
         events.append("frames")
         chunks.append(chunk)
@@ -384,7 +392,7 @@ async def test_the_first_chunk_arrives_while_the_backend_is_still_making_the_seg
         first_chunk = asyncio.Event()
         chunks: list[np.ndarray] = []
 
-        def on_frames(chunk: np.ndarray) -> None:
+        def on_frames(chunk: np.ndarray, audio: np.ndarray | None = None) -> None:
             chunks.append(chunk)
             first_chunk.set()
 
@@ -413,7 +421,7 @@ async def test_a_cancelled_run_gets_no_callbacks_stops_the_backend_and_the_next_
             first_step.set()
 
         running = asyncio.create_task(
-            pool.run("s1", _request(num_inference_steps=20), on_step, lambda chunk: calls.append("frames"))
+            pool.run("s1", _request(num_inference_steps=20), on_step, lambda chunk, audio=None: calls.append("frames"))
         )
         await asyncio.wait_for(first_step.wait(), timeout=5)
         running.cancel()
@@ -491,7 +499,7 @@ async def test_an_on_frames_failure_stops_the_segment_and_is_raised_from_run() -
         await pool.acquire("s1")
         handed: list[int] = []
 
-        def on_frames(chunk: np.ndarray) -> None:
+        def on_frames(chunk: np.ndarray, audio: np.ndarray | None = None) -> None:
             handed.append(chunk.shape[0])
             raise BrokenPipeError("sink closed")
 
@@ -507,6 +515,7 @@ async def test_an_on_frames_failure_stops_the_segment_and_is_raised_from_run() -
 async def test_frames_of_a_backend_that_only_returns_them_still_go_through_on_frames() -> None:
     class ResultOnly:
         name = "result-only"
+        audio_format = SYNTHETIC_AUDIO_FORMAT
 
         def generate(
             self,
@@ -524,8 +533,17 @@ async def test_frames_of_a_backend_that_only_returns_them_still_go_through_on_fr
     try:
         await pool.acquire("s1")
         chunks: list[np.ndarray] = []
-        result = await pool.run("s1", _request(), on_frames=chunks.append)
-        assert result.frames.shape[0] == 0
-        np.testing.assert_array_equal(np.concatenate(chunks), SyntheticGenerator().generate(_request()).frames)
+        sounds: list[np.ndarray | None] = []
+
+        def on_frames(chunk: np.ndarray, audio: np.ndarray | None) -> None:
+            chunks.append(chunk)
+            sounds.append(audio)
+
+        result = await pool.run("s1", _request(), on_frames=on_frames)
+        assert result.frames.shape[0] == 0 and result.audio is None
+        expected = SyntheticGenerator().generate(_request())
+        np.testing.assert_array_equal(np.concatenate(chunks), expected.frames)
+        assert expected.audio is not None and all(sound is not None for sound in sounds)
+        np.testing.assert_array_equal(np.concatenate([s for s in sounds if s is not None]), expected.audio)
     finally:
         await pool.shutdown()

@@ -17,6 +17,7 @@ import pytest
 
 from gpu.generator import (
     ContinuationState,
+    GeneratorError,
     IncompatibleStateError,
     SegmentCancelled,
     SegmentRequest,
@@ -24,6 +25,7 @@ from gpu.generator import (
 from gpu.pool import WorkerFailedError
 from gpu.subprocess_pool import SLOTS_PER_WORKER, SubprocessGpuPool, WorkerSettings
 from gpu.synthetic import SyntheticGenerator
+from gpu.synthetic_audio import SYNTHETIC_AUDIO_FORMAT
 from gpu.worker_state import WorkerState
 from tests.gpu.status_shape import STATUS_KEYS, WORKER_KEYS
 
@@ -216,7 +218,7 @@ async def test_chunks_reach_on_frames_on_the_loop_in_order_before_run_returns(ma
     events: list[str] = []
     chunks: list[np.ndarray] = []
 
-    def on_frames(chunk: np.ndarray) -> None:
+    def on_frames(chunk: np.ndarray, audio: np.ndarray | None = None) -> None:
         assert threading.get_ident() == loop_thread
         events.append("frames")
         chunks.append(chunk)
@@ -230,6 +232,42 @@ async def test_chunks_reach_on_frames_on_the_loop_in_order_before_run_returns(ma
     assert result.continuation == expected.continuation
 
 
+async def test_audio_crosses_shared_memory_with_its_frames_and_the_pool_reports_its_format(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool(num_workers=1)
+    assert pool.audio_format == SYNTHETIC_AUDIO_FORMAT
+    await pool.acquire("s")
+    sounds: list[np.ndarray] = []
+
+    def on_frames(chunk: np.ndarray, audio: np.ndarray | None) -> None:
+        assert audio is not None and audio.dtype == np.float32 and len(audio) == 2000 * len(chunk)
+        sounds.append(audio)
+
+    await pool.run("s", REQUEST, on_frames=on_frames)
+    expected = SyntheticGenerator().generate(REQUEST)
+    assert expected.audio is not None
+    np.testing.assert_array_equal(np.concatenate(sounds), expected.audio)
+    whole = await pool.run("s", replace(REQUEST, continuation=expected.continuation, segment_idx=1))
+    following = SyntheticGenerator().generate(replace(REQUEST, continuation=expected.continuation, segment_idx=1))
+    assert whole.audio is not None and following.audio is not None
+    np.testing.assert_array_equal(whole.audio, following.audio)
+
+
+async def test_a_worker_without_sound_streams_frames_only(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool(num_workers=1, options={"audio": False})
+    assert pool.audio_format is None
+    await pool.acquire("s")
+    sounds: list[np.ndarray | None] = []
+    result = await pool.run("s", REQUEST, on_frames=lambda chunk, audio: sounds.append(audio))
+    assert sounds == [None] * 12 and result.audio is None
+
+
+async def test_a_segment_whose_audio_exceeds_the_slots_is_refused_before_it_reaches_the_worker(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool(num_workers=1, max_audio_bytes=1000)
+    await pool.acquire("s")
+    with pytest.raises(GeneratorError, match="bytes of audio exceed"):
+        await pool.run("s", REQUEST)
+
+
 async def test_the_first_chunk_arrives_while_the_worker_is_still_making_the_segment(make_pool) -> None:  # type: ignore[no-untyped-def]
     frame_delay_s = 0.4
     pool = await make_pool(num_workers=1, options={"frame_delay_s": frame_delay_s}, warmup=False)
@@ -237,7 +275,7 @@ async def test_the_first_chunk_arrives_while_the_worker_is_still_making_the_segm
     loop = asyncio.get_running_loop()
     arrivals: list[float] = []
     result = await pool.run(
-        "s", replace(REQUEST, num_frames=3, num_inference_steps=1), on_frames=lambda chunk: arrivals.append(loop.time())
+        "s", replace(REQUEST, num_frames=3, num_inference_steps=1), on_frames=lambda chunk, audio=None: arrivals.append(loop.time())
     )
     returned = loop.time()
     assert len(arrivals) == 3 and result.frames.shape[0] == 0
@@ -256,7 +294,7 @@ async def test_a_cancelled_run_gets_no_callbacks_stops_the_worker_and_the_next_r
         first_step.set()
 
     long_segment = replace(REQUEST, num_inference_steps=30)  # 3 s if it ran to the end
-    running = asyncio.create_task(pool.run("s", long_segment, on_step, lambda chunk: calls.append("frames")))
+    running = asyncio.create_task(pool.run("s", long_segment, on_step, lambda chunk, audio=None: calls.append("frames")))
     await asyncio.wait_for(first_step.wait(), timeout=10)
     running.cancel()
     seen_at_cancel = list(calls)  # from here on, no callback may run
@@ -292,7 +330,9 @@ async def test_abandoning_segments_while_their_frames_stream_hands_every_slot_ba
     for _ in range(SLOTS_PER_WORKER + 2):
         tasks: list[asyncio.Task[object]] = []
 
-        def leave(chunk: np.ndarray, tasks: list[asyncio.Task[object]] = tasks) -> None:
+        def leave(
+            chunk: np.ndarray, audio: np.ndarray | None = None, tasks: list[asyncio.Task[object]] = tasks
+        ) -> None:
             tasks[0].cancel()  # frames of this segment are still on their way, in slots
 
         tasks.append(asyncio.create_task(pool.run("s", REQUEST, on_frames=leave)))
@@ -307,7 +347,7 @@ async def test_an_on_frames_failure_is_raised_from_run_and_the_worker_carries_on
     await pool.acquire("s")
     handed: list[int] = []
 
-    def on_frames(chunk: np.ndarray) -> None:
+    def on_frames(chunk: np.ndarray, audio: np.ndarray | None = None) -> None:
         handed.append(chunk.shape[0])
         raise BrokenPipeError("sink closed")
 

@@ -233,7 +233,7 @@ def test_all_steps_come_before_the_first_frame_and_frames_arrive_one_by_one(
     events: list[str] = []
     chunks: list[np.ndarray] = []
 
-    def on_frames(chunk: np.ndarray) -> None:
+    def on_frames(chunk: np.ndarray, audio: np.ndarray | None = None) -> None:
         events.append("frames")
         chunks.append(chunk.copy())
 
@@ -247,7 +247,7 @@ def test_all_steps_come_before_the_first_frame_and_frames_arrive_one_by_one(
 
 def test_handing_frames_over_leaves_the_result_unchanged(generator: SyntheticGenerator) -> None:
     plain = generator.generate(_request(seed=4))
-    streamed = generator.generate(_request(seed=4), on_frames=lambda chunk: None)
+    streamed = generator.generate(_request(seed=4), on_frames=lambda chunk, audio=None: None)
     np.testing.assert_array_equal(plain.frames, streamed.frames)
     assert plain.continuation == streamed.continuation
 
@@ -255,7 +255,7 @@ def test_handing_frames_over_leaves_the_result_unchanged(generator: SyntheticGen
 def test_each_frame_is_handed_over_as_a_view_as_soon_as_it_is_rendered(generator: SyntheticGenerator) -> None:
     markers_at_handover: list[list[FrameMarker | None]] = []
 
-    def on_frames(chunk: np.ndarray) -> None:
+    def on_frames(chunk: np.ndarray, audio: np.ndarray | None = None) -> None:
         # The chunk is a view into the segment array: every frame rendered so far is visible through it.
         segment = chunk.base
         assert isinstance(segment, np.ndarray) and segment.shape[0] == FRAMES
@@ -277,7 +277,7 @@ def test_segment_cancelled_from_a_callback_ends_the_segment_with_it(
         if where == "on_step" and step == 2:
             raise SegmentCancelled("stop at step 2")
 
-    def on_frames(chunk: np.ndarray) -> None:
+    def on_frames(chunk: np.ndarray, audio: np.ndarray | None = None) -> None:
         handed.append(chunk.shape[0])
         if where == "on_frames":
             raise SegmentCancelled("stop at the first frame")

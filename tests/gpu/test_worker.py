@@ -50,8 +50,9 @@ class Harness:
         return self.conn.recv()
 
     def frames(self, message: FramesReady) -> np.ndarray:
-        frames = self.slots.read(SlotRef(message.slot, message.shape))
+        frames, audio = self.slots.read(SlotRef(message.slot, message.shape, message.audio_shape))
         self.conn.send(ReleaseSlot(message.slot))
+        assert audio is not None and len(audio) == len(frames) * 2000  # the synthetic's 48 kHz at 24 fps
         return frames
 
     def run_to_end(self, job_id: int) -> tuple[list[Any], np.ndarray]:

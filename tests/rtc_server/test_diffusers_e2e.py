@@ -125,3 +125,45 @@ def test_a_missing_or_broken_model_directory_fails_at_start_naming_the_path(tmp_
         )
         assert result.returncode == 2
         assert str(model_dir) in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("sampling", "key"),
+    [
+        ("{width: 100, height: 64, num_frames: 16}", "default_request.sampling.width 100"),
+        ("{width: 64, height: 48, num_frames: 16}", "default_request.sampling.height 48"),
+        ("{width: 64, height: 64, num_frames: 12}", "default_request.sampling.num_frames 12"),
+        ("{width: 64, height: 64, num_frames: 16, num_inference_steps: 9}",
+         "default_request.sampling.num_inference_steps 9"),
+    ],
+)
+def test_a_size_the_model_cannot_make_stops_the_server_naming_the_key(
+    tiny_model: Path, tmp_path: Path, sampling: str, key: str
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "generator:\n  backend: diffusers\n"
+        f"  options: {{model_path: {tiny_model}, timesteps: [1000, 993, 987, 981, 975, 909, 725, 0.03]}}\n"
+        f"default_request:\n  sampling: {sampling}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "rtc_server", "--config", str(config)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert key in result.stderr and "Traceback" not in result.stderr
+
+
+def test_conditioning_frames_off_the_8n_plus_1_grid_stop_the_server_naming_the_option(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        f"generator:\n  backend: diffusers\n  options: {{model_path: {tiny_model}, conditioning_frames: 8}}\n"
+        "default_request:\n  sampling: {width: 64, height: 64, num_frames: 16}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "rtc_server", "--config", str(config)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2 and "generator.options.conditioning_frames 8" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpu.audio import AudioFormat, frame_sample_offset
 from gpu.generator import ContinuationState
 from rtc_server.lookahead import Lookahead
 from rtc_server.prompt_schedule import PromptChoice, PromptOrigin
@@ -18,10 +19,13 @@ class Output:
     def __init__(self) -> None:
         self.delivered = False
         self.frames: list[int] = []
+        self.audio: list[np.ndarray] = []
         self.retracted = False
 
-    def put_frames(self, frames: np.ndarray) -> None:
+    def put_frames(self, frames: np.ndarray, audio: np.ndarray | None = None) -> None:
         self.frames.extend(int(f[0, 0, 0]) for f in frames)
+        if audio is not None:
+            self.audio.append(audio)
 
     async def finish(self) -> None:
         return None
@@ -76,3 +80,24 @@ def test_a_retry_skips_the_frames_the_output_already_has() -> None:
     feed.put(frames(1, 2, 3))
     feed.put(frames(4, 5))
     assert output.frames == [0, 1, 2, 3, 4, 5] and feed.frames_put == 6
+
+
+def test_a_retry_skips_the_audio_of_the_frames_the_output_already_has() -> None:
+    # 44.1 kHz at 24 fps: frames own 1837 or 1838 samples, so the cut must use the frames' offsets.
+    rate, fps = 44_100, 24
+    segment_audio = np.arange(frame_sample_offset(6, fps, rate), dtype=np.float32)[:, None]
+
+    def chunk(first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        span = slice(frame_sample_offset(first, fps, rate), frame_sample_offset(first + count, fps, rate))
+        return frames(*range(first, first + count)), segment_audio[span]
+
+    output = Output()
+    feed = SegmentFeed(output, fps=fps, audio_format=AudioFormat(rate, 1))
+    feed.restart()
+    feed.put(*chunk(0, 3))
+    feed.restart()
+    feed.put(*chunk(0, 2))
+    feed.put(*chunk(2, 3))  # frame 2 was already put: only 3 and 4 (and their audio) are fresh
+    feed.put(*chunk(5, 1))
+    assert output.frames == [0, 1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(np.concatenate(output.audio), segment_audio)

@@ -47,7 +47,11 @@ async def test_segments_decode_with_ffprobe_alone_and_as_one_stream(start_server
         frames = ffprobe_frames(path)
         assert len(frames) == 24
         assert {(f["width"], f["height"]) for f in frames} == {(256, 256)}
-    assert [s.complete["pts_base_ms"] for s in segments if s.complete] == pytest.approx([0.0, 1000.0, 2000.0])
+    # The synthetic backend has sound: the timeline starts one frame in (the AAC lead, media/aac.py).
+    lead_ms = 1000.0 / 24
+    assert [s.complete["pts_base_ms"] for s in segments if s.complete] == pytest.approx(
+        [lead_ms, 1000.0 + lead_ms, 2000.0 + lead_ms], abs=0.001
+    )
     # What an MSE player appends, one segment after another, as one file.
     whole = tmp_path / "stream.mp4"
     whole.write_bytes(b"".join(s.data for s in segments))
@@ -153,7 +157,8 @@ async def test_a_client_that_stops_reading_is_bounded_told_and_recovers(start_se
         # The media timeline stays gap-free across the skip: each segment starts where the last ended.
         completes = client.events_of("media_segment_complete")
         bases = [c["pts_base_ms"] for c in completes]
-        assert bases == pytest.approx([1000.0 * i for i in range(len(bases))])
+        # (It starts one frame in: the synthetic backend has sound, see media/aac.py.)
+        assert bases == pytest.approx([1000.0 / 24 + 1000.0 * i for i in range(len(bases))], abs=0.001)
         assert after["segment_idx"] > skipped["segment_idx"]
         assert len(client.events_of("media_segment_skipped")) >= 3
 
