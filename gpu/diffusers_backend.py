@@ -35,22 +35,28 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import logging
 import math
-import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from gpu.audio import AudioFormat
+from gpu.diffusers_runtime import (
+    CALL_ERRORS,
+    check_common_options,
+    check_model_request,
+    load_pipeline,
+    open_init_image,
+    resolve_placement,
+    state_payload,
+)
 from gpu.diffusion_rules import check_schedule, schedule_for_steps
 from gpu.frames import (
     FrameFormatError,
@@ -62,7 +68,6 @@ from gpu.frames import (
 from gpu.generator import (
     MAX_FRAME_EDGE_PX,
     MAX_FRAMES_PER_SEGMENT,
-    MAX_STATE_COUNTER,
     ContinuationState,
     FrameCallback,
     GeneratorError,
@@ -71,11 +76,10 @@ from gpu.generator import (
     SegmentRequest,
     SegmentResult,
     StepCallback,
-    check_segment_limits,
-    is_state_counter,
+    is_finite_number,
     quote_state_value,
 )
-from gpu.prompt_embeddings import DEFAULT_PROMPT_CACHE_SIZE, PromptEmbeddingCache
+from gpu.prompt_embeddings import DEFAULT_PROMPT_CACHE_SIZE, PromptEmbeddingCache, encode_with_cache
 
 __all__ = [
     "DEFAULT_CONDITIONING_FRAMES",
@@ -102,14 +106,7 @@ TIMESTEP_SCALE = 1000  # the pipeline's timesteps are sigmas times this
 # video has been quantised and copied to the host.
 FRAMES_PER_CHUNK = 8
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-_MODEL_INDEX = "model_index.json"
 _PAYLOAD_KEYS = ("segment_idx", "frame_number", "conditioning_frames", "width", "height", "frames")
-# What from_pretrained raises for a directory it cannot use (bad JSON, missing files or classes).
-_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError, RuntimeError)
-# What a pipeline call raises for inputs or a device it cannot handle (CUDA OOM is a RuntimeError).
-_CALL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
 
 _SCHEDULER_LOGGER = "diffusers.schedulers.scheduling_flow_match_euler_discrete"
 _SCHEDULER_NOISE = "`timesteps` were passed without `sigmas`"
@@ -163,10 +160,6 @@ def _is_edge(value: object, ratio: int) -> bool:
     if not isinstance(value, int) or isinstance(value, bool):
         return False
     return ratio <= value <= MAX_FRAME_EDGE_PX and value % ratio == 0
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -254,27 +247,22 @@ class DiffusersGenerator:
         guidance_rescale: float = 0.0,
         prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
     ) -> None:
-        if not isinstance(model_path, (str, PathLike)) or not str(model_path):
-            raise ValueError(f"model_path must be a directory path, got {model_path!r}")
-        if not isinstance(device, str) or not _DEVICE_PATTERN.fullmatch(device):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if not isinstance(conditioning_frames, int) or isinstance(conditioning_frames, bool) or conditioning_frames < 1:
-            raise ValueError(f"conditioning_frames must be a positive int, got {conditioning_frames!r}")
-        if not _is_number(conditioning_strength) or not 0.0 < conditioning_strength <= 1.0:
-            raise ValueError(f"conditioning_strength must be in (0, 1], got {conditioning_strength!r}")
+        self._path = check_common_options(
+            model_path=model_path,
+            device=device,
+            dtype=dtype,
+            conditioning_frames=conditioning_frames,
+            conditioning_strength=conditioning_strength,
+            max_sequence_length=max_sequence_length,
+        )
         for option, value in (
             ("decode_timestep", decode_timestep),
             ("decode_noise_scale", decode_noise_scale),
             ("image_cond_noise_scale", image_cond_noise_scale),
             ("guidance_rescale", guidance_rescale),
         ):
-            if not _is_number(value) or not 0.0 <= value <= 1.0:
+            if not is_finite_number(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{option} must be in [0, 1], got {value!r}")
-        if not _is_count(max_sequence_length) or max_sequence_length < 1:
-            raise ValueError(f"max_sequence_length must be a positive int, got {max_sequence_length!r}")
-        self._path = Path(model_path).expanduser()
         self._strength = float(conditioning_strength)
         self._decode_timestep = float(decode_timestep)
         self._decode_noise_scale = float(decode_noise_scale)
@@ -288,12 +276,16 @@ class DiffusersGenerator:
         torch, pipeline_class, condition_class = _import_runtime()
         self._torch = torch
         self._condition_class = condition_class
-        self._device = _resolve_device(torch, device)
-        if enable_model_cpu_offload and self._device.type != "cuda":
-            raise ValueError(f"enable_model_cpu_offload needs a CUDA device, got {self._device}")
-        self._dtype = _resolve_dtype(torch, dtype, self._device)
+        self._device, self._dtype = resolve_placement(torch, device, dtype, offload=enable_model_cpu_offload)
         started = time.perf_counter()
-        self._pipeline: Any = self._load(pipeline_class, offload=enable_model_cpu_offload)
+        self._pipeline: Any = load_pipeline(
+            pipeline_class,
+            self._path,
+            dtype=self._dtype,
+            device=self._device,
+            offload=enable_model_cpu_offload,
+            label="LTX",
+        )
         self._temporal_ratio = int(self._pipeline.vae_temporal_compression_ratio)
         self._spatial_ratio = int(self._pipeline.vae_spatial_compression_ratio)
         try:
@@ -368,7 +360,9 @@ class DiffusersGenerator:
         The pipeline decodes the whole video at once; the frames then cross to the host in chunks of
         FRAMES_PER_CHUNK, each handed to ``on_frames`` before the next is converted.
         """
-        self._check_request(request)
+        check_model_request(
+            request, spatial_ratio=self._spatial_ratio, schedule=self._schedule, schedule_name="timesteps"
+        )
         cursor = self._cursor(request)
         if cursor.history is not None and cursor.history.shape[1:3] != (request.height, request.width):
             height, width = cursor.history.shape[1:3]
@@ -376,7 +370,7 @@ class DiffusersGenerator:
                 f"{STATE_KIND} state holds {width}x{height} frames but the request is "
                 f"{request.width}x{request.height}"
             )
-        init_image = self._init_image(request) if cursor.history is None else None
+        init_image = open_init_image(request.init_image_path) if cursor.history is None else None
         with self._lock:
             if self._pipeline is None:
                 raise GeneratorError("diffusers generator is closed")
@@ -392,62 +386,12 @@ class DiffusersGenerator:
 
     # Loading.
 
-    def _load(self, pipeline_class: Any, *, offload: bool) -> Any:
-        path = self._path
-        check_model_dir(path)
-        try:
-            pipeline = pipeline_class.from_pretrained(
-                str(path), dtype=self._dtype, local_files_only=True, use_safetensors=True
-            )
-        except _LOAD_ERRORS as exc:
-            raise GeneratorError(
-                f"cannot load an LTX pipeline from {str(path)!r}: {type(exc).__name__}: {exc}"
-            ) from exc
-        missing = sorted(name for name, component in pipeline.components.items() if component is None)
-        if missing:
-            raise GeneratorError(f"LTX pipeline in {str(path)!r} lacks components: {', '.join(missing)}")
-        try:
-            if offload:
-                pipeline.enable_model_cpu_offload(device=self._device)
-            else:
-                pipeline.to(self._device)
-        except _CALL_ERRORS as exc:
-            raise GeneratorError(
-                f"cannot place the pipeline from {str(path)!r} on {self._device}: {type(exc).__name__}: {exc}"
-            ) from exc
-        return pipeline
-
     # Generation.
-
-    def _check_request(self, request: SegmentRequest) -> None:
-        ratio = self._spatial_ratio
-        for edge, value in (("width", request.width), ("height", request.height)):
-            if not ratio <= value <= MAX_FRAME_EDGE_PX or value % ratio:
-                raise GeneratorError(
-                    f"frame {edge} {value} must be a multiple of {ratio} in {ratio}..{MAX_FRAME_EDGE_PX} for this model"
-                )
-        check_segment_limits(request)
-        if self._schedule is not None and request.num_inference_steps > len(self._schedule):
-            raise GeneratorError(
-                f"num_inference_steps {request.num_inference_steps} exceeds the {len(self._schedule)} steps "
-                "of this model's configured timesteps"
-            )
-        if not _is_number(request.guidance_scale) or request.guidance_scale < 0:
-            raise GeneratorError(f"guidance_scale must be a non-negative number, got {request.guidance_scale!r}")
 
     def _cursor(self, request: SegmentRequest) -> _Cursor:
         if request.continuation is None:
             return _Cursor(request.segment_idx, 0, None)
         return self._parse_state(request.continuation)
-
-    def _init_image(self, request: SegmentRequest) -> Image.Image | None:
-        if request.init_image_path is None:
-            return None
-        try:
-            with Image.open(request.init_image_path) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise GeneratorError(f"cannot load init image {request.init_image_path!r}: {exc}") from exc
 
     def _conditions(self, cursor: _Cursor, init_image: Image.Image | None) -> list[Any]:
         if cursor.history is not None:
@@ -495,7 +439,7 @@ class DiffusersGenerator:
             )
         except SegmentCancelled:
             raise  # the caller's own stop signal from on_step, not a pipeline failure
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             raise GeneratorError(
                 f"LTX pipeline failed on segment {cursor.segment_idx}: {type(exc).__name__}: {exc}"
             ) from exc
@@ -510,7 +454,7 @@ class DiffusersGenerator:
             stop = min(start + FRAMES_PER_CHUNK, count)
             try:
                 frames[start:stop] = tensor_to_uint8_frames(video[start:stop])
-            except _CALL_ERRORS as exc:
+            except CALL_ERRORS as exc:
                 raise GeneratorError(
                     f"converting the frames of segment {segment_idx} failed: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -528,17 +472,14 @@ class DiffusersGenerator:
         return arguments
 
     def _encode(self, pipeline: Any, text: str) -> tuple[Any, Any]:
-        def encode() -> tuple[Any, Any]:
-            with self._torch.no_grad():  # as inside the pipeline: no autograd graph kept with the cache
-                embeds, mask, _, _ = pipeline.encode_prompt(
-                    prompt=text,
-                    do_classifier_free_guidance=False,
-                    max_sequence_length=self._max_sequence_length,
-                    device=self._device,
-                )
-            return embeds, mask
-
-        return self._prompts.get((text, self._max_sequence_length), encode)
+        return encode_with_cache(
+            self._prompts,
+            pipeline,
+            text,
+            torch=self._torch,
+            max_sequence_length=self._max_sequence_length,
+            device=self._device,
+        )
 
     def _timesteps(self, steps: int) -> list[float]:
         if self._schedule is not None:
@@ -572,18 +513,7 @@ class DiffusersGenerator:
         return ContinuationState(kind=STATE_KIND, payload=payload)
 
     def _parse_state(self, state: ContinuationState) -> _Cursor:
-        if state.kind != STATE_KIND:
-            raise IncompatibleStateError(
-                f"diffusers generator cannot continue from a {state.kind!r} state (expects {STATE_KIND!r})"
-            )
-        payload = state.payload
-        if not isinstance(payload, Mapping) or any(key not in payload for key in _PAYLOAD_KEYS):
-            raise IncompatibleStateError(f"{STATE_KIND} payload must be an object with keys {list(_PAYLOAD_KEYS)}")
-        for key in ("segment_idx", "frame_number"):
-            if not is_state_counter(payload[key]):
-                raise IncompatibleStateError(
-                    f"{STATE_KIND} {key} must be an int in 0..{MAX_STATE_COUNTER}, got {quote_state_value(payload[key])}"
-                )
+        payload = state_payload(state, kind=STATE_KIND, keys=_PAYLOAD_KEYS, backend="diffusers")
         width, height = payload["width"], payload["height"]
         ratio = self._spatial_ratio
         if not all(_is_edge(edge, ratio) for edge in (width, height)):
@@ -619,40 +549,6 @@ class DiffusersGenerator:
         return np.stack(decoded)
 
 
-def check_model_dir(path: str | Path) -> None:
-    """GeneratorError naming ``path`` unless it holds a saved pipeline (cheap: no torch, no weights read)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise GeneratorError(f"diffusers model directory {str(path)!r} does not exist or is not a directory")
-    if not (path / _MODEL_INDEX).is_file():
-        raise GeneratorError(f"diffusers model directory {str(path)!r} has no {_MODEL_INDEX}: not a saved pipeline")
-    _check_component_folders(path)
-
-
-def _check_component_folders(path: Path) -> None:
-    """GeneratorError unless every component ``model_index.json`` declares has its folder.
-
-    from_pretrained would fail on most missing folders, but transformers 5 silently builds a default
-    (unknown-token-only) tokenizer when the tokenizer folder is gone: prompts would turn to noise.
-    """
-    try:
-        index = json.loads((path / _MODEL_INDEX).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GeneratorError(f"cannot read {_MODEL_INDEX} in {str(path)!r}: {exc}") from exc
-    if not isinstance(index, dict):
-        raise GeneratorError(f"{_MODEL_INDEX} in {str(path)!r} is not a JSON object")
-    missing = sorted(
-        name
-        for name, spec in index.items()
-        if not name.startswith("_")
-        and isinstance(spec, list)
-        and None not in spec
-        and not (path / name).is_dir()
-    )
-    if missing:
-        raise GeneratorError(f"diffusers model directory {str(path)!r} lacks component folders: {', '.join(missing)}")
-
-
 def _import_runtime() -> tuple[Any, Any, Any]:
     """torch, LTXConditionPipeline and LTXVideoCondition, or GeneratorError naming the missing extra."""
     try:
@@ -664,21 +560,3 @@ def _import_runtime() -> tuple[Any, Any, Any]:
             f"the diffusers backend needs torch and diffusers (pip install 'rtc-video-stream[diffusers]'): {exc}"
         ) from exc
     return torch, LTXConditionPipeline, LTXVideoCondition
-
-
-def _resolve_device(torch: Any, device: str) -> Any:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GeneratorError(f"device {device!r} asked for but CUDA is not available")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise GeneratorError(f"device {device!r} asked for but only {torch.cuda.device_count()} CUDA devices exist")
-    return resolved
-
-
-def _resolve_dtype(torch: Any, dtype: str, device: Any) -> Any:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]

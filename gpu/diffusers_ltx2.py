@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Sequence
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,24 +42,23 @@ from PIL import Image
 
 from gpu.audio import AudioFormat, AudioFormatError, as_pcm, frame_sample_offset
 from gpu.diffusers_backend import (
-    _CALL_ERRORS,
-    _DEVICE_PATTERN,
-    _LOAD_ERRORS,
-    DTYPES,
     FRAMES_PER_CHUNK,
-    _is_number,
-    _resolve_device,
-    _resolve_dtype,
-    check_model_dir,
     kept_conditioning_frames,
     pipeline_num_frames,
     segment_seed,
     validate_conditioning_frames,
 )
+from gpu.diffusers_runtime import (
+    CALL_ERRORS,
+    check_common_options,
+    check_model_request,
+    load_pipeline,
+    open_init_image,
+    resolve_placement,
+)
 from gpu.diffusion_rules import check_schedule, schedule_for_steps
 from gpu.frames import tensor_to_uint8_frames
 from gpu.generator import (
-    MAX_FRAME_EDGE_PX,
     ContinuationState,
     FrameCallback,
     GeneratorError,
@@ -69,10 +67,10 @@ from gpu.generator import (
     SegmentRequest,
     SegmentResult,
     StepCallback,
-    check_segment_limits,
+    is_finite_number,
 )
 from gpu.ltx2_state import STATE_KIND, Ltx2Cursor, encode_state, parse_state
-from gpu.prompt_embeddings import PromptEmbeddingCache
+from gpu.prompt_embeddings import PromptEmbeddingCache, encode_with_cache
 
 __all__ = [
     "DEFAULT_CONDITIONING_FRAMES",
@@ -172,33 +170,28 @@ class DiffusersLtx2Generator:
         max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
         prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE,
     ) -> None:
-        if not isinstance(model_path, (str, PathLike)) or not str(model_path):
-            raise ValueError(f"model_path must be a directory path, got {model_path!r}")
-        if not isinstance(device, str) or not _DEVICE_PATTERN.fullmatch(device):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if not isinstance(conditioning_frames, int) or isinstance(conditioning_frames, bool) or conditioning_frames < 1:
-            raise ValueError(f"conditioning_frames must be a positive int, got {conditioning_frames!r}")
-        if not _is_number(conditioning_strength) or not 0.0 < conditioning_strength <= 1.0:
-            raise ValueError(f"conditioning_strength must be in (0, 1], got {conditioning_strength!r}")
-        if audio_guidance_scale is not None and (not _is_number(audio_guidance_scale) or audio_guidance_scale < 0):
+        self._path = check_common_options(
+            model_path=model_path,
+            device=device,
+            dtype=dtype,
+            conditioning_frames=conditioning_frames,
+            conditioning_strength=conditioning_strength,
+            max_sequence_length=max_sequence_length,
+        )
+        if audio_guidance_scale is not None and (not is_finite_number(audio_guidance_scale) or audio_guidance_scale < 0):
             raise ValueError(f"audio_guidance_scale must be a non-negative number, got {audio_guidance_scale!r}")
         for option, value in (("guidance_rescale", guidance_rescale), ("stg_scale", stg_scale)):
-            if not _is_number(value) or value < 0:
+            if not is_finite_number(value) or value < 0:
                 raise ValueError(f"{option} must be a non-negative number, got {value!r}")
-        if not _is_number(modality_scale) or modality_scale < 1.0:
+        if not is_finite_number(modality_scale) or modality_scale < 1.0:
             raise ValueError(f"modality_scale must be a number >= 1 (1 is off), got {modality_scale!r}")
         blocks = list(stg_blocks) if isinstance(stg_blocks, Sequence) and not isinstance(stg_blocks, str) else None
         if not blocks or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks):
             raise ValueError(f"stg_blocks must be a non-empty list of transformer block indices, got {stg_blocks!r}")
-        if not isinstance(max_sequence_length, int) or isinstance(max_sequence_length, bool) or max_sequence_length < 1:
-            raise ValueError(f"max_sequence_length must be a positive int, got {max_sequence_length!r}")
         self._schedule = check_schedule(sigmas, name="sigmas", high=1.0)
         if self._schedule is not None and self._schedule[-1] <= 0.0:
             raise ValueError("sigmas must not include the terminal 0 (the scheduler appends it)")
         self._prompts: PromptEmbeddingCache[tuple[Any, Any]] = PromptEmbeddingCache(prompt_cache_size)
-        self._path = Path(model_path).expanduser()
         self._strength = float(conditioning_strength)
         self._audio_conditioning = bool(audio_conditioning)
         self._audio_guidance = None if audio_guidance_scale is None else float(audio_guidance_scale)
@@ -213,12 +206,16 @@ class DiffusersLtx2Generator:
         torch, pipeline_class, condition_class = _import_runtime()
         self._torch = torch
         self._condition_class = condition_class
-        self._device = _resolve_device(torch, device)
-        if enable_model_cpu_offload and self._device.type != "cuda":
-            raise ValueError(f"enable_model_cpu_offload needs a CUDA device, got {self._device}")
-        self._dtype = _resolve_dtype(torch, dtype, self._device)
+        self._device, self._dtype = resolve_placement(torch, device, dtype, offload=enable_model_cpu_offload)
         started = time.perf_counter()
-        self._pipeline: Any = self._load(pipeline_class, offload=enable_model_cpu_offload)
+        self._pipeline: Any = load_pipeline(
+            pipeline_class,
+            self._path,
+            dtype=self._dtype,
+            device=self._device,
+            offload=enable_model_cpu_offload,
+            label="LTX-2",
+        )
         pipeline = self._pipeline
         self._temporal_ratio = int(pipeline.vae_temporal_compression_ratio)
         self._spatial_ratio = int(pipeline.vae_spatial_compression_ratio)
@@ -311,7 +308,9 @@ class DiffusersLtx2Generator:
         The frames cross to the host in chunks of FRAMES_PER_CHUNK, each handed to ``on_frames`` with
         the audio it owns before the next is converted.
         """
-        self._check_request(request)
+        check_model_request(
+            request, spatial_ratio=self._spatial_ratio, schedule=self._schedule, schedule_name="sigmas"
+        )
         cursor = self._cursor(request)
         if cursor.frames is not None and cursor.frames.shape[1:3] != (request.height, request.width):
             height, width = cursor.frames.shape[1:3]
@@ -319,7 +318,7 @@ class DiffusersLtx2Generator:
                 f"{STATE_KIND} state holds {width}x{height} frames but the request is "
                 f"{request.width}x{request.height}"
             )
-        init_image = self._init_image(request) if cursor.frames is None else None
+        init_image = open_init_image(request.init_image_path) if cursor.frames is None else None
         with self._lock:
             if self._pipeline is None:
                 raise GeneratorError("diffusers_ltx2 generator is closed")
@@ -329,51 +328,7 @@ class DiffusersLtx2Generator:
 
     # Loading.
 
-    def _load(self, pipeline_class: Any, *, offload: bool) -> Any:
-        path = self._path
-        check_model_dir(path)
-        try:
-            pipeline = pipeline_class.from_pretrained(
-                str(path), dtype=self._dtype, local_files_only=True, use_safetensors=True
-            )
-        except _LOAD_ERRORS as exc:
-            raise GeneratorError(
-                f"cannot load an LTX-2 pipeline from {str(path)!r}: {type(exc).__name__}: {exc}"
-            ) from exc
-        optional = set(getattr(pipeline, "_optional_components", ()))
-        missing = sorted(
-            name for name, component in pipeline.components.items() if component is None and name not in optional
-        )
-        if missing:
-            raise GeneratorError(f"LTX-2 pipeline in {str(path)!r} lacks components: {', '.join(missing)}")
-        try:
-            if offload:
-                pipeline.enable_model_cpu_offload(device=self._device)
-            else:
-                pipeline.to(self._device)
-        except _CALL_ERRORS as exc:
-            raise GeneratorError(
-                f"cannot place the pipeline from {str(path)!r} on {self._device}: {type(exc).__name__}: {exc}"
-            ) from exc
-        return pipeline
-
     # Generation.
-
-    def _check_request(self, request: SegmentRequest) -> None:
-        ratio = self._spatial_ratio
-        for edge, value in (("width", request.width), ("height", request.height)):
-            if not ratio <= value <= MAX_FRAME_EDGE_PX or value % ratio:
-                raise GeneratorError(
-                    f"frame {edge} {value} must be a multiple of {ratio} in {ratio}..{MAX_FRAME_EDGE_PX} for this model"
-                )
-        check_segment_limits(request)
-        if not _is_number(request.guidance_scale) or request.guidance_scale < 0:
-            raise GeneratorError(f"guidance_scale must be a non-negative number, got {request.guidance_scale!r}")
-        if self._schedule is not None and request.num_inference_steps > len(self._schedule):
-            raise GeneratorError(
-                f"num_inference_steps {request.num_inference_steps} exceeds the {len(self._schedule)} steps "
-                "of this model's configured sigmas"
-            )
 
     def _cursor(self, request: SegmentRequest) -> Ltx2Cursor:
         if request.continuation is None:
@@ -388,15 +343,6 @@ class DiffusersLtx2Generator:
             keep_frames=self._conditioning_frames,
             audio_shape=self._audio_shape,
         )
-
-    def _init_image(self, request: SegmentRequest) -> Image.Image | None:
-        if request.init_image_path is None:
-            return None
-        try:
-            with Image.open(request.init_image_path) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise GeneratorError(f"cannot load init image {request.init_image_path!r}: {exc}") from exc
 
     def _conditions(self, cursor: Ltx2Cursor, init_image: Image.Image | None) -> list[Any]:
         if cursor.frames is not None:
@@ -463,7 +409,7 @@ class DiffusersLtx2Generator:
             pcm = self._segment_audio(output.audio[0], redrawn, request)
         except SegmentCancelled:
             raise  # the caller's own stop signal from on_step, not a pipeline failure
-        except (*_CALL_ERRORS, AudioFormatError) as exc:
+        except (*CALL_ERRORS, AudioFormatError) as exc:
             raise GeneratorError(
                 f"LTX-2 pipeline failed on segment {cursor.segment_idx}: {type(exc).__name__}: {exc}"
             ) from exc
@@ -481,17 +427,14 @@ class DiffusersLtx2Generator:
         return arguments
 
     def _encode(self, pipeline: Any, text: str) -> tuple[Any, Any]:
-        def encode() -> tuple[Any, Any]:
-            with self._torch.no_grad():  # as inside the pipeline: no autograd graph kept with the cache
-                embeds, mask, _, _ = pipeline.encode_prompt(
-                    prompt=text,
-                    do_classifier_free_guidance=False,
-                    max_sequence_length=self._max_sequence_length,
-                    device=self._device,
-                )
-            return embeds, mask
-
-        return self._prompts.get((text, self._max_sequence_length), encode)
+        return encode_with_cache(
+            self._prompts,
+            pipeline,
+            text,
+            torch=self._torch,
+            max_sequence_length=self._max_sequence_length,
+            device=self._device,
+        )
 
     def _audio_start(
         self, pipeline: Any, request: SegmentRequest, cursor: Ltx2Cursor, total_frames: int, seed: int
@@ -550,7 +493,7 @@ class DiffusersLtx2Generator:
             stop = min(start + FRAMES_PER_CHUNK, count)
             try:
                 frames[start:stop] = tensor_to_uint8_frames(video[start:stop])
-            except _CALL_ERRORS as exc:
+            except CALL_ERRORS as exc:
                 raise GeneratorError(
                     f"converting the frames of segment {segment_idx} failed: {type(exc).__name__}: {exc}"
                 ) from exc

@@ -16,13 +16,12 @@ at startup, before any worker loads weights, and exit naming the key that breaks
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from itertools import combinations, pairwise
 from pathlib import Path
 from typing import Any
 
-from gpu.generator import MAX_STEPS, GeneratorError
+from gpu.generator import MAX_STEPS, GeneratorError, is_finite_number
 
 __all__ = [
     "DEFAULT_RATIOS",
@@ -36,10 +35,6 @@ DEFAULT_RATIOS = (32, 8)  # (spatial, temporal) of every LTX VAE so far; used wh
 _VAE_CONFIG = Path("vae") / "config.json"
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_schedule(values: object, *, name: str, high: float) -> list[float] | None:
     """``values`` as a list of floats if it is a usable schedule (strictly falling, in ``[0, high]``).
 
@@ -49,7 +44,7 @@ def check_schedule(values: object, *, name: str, high: float) -> list[float] | N
         return None
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
         raise ValueError(f"{name} must be a non-empty list of numbers, got {values!r}")
-    if len(values) > MAX_STEPS or not all(_is_number(value) and 0 <= value <= high for value in values):
+    if len(values) > MAX_STEPS or not all(is_finite_number(value) and 0 <= value <= high for value in values):
         raise ValueError(f"{name} must hold at most {MAX_STEPS} numbers in [0, {high:g}], got {values!r}")
     floats = [float(value) for value in values]
     if any(later >= earlier for earlier, later in pairwise(floats)):

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from gpu.diffusers_backend import DEFAULT_CONDITIONING_FRAMES, DiffusersGenerator, check_model_dir
+from gpu.diffusers_backend import DEFAULT_CONDITIONING_FRAMES, DiffusersGenerator
+from gpu.diffusers_runtime import check_model_dir
 from gpu.diffusion_rules import check_sampling_rules, check_schedule
 from gpu.generator import Generator, GeneratorError
 from gpu.synthetic import SyntheticGenerator

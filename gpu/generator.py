@@ -10,9 +10,10 @@ viewer before the last one exists.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 
@@ -33,6 +34,7 @@ __all__ = [
     "check_segment_limits",
     "empty_frames",
     "generate_streaming",
+    "is_finite_number",
     "is_state_counter",
     "quote_state_value",
 ]
@@ -107,6 +109,11 @@ class SegmentResult:
     frames: np.ndarray
     continuation: ContinuationState
     audio: np.ndarray | None = None
+
+
+def is_finite_number(value: object) -> TypeGuard[int | float]:
+    """An int or float (never a bool) that is finite: what a numeric option or state value must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_state_counter(value: object) -> bool:

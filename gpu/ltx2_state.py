@@ -33,14 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from gpu.diffusers_runtime import state_payload
 from gpu.frames import FrameFormatError, decode_png, encode_png
 from gpu.generator import (
     MAX_FRAME_EDGE_PX,
     MAX_FRAMES_PER_SEGMENT,
-    MAX_STATE_COUNTER,
     ContinuationState,
     IncompatibleStateError,
-    is_state_counter,
     quote_state_value,
 )
 
@@ -157,18 +156,7 @@ def parse_state(
     Only the last ``keep_frames`` frames (this generator's K, or fewer for a shorter state) are
     decoded. ``audio_shape`` is the model's (latent channels, latent mel bins).
     """
-    if state.kind != STATE_KIND:
-        raise IncompatibleStateError(
-            f"diffusers_ltx2 generator cannot continue from a {state.kind!r} state (expects {STATE_KIND!r})"
-        )
-    payload = state.payload
-    if not isinstance(payload, Mapping) or any(key not in payload for key in _PAYLOAD_KEYS):
-        raise IncompatibleStateError(f"{STATE_KIND} payload must be an object with keys {list(_PAYLOAD_KEYS)}")
-    for key in ("segment_idx", "frame_number"):
-        if not is_state_counter(payload[key]):
-            raise IncompatibleStateError(
-                f"{STATE_KIND} {key} must be an int in 0..{MAX_STATE_COUNTER}, got {quote_state_value(payload[key])}"
-            )
+    payload = state_payload(state, kind=STATE_KIND, keys=_PAYLOAD_KEYS, backend="diffusers_ltx2")
     fps = payload["fps"]
     if not isinstance(fps, int) or isinstance(fps, bool) or not 1 <= fps <= _MAX_FPS:
         raise IncompatibleStateError(f"{STATE_KIND} fps must be an int in 1..{_MAX_FPS}, got {quote_state_value(fps)}")

@@ -16,9 +16,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["DEFAULT_PROMPT_CACHE_SIZE", "CacheStats", "PromptEmbeddingCache"]
+__all__ = ["DEFAULT_PROMPT_CACHE_SIZE", "CacheStats", "PromptEmbeddingCache", "encode_with_cache"]
 
 DEFAULT_PROMPT_CACHE_SIZE = 8  # texts; a looped playlist of up to this many prompts never re-encodes
 
@@ -75,3 +75,24 @@ class PromptEmbeddingCache(Generic[T]):
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(hits=self._hits, misses=self._misses, size=len(self._entries))
+
+
+def encode_with_cache(
+    cache: PromptEmbeddingCache[tuple[Any, Any]],
+    pipeline: Any,
+    text: str,
+    *,
+    torch: Any,
+    max_sequence_length: int,
+    device: Any,
+) -> tuple[Any, Any]:
+    """``(embeddings, attention mask)`` of ``text`` from ``pipeline.encode_prompt``, encoded once per text."""
+
+    def encode() -> tuple[Any, Any]:
+        with torch.no_grad():  # as inside the pipeline: no autograd graph kept with the cache
+            embeds, mask, _, _ = pipeline.encode_prompt(
+                prompt=text, do_classifier_free_guidance=False, max_sequence_length=max_sequence_length, device=device
+            )
+        return embeds, mask
+
+    return cache.get((text, max_sequence_length), encode)

@@ -35,6 +35,7 @@ from gpu.generator import (
     SegmentResult,
     StepCallback,
     check_segment_limits,
+    is_finite_number,
     is_state_counter,
     quote_state_value,
 )
@@ -184,10 +185,6 @@ def _caption_band_px(width: int, height: int) -> int:
     return band_h if height - band_h >= marker_h else 0
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STATE_COUNTER
 
@@ -222,7 +219,7 @@ class SyntheticGenerator:
         audio: bool = True,
     ) -> None:
         for option, delay in (("step_delay_s", step_delay_s), ("frame_delay_s", frame_delay_s)):
-            if not _is_number(delay) or delay < 0:
+            if not is_finite_number(delay) or delay < 0:
                 raise ValueError(f"{option} must be a non-negative number, got {delay!r}")
         if not _is_count(shapes) or not 1 <= shapes <= MAX_SHAPES:
             raise ValueError(f"shapes must be an int in 1..{MAX_SHAPES}, got {shapes!r}")
@@ -348,7 +345,7 @@ class SyntheticGenerator:
                 f"got {quote_state_value(segment_idx)} and {quote_state_value(frame_number)}"
             )
         phase = payload.get(_TONE_PHASE_KEY, 0.0)
-        if not _is_number(phase) or not 0.0 <= phase < 1.0:
+        if not is_finite_number(phase) or not 0.0 <= phase < 1.0:
             raise IncompatibleStateError(
                 f"{STATE_KIND} {_TONE_PHASE_KEY} must be a number in [0, 1), got {quote_state_value(phase)}"
             )
@@ -367,7 +364,7 @@ class SyntheticGenerator:
             if (
                 not isinstance(slot, Sequence)
                 or len(slot) != _MOTION_FIELDS
-                or not all(_is_number(value) for value in slot)
+                or not all(is_finite_number(value) for value in slot)
             ):
                 raise IncompatibleStateError(
                     f"{STATE_KIND} shape slot must be 4 finite numbers [x, y, vx, vy], got {quote_state_value(slot)}"
