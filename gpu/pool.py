@@ -4,6 +4,7 @@ Exceptions::
 
     PoolError (RuntimeError)
     ├── PoolUnavailableError   not started, shut down, or no ready worker
+    │   └── PoolAcquireTimeout no worker had room for the session within acquire's timeout
     ├── WorkerFailedError      a worker died or hung mid-segment (retryable elsewhere)
     └── SessionNotBoundError   run() for a session that has not acquired a worker
 
@@ -43,6 +44,7 @@ __all__ = [
     "DEFAULT_WARMUP_REQUEST",
     "GpuPool",
     "InProcessGpuPool",
+    "PoolAcquireTimeout",
     "PoolAssignment",
     "PoolError",
     "PoolUnavailableError",
@@ -63,6 +65,10 @@ class PoolError(RuntimeError):
 
 class PoolUnavailableError(PoolError):
     """The pool is not started, is shut down, or has no ready worker."""
+
+
+class PoolAcquireTimeout(PoolUnavailableError):
+    """``acquire`` waited its whole timeout and no worker had room (the original's PoolAcquireTimeout)."""
 
 
 class WorkerFailedError(PoolError):
@@ -95,8 +101,9 @@ class GpuPool(Protocol):
     def audio_format(self) -> AudioFormat | None:
         """The format of the audio segments come with (None: video only); known once ``start`` returned."""
 
-    async def acquire(self, session_id: str) -> PoolAssignment:
-        """Bind ``session_id`` to a worker (the same one again if it is already bound)."""
+    async def acquire(self, session_id: str, *, timeout: float | None = None) -> PoolAssignment:
+        """Bind ``session_id`` to a worker (the same one again if it is already bound), waiting at most
+        ``timeout`` seconds (None: as long as it takes) for one with room; PoolAcquireTimeout after that."""
 
     async def run(
         self,
@@ -230,8 +237,9 @@ class InProcessGpuPool:
         if self._state is WorkerState.BOOTING:
             self._state = advance(self._state, WorkerState.FAILED)
 
-    async def acquire(self, session_id: str) -> PoolAssignment:
-        """Bind ``session_id`` to the single in-process worker."""
+    async def acquire(self, session_id: str, *, timeout: float | None = None) -> PoolAssignment:
+        """Bind ``session_id`` to the single in-process worker; it takes every session at once, so
+        ``timeout`` (the GpuPool signature) is never reached."""
         self._require_ready()
         self._sessions.add(session_id)
         return PoolAssignment(gpu_id=self._gpu_id, worker_id=self._worker_id)
@@ -351,12 +359,17 @@ class InProcessGpuPool:
         logger.info("gpu %s: shut down (was %s)", self._worker_id, previous.value)
 
     def status(self) -> PoolStatus:
-        """Counts for ``/status``; a build failure counts as a failed warm-up (the worker never got ready)."""
+        """Counts for ``/status``; a build failure counts as a failed warm-up (the worker never got ready).
+
+        ``queue_size`` is 0: ``acquire`` binds every session at once, so none waits here (the
+        server's admission queue adds its own); ``queued_segments`` counts runs waiting for a thread.
+        """
+        generator = self._generator
         worker = WorkerStatus(
             gpu_id=self._gpu_id,
             state=self._state,
             ready=self.ready,
-            alive=self._generator is not None,
+            alive=generator is not None,
             pid=None,
             sessions=len(self._sessions),
             running=self._running,
@@ -365,13 +378,18 @@ class InProcessGpuPool:
             warmup_ms=self._warmup_ms,
             boot_ms=self._boot_ms,
             restarts=0,
+            warmup_enabled=self._warmup,
+            warmup_success=self._warmup_ok,
+            warmup_error=self._last_error if self._start_failed else None,
+            current_model_id=generator.name if generator is not None and self.ready else None,
         )
         return PoolStatus(
             total_gpus=1,
-            available_gpus=1 if self.ready else 0,
-            queue_size=max(self._queued, 0),
+            available_gpus=1 if worker.available else 0,
+            queue_size=0,
+            queued_segments=max(self._queued, 0),
             warmup_enabled=self._warmup,
-            warmup_successful_gpus=1 if self._warmup_ok else 0,
-            warmup_failed_gpus=1 if self._start_failed else 0,
+            warmup_successful_gpus=1 if worker.warmup_success else 0,
+            warmup_failed_gpus=1 if worker.warmup_error is not None else 0,
             gpu_status={self._worker_id: worker},
         )

@@ -59,6 +59,7 @@ from gpu.ipc import (
 from gpu.job_relay import JobRelay
 from gpu.pool import (
     DEFAULT_WARMUP_REQUEST,
+    PoolAcquireTimeout,
     PoolAssignment,
     PoolUnavailableError,
     SessionNotBoundError,
@@ -497,13 +498,25 @@ class SubprocessGpuPool:
         candidates = [w for w in self._workers if w.ready and len(w.sessions) < self._settings.sessions_per_worker]
         return min(candidates, key=lambda w: (len(w.sessions), w.index), default=None)
 
-    async def acquire(self, session_id: str) -> PoolAssignment:
-        """Bind to the least loaded ready worker, waiting for room if every worker is full."""
+    async def acquire(self, session_id: str, *, timeout: float | None = None) -> PoolAssignment:
+        """Bind to the least loaded ready worker, waiting for room if every worker is full (or down);
+        PoolAcquireTimeout when none had room within ``timeout`` seconds (None: no limit)."""
         if self._shutdown_task is not None or self._loop is None:
             raise PoolUnavailableError("pool is not running")
         bound = self._bindings.get(session_id)
         if bound is not None:
             return PoolAssignment(gpu_id=bound.gpu_id, worker_id=bound.worker_id)
+        try:
+            async with asyncio.timeout(timeout):
+                worker = await self._wait_for_room()
+        except TimeoutError as exc:
+            raise PoolAcquireTimeout(f"no GPU worker had room for this session within {timeout:g} s") from exc
+        worker.sessions.add(session_id)
+        self._bindings[session_id] = worker
+        return PoolAssignment(gpu_id=worker.gpu_id, worker_id=worker.worker_id)
+
+    async def _wait_for_room(self) -> _Worker:
+        assert self._loop is not None
         while (worker := self._pick_worker()) is None:
             if self._shutdown_task is not None:
                 raise PoolUnavailableError("pool is shutting down")
@@ -514,9 +527,7 @@ class SubprocessGpuPool:
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
-        worker.sessions.add(session_id)
-        self._bindings[session_id] = worker
-        return PoolAssignment(gpu_id=worker.gpu_id, worker_id=worker.worker_id)
+        return worker
 
     def binding(self, session_id: str) -> str | None:
         """The worker id a session is bound to, if any."""
@@ -602,22 +613,30 @@ class SubprocessGpuPool:
             self._notify()
 
     def status(self) -> PoolStatus:
-        """Counts for ``/status``: a worker that could not boot counts as a failed warm-up."""
+        """Counts for ``/status``: a worker that could not boot counts as a failed warm-up.
+
+        ``queue_size`` counts the sessions waiting in ``acquire`` for a worker with room (the
+        server's admission queue adds its own); ``queued_segments`` the segments sent to a worker
+        that it has not started yet.
+        """
+        workers = [self._worker_status(w) for w in self._workers]
         return PoolStatus(
             total_gpus=len(self._workers),
-            available_gpus=sum(
-                1 for w in self._workers if w.ready and len(w.sessions) < self._settings.sessions_per_worker
-            ),
-            queue_size=sum(
+            available_gpus=sum(1 for w in workers if w.available),
+            queue_size=len(self._waiters),
+            queued_segments=sum(
                 1 for w in self._workers for job in w.jobs.values() if job.relay is not None and not job.started
             ),
             warmup_enabled=self._settings.warmup,
-            warmup_successful_gpus=sum(1 for w in self._workers if w.warmup_ms is not None and w.ready),
-            warmup_failed_gpus=sum(1 for w in self._workers if w.state is WorkerState.FAILED),
-            gpu_status={w.worker_id: self._worker_status(w) for w in self._workers},
+            warmup_successful_gpus=sum(1 for w in workers if w.warmup_success),
+            warmup_failed_gpus=sum(1 for w in workers if w.warmup_error is not None),
+            gpu_status={w.worker_id: status for w, status in zip(self._workers, workers, strict=True)},
         )
 
     def _worker_status(self, worker: _Worker) -> WorkerStatus:
+        # The latest boot warmed up unless it is still booting or failed: a worker lost since
+        # (restarting) or stopping keeps its success, as the original's slots do until they restart.
+        warmed = worker.warmup_ms is not None and worker.state not in (WorkerState.BOOTING, WorkerState.FAILED)
         return WorkerStatus(
             gpu_id=worker.gpu_id,
             state=worker.state,
@@ -631,6 +650,10 @@ class SubprocessGpuPool:
             warmup_ms=worker.warmup_ms,
             boot_ms=worker.boot_ms,
             restarts=worker.restarts,
+            warmup_enabled=self._settings.warmup,
+            warmup_success=self._settings.warmup and warmed,
+            warmup_error=worker.last_error if worker.state is WorkerState.FAILED else None,
+            current_model_id=self._settings.backend if worker.ready else None,
         )
 
     def worker_pids(self) -> list[int]:

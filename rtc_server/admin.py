@@ -12,7 +12,19 @@ from rtc_server.auth import bearer_token
 
 __all__ = ["is_admin", "public_status"]
 
-_PUBLIC_WORKER_FIELDS = ("gpu_id", "state", "ready")  # no process ids, no error text
+# The original system's per-GPU fields a client may rely on, and ours without process ids or error text.
+_PUBLIC_WORKER_FIELDS = (
+    "gpu_id",
+    "state",
+    "ready",
+    "available",
+    "client_count",
+    "process_alive",
+    "warmup_enabled",
+    "warmup_success",
+    "warmup_timings",
+    "current_model_id",
+)
 
 
 def is_admin(request: web.Request, admin_token: str | None) -> bool:

@@ -46,6 +46,7 @@ from rtc_server.store.resume_records import InMemoryResumeRecords, ResumeRecords
 from rtc_server.transports import webrtc, websocket
 from rtc_server.transports.gate import Gate
 from rtc_server.transports.ice import apply_bitrate_bounds
+from rtc_server.viewers import watch_endpoint
 from rtc_server.web_page import add_web_client
 
 __all__ = [
@@ -290,7 +291,11 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    payload, ready = readyz_payload(request.app[POOL].status(), draining=request.app[REGISTRY].draining)
+    registry = request.app[REGISTRY]
+    # queue_size as the original means it: every session waiting for admission, in the server's
+    # admission queue or in the pool's acquire().
+    status = request.app[POOL].status().with_waiting_sessions(registry.depth)
+    payload, ready = readyz_payload(status, draining=registry.draining)
     return web.json_response(payload, status=200 if ready else 503)
 
 
@@ -301,9 +306,10 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    status = request.app[POOL].status()
+    registry = request.app[REGISTRY]
+    status = request.app[POOL].status().with_waiting_sessions(registry.depth)  # as in _readyz
     body = status.to_json() if is_admin(request, request.app[CONFIG].server.admin_token) else public_status(status)
-    registry = request.app[REGISTRY]  # free session slots: what the router places sessions by
+    # free session slots: what the router places sessions by
     open_sessions, taking = registry.active + registry.depth, status.ready and not registry.draining
     body.update(session_slots(capacity=registry.capacity.total, open_sessions=open_sessions, ready=taking))
     return web.json_response(body)
@@ -376,6 +382,7 @@ def build_app(config: ServiceConfig) -> web.Application:
     app.router.add_delete("/v1/sessions/{session_id}", _delete_session)
     webrtc.register_routes(app, WEBRTC, config)
     websocket.register_routes(app, WEBSOCKET)
+    watch_endpoint.register_routes(app, config=CONFIG, registry=REGISTRY, gate=GATE)
     web_dir = Path(config.server.web_client_dir) if config.server.web_client_dir else DEFAULT_WEB_CLIENT_DIR
     add_web_client(app, web_dir)
     return app

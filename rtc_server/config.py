@@ -32,6 +32,7 @@ __all__ = [
     "StoreConfig",
     "StreamingConfig",
     "TurnConfig",
+    "ViewersConfig",
     "WebRTCConfig",
     "WebSocketConfig",
     "load_config",
@@ -84,6 +85,9 @@ class PoolConfig(_Section):
     segment_timeout_seconds: float = Field(120.0, gt=0, description="subprocess: a segment running longer kills its worker.")
     boot_timeout_seconds: float = Field(300.0, gt=0, description="subprocess: time to build and warm up a worker.")
     restart_delay_seconds: float = Field(1.0, ge=0)
+    acquire_timeout_seconds: float = Field(
+        30.0, gt=0, description="A session admitted but given no GPU worker this long gets error{gpu_unavailable}."
+    )
     worker_options: dict[int, dict[str, Any]] = Field(
         default_factory=dict, description="subprocess: generator option overrides per worker index."
     )
@@ -145,10 +149,28 @@ class SafetyConfig(_Section):
         return self
 
 
+class ViewersConfig(_Section):
+    """Viewers of a session (``session_info.watch_token``, ``GET /v1/sessions/{id}/watch``)."""
+
+    enabled: bool = Field(True, description="Issue watch tokens and serve the watch endpoint; off: it answers 404.")
+    max_per_session: int = Field(50, ge=1, description="Viewers of one session at once; one more gets 503.")
+    max_queued_bytes: int = Field(
+        8 * 1024 * 1024, ge=64 * 1024, description="Media waiting for one viewer; beyond it the viewer is dropped."
+    )
+
+
 class StreamingConfig(_Section):
     """Session limits and pacing."""
 
     session_timeout_seconds: int = Field(300, ge=1, description="Idle time before a session is closed.")
+    generation_mode: Literal["continuous", "per_prompt"] = Field(
+        "continuous",
+        description="continuous: segments follow one another; per_prompt: one segment per segment_prompt_source, "
+        "as the original system (a session may choose with session_init_v2.generation_mode).",
+    )
+    max_queued_prompts: int = Field(
+        16, ge=1, description="per_prompt: prompts waiting for their segment; one more is answered with an error."
+    )
     generation_segment_cap: int = Field(0, ge=0, description="Segments per session; 0 means no cap.")
     max_sessions: int = Field(8, ge=1, description="Sessions streaming at once (active slots).")
     max_queue: int = Field(16, ge=0, description="Sessions waiting for a slot; beyond it new sessions are rejected.")
@@ -162,6 +184,7 @@ class StreamingConfig(_Section):
     frame_log_size: int = Field(
         2000, ge=0, description="Release times of this many recent frames per session, for latency probes; 0 = off."
     )
+    viewers: ViewersConfig = Field(default_factory=ViewersConfig)
 
 
 class TurnConfig(_Section):
@@ -394,7 +417,8 @@ class LimitsConfig(_Section):
     max_rss_bytes: int | None = Field(
         None,
         gt=0,
-        description="Server resident memory above which new sessions are refused (session_rejected, retryable). "
+        description="Server resident memory above which new sessions are refused (session_rejected, as a full "
+        "server). "
         "None = no bound: an in-process diffusers model alone holds gigabytes, so only a deployment knows its "
         "figure.",
     )

@@ -6,6 +6,14 @@ that awaits the LLM or the safety filter is the PromptIntake's; making, retrying
 taking back segments is the SegmentRunner's; its resume token and record are the SessionContinuity's.
 Every end of a session goes through ``_finish``: one that moves on (server shutdown, resumed on
 another connection) keeps its stored state and record for the next owner, any other drops both.
+
+How a session that was streaming ends, as the original system (its server.py sends
+``ltx2_stream_complete{reason:"stop_requested"}`` whenever the segment loop returns, an idle
+timeout included): idle timeout ``ltx2_stream_complete{stop_requested}`` then ``session_timeout``,
+state TIMEOUT, close; server shutdown ``error{gpu_unavailable, retryable}`` (resume elsewhere) then
+``ltx2_stream_complete{stop_requested}``, close 1012. A session that got no worker within
+``pool.acquire_timeout_seconds`` gets ``error{gpu_unavailable, retryable}`` and ends in TIMEOUT (the
+original's PoolAcquireTimeout). REJECTED is for a session whose opening message is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from gpu.pool import PoolError
+from gpu.pool import PoolAcquireTimeout, PoolError
 from rtc_server import protocol as wire
 from rtc_server.delivery import DeliveryLog
 from rtc_server.generation_policy import GenerationPolicy, Hold
@@ -25,10 +33,11 @@ from rtc_server.session_continuity import SHUTDOWN_MESSAGE, SUSPEND_WAIT_S, Sess
 from rtc_server.session_dispatch import Handlers, dispatch_table
 from rtc_server.session_events import SessionEvents
 from rtc_server.session_failures import SessionFailure, failure_for
-from rtc_server.session_services import Admission, SessionDirectory, SessionServices, policy_settings
-from rtc_server.session_start import SessionRefused, describe_init, stream_start
+from rtc_server.session_services import Admission, SessionDirectory, SessionServices
+from rtc_server.session_start import SessionRefused, describe_init, generation_settings, stream_start
 from rtc_server.sink import CloseReason, SessionSink
 from rtc_server.tasks import TaskSet, cancel_and_wait
+from rtc_server.viewers.fmp4_fanout import WatchHub
 
 __all__ = ["SessionController"]
 
@@ -48,8 +57,10 @@ class SessionController:
         admission: Admission,
         on_closed: Callable[[SessionController], None] | None = None,
         directory: SessionDirectory | None = None,
+        acquire_timeout_s: float | None = None,
     ) -> None:
         self._session = session
+        self._acquire_timeout_s = acquire_timeout_s  # how long binding waits for a worker (None: no limit)
         self._services = services
         self._sink = sink
         self.delivery = delivery
@@ -80,6 +91,11 @@ class SessionController:
         return self._closed.is_set()
 
     @property
+    def viewers(self) -> WatchHub | None:
+        """The session's viewers (None when viewers are off)."""
+        return self._continuity.viewers
+
+    @property
     def segments_done(self) -> int:
         return self._policy.segments_done if self._policy is not None else 0
 
@@ -96,8 +112,12 @@ class SessionController:
         await self._start(self._setup(init), init)
 
     async def refuse(self, failure: SessionFailure, *, tell_client: bool = True) -> None:
-        """End a session that could not start; ``tell_client=False`` when the transport answers with an HTTP error."""
-        await self._end(failure, SessionState.REJECTED, tell_client=tell_client)
+        """End a session that could not start; ``tell_client=False`` when the transport answers with an HTTP error.
+
+        A refused opening message (``invalid_message``) ends it REJECTED, as the original; a server
+        failure while starting (the store, the pool) ends it ERROR."""
+        state = SessionState.REJECTED if failure.code == "invalid_message" else SessionState.ERROR
+        await self._end(failure, state, tell_client=tell_client)
 
     async def _start(self, runner: SegmentRunner, init: wire.SessionInitV2) -> None:
         policy = self._policy
@@ -124,7 +144,7 @@ class SessionController:
             raise RuntimeError(f"session {self._session.short_id}: already started")
         self._init, self._session.client_id = init, init.client_id
         services = self._services
-        policy = self._policy = GenerationPolicy(policy_settings(init, services))
+        policy = self._policy = GenerationPolicy(generation_settings(init, services))
         runner = self._runner = SegmentRunner(
             session=self._session,
             services=services,
@@ -134,8 +154,9 @@ class SessionController:
             rebind=lambda: self._bind(after="worker_failed"),
             on_change=self._changed.set,
             resume_points=self._continuity,
+            viewers=self._continuity.viewers,
         )
-        self._intake = PromptIntake(
+        intake = self._intake = PromptIntake(
             policy=policy,
             prompts=services.prompts,
             events=self._events,
@@ -145,8 +166,11 @@ class SessionController:
             on_user_prompt=runner.supersede,
         )
         self._handlers = dispatch_table(
-            policy, self._intake, runner, spawn=self._side_tasks.spawn, report_error=self.report_error
+            policy, intake, runner, spawn=self._side_tasks.spawn, report_error=self.report_error
         )
+        if policy.per_prompt:  # every prompt waits for its own segment, a bounded number of them
+            queue = lambda m: self._side_tasks.spawn(runner.queue_prompt(intake.accept, m))
+            self._handlers[wire.SegmentPromptSource] = queue
         if init.resume_session is None:
             self._events.log("init", transport=self._session.transport, **describe_init(init))
         else:
@@ -186,10 +210,11 @@ class SessionController:
             await self._finish(SessionState.COMPLETE, CloseReason.NORMAL)
 
     async def expire(self) -> None:
-        """End an idle session: tell the client, then close."""
+        """End an idle session: its stream's end (when it was streaming), ``session_timeout``, then close."""
         if not self._finishing:
             timeout_s = self._services.streaming.session_timeout_seconds
             logger.info("session %s: idle for %ss, closing", self._session.short_id, timeout_s)
+            self._complete_stream("stop_requested")
             self._events.send(wire.SessionTimeout(timeout_seconds=timeout_s))
             await self._finish(SessionState.TIMEOUT, CloseReason.TIMEOUT)
 
@@ -207,7 +232,10 @@ class SessionController:
             if self._finishing:  # the client left meanwhile: that end stands
                 return
             await self._continuity.final_write()
+        # The retryable error first: resuming clients take what follows it as the old connection's end,
+        # not the session's (rtc_server/clients/resuming.py, web_client/app.js).
         self.report_error("gpu_unavailable", SHUTDOWN_MESSAGE, retryable=True)
+        self._complete_stream("stop_requested")
         await self._finish(SessionState.ERROR, CloseReason.SHUTDOWN, keep=True)
 
     async def hand_over(self) -> None:
@@ -215,6 +243,11 @@ class SessionController:
         if not self._finishing:
             self.report_error("session_rejected", "this session was resumed on another connection", retryable=False)
             await self._finish(SessionState.ERROR, CloseReason.NORMAL, keep=True)
+
+    def _complete_stream(self, reason: wire.StreamCompleteReason) -> None:
+        """``ltx2_stream_complete`` for a session whose stream started (it had ``ltx2_stream_start``)."""
+        if self._session.state is SessionState.ACTIVE:
+            self._events.send(wire.StreamComplete(reason=reason))
 
     async def _finish(self, target: SessionState, reason: CloseReason, *, keep: bool = False) -> None:
         if self._finishing:
@@ -269,8 +302,24 @@ class SessionController:
             await self._stream()
         except asyncio.CancelledError:
             raise
+        except PoolAcquireTimeout as exc:
+            await self._no_worker(exc)
         except Exception as exc:  # noqa: BLE001  (the top of the session's task: every failure ends it, told)
             await self._end(failure_for(exc, label=f"session {self._session.short_id}"), SessionState.ERROR)
+
+    async def _no_worker(self, exc: PoolAcquireTimeout) -> None:
+        """No worker had room within the acquire timeout: ``error{gpu_unavailable, retryable}``, TIMEOUT.
+
+        A stream that had started (its worker failed and no other took it back) also gets its end and
+        stays resumable: its client may take it to another server."""
+        if self._finishing:
+            return
+        failure = failure_for(exc, label=f"session {self._session.short_id}")
+        logger.info("session %s: %s", self._session.short_id, failure.message)
+        self.report_error(failure.code, failure.message, retryable=failure.retryable)
+        streaming = self._session.state is SessionState.ACTIVE
+        self._complete_stream("error")
+        await self._finish(SessionState.TIMEOUT, CloseReason.REJECTED, keep=streaming)
 
     async def _admit(self) -> None:
         def on_position(position: int, depth: int) -> None:
@@ -285,7 +334,7 @@ class SessionController:
 
     async def _bind(self, *, after: str | None = None) -> None:
         """Bind to a worker and tell the client (again with ``after`` when its worker failed)."""
-        assignment = await self._services.pool.acquire(self._session.id)
+        assignment = await self._services.pool.acquire(self._session.id, timeout=self._acquire_timeout_s)
         if self._session.state is SessionState.GPU_BINDING:
             self._session.transition(SessionState.ACTIVE)
         reason = {"after": after} if after else {}

@@ -9,6 +9,11 @@ The SessionController asks and reports; this module decides:
 - which LLM answers are worth asking for (``lookups``) and which are outstanding: the controller
   asks, and reports each answer with ``answered``; a prompt never waits for one longer than the
   controller's wait budget, a late answer serves a later segment;
+- the generation mode: ``continuous`` (the default above: segments follow one another, a newer
+  user prompt replaces one not yet shown) or ``per_prompt`` (the original system's rule: each user
+  prompt makes exactly one segment, in arrival order, none dropped, at most ``max_queued_prompts``
+  waiting; nothing is made without one, and, as there, curated prompts, loop generation,
+  auto-extension and enhancement are kept as the client set them but not used);
 - where a resumed stream would go on (``resume_state``): the position marked at the last segment
   boundary whose state was stored, with the client's latest choices (toggles, curated list, a user
   prompt not yet shown). Another server restores it with ``restore``.
@@ -34,6 +39,7 @@ class Hold(enum.Enum):
     PAUSED = "paused"
     SINGLE_CLIP_DONE = "single_clip_done"  # single-clip mode: one segment per user prompt
     SUSPENDED = "suspended"  # the session is moving to another server: nothing more is made here
+    AWAITING_PROMPT = "awaiting_prompt"  # per_prompt: the next segment waits for its segment_prompt_source
 
 
 class LookupKind(enum.Enum):
@@ -63,6 +69,8 @@ class PolicySettings:
     segment_cap: int = 0  # 0: no cap
     history_size: int = 4
     can_enhance: bool = False  # an LLM enhancer is configured
+    per_prompt: bool = False  # one segment per user prompt (generation_mode "per_prompt")
+    max_queued_prompts: int = 16  # per_prompt: user prompts waiting for their segment, at most
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +92,7 @@ class PolicyState:
     position: PolicyPosition = PolicyPosition()
     curated: tuple[str, ...] = ()
     pending: PromptChoice | None = None  # a user prompt not yet shown
+    queued: tuple[PromptChoice, ...] = ()  # per_prompt: every user prompt not yet shown, ``pending`` first
     loop: bool = False
     auto_extension: bool = False
     enhancement: bool = False
@@ -102,12 +111,17 @@ class GenerationPolicy:
 
     def __init__(self, settings: PolicySettings) -> None:
         self._schedule = PromptSchedule(
-            default_prompt=settings.default_prompt, curated=list(settings.curated), loop=settings.loop
+            default_prompt=settings.default_prompt,
+            curated=list(settings.curated),
+            loop=settings.loop,
+            per_prompt=settings.per_prompt,
         )
         self._can_enhance = settings.can_enhance
         self._cap = settings.segment_cap
+        self._max_queued = settings.max_queued_prompts
+        self._arriving = 0  # per_prompt: user prompts admitted and still being checked
         self.auto_extension = settings.auto_extension
-        self.enhancement = settings.enhancement
+        self._enhancement = settings.enhancement
         self.single_clip = settings.single_clip
         self.paused = False
         self.suspended = False
@@ -131,15 +145,54 @@ class GenerationPolicy:
     def loop(self, enabled: bool) -> None:
         self._schedule.loop_enabled = enabled
 
+    @property
+    def enhancement(self) -> bool:
+        """Whether prompts are enhanced; never per_prompt (the client's choice is kept, as the original does)."""
+        return self._enhancement and not self.per_prompt
+
+    @enhancement.setter
+    def enhancement(self, enabled: bool) -> None:
+        self._enhancement = enabled
+
     def set_curated(self, prompts: list[str]) -> None:
         self._schedule.set_curated(prompts)
+
+    @property
+    def per_prompt(self) -> bool:
+        """True in generation_mode ``per_prompt``: one segment per user prompt, in arrival order."""
+        return self._schedule.per_prompt
+
+    @property
+    def max_queued_prompts(self) -> int:
+        return self._max_queued
+
+    @property
+    def queued_prompts(self) -> int:
+        """User prompts waiting for their segment."""
+        return len(self._schedule.queued)
 
     @property
     def has_pending_user_prompt(self) -> bool:
         return self._schedule.has_pending_user_prompt
 
+    def admit_prompt(self) -> bool:
+        """A user prompt arrived: True when it may queue (per_prompt: fewer than ``max_queued_prompts``
+        are waiting or being checked); settle each admitted one with ``prompt_settled``."""
+        if not self.per_prompt:
+            return True
+        if self.queued_prompts + self._arriving >= self._max_queued:
+            return False
+        self._arriving += 1
+        return True
+
+    def prompt_settled(self) -> None:
+        """An admitted user prompt was queued (``submit_user``) or refused (safety)."""
+        if self.per_prompt:
+            self._arriving = max(0, self._arriving - 1)
+
     def submit_user(self, choice: PromptChoice) -> None:
-        """Queue a user prompt (already checked, and enhanced when asked); it is the very next one used."""
+        """Queue a user prompt (already checked, and enhanced when asked); continuous: it is the very
+        next one used, replacing one not yet used; per_prompt: it waits behind the others."""
         self._schedule.submit_user(choice)
         self._awaiting_user = False
 
@@ -183,6 +236,8 @@ class GenerationPolicy:
             return Hold.AWAITING_USER_PROMPT
         if self.paused:
             return Hold.PAUSED
+        if self.per_prompt and not self._schedule.has_pending_user_prompt:
+            return Hold.AWAITING_PROMPT
         if self.single_clip and self._segments_done > 0 and not self._schedule.has_pending_user_prompt:
             return Hold.SINGLE_CLIP_DONE
         return None
@@ -192,6 +247,7 @@ class GenerationPolicy:
     def _wants_extension(self) -> bool:
         return (
             self.auto_extension
+            and not self.per_prompt
             and self._can_enhance
             and self._last is not None
             and not self._schedule.has_pending_user_prompt
@@ -242,7 +298,10 @@ class GenerationPolicy:
     # -- choosing -----------------------------------------------------------------------------
 
     def take(self) -> PromptChoice:
-        """The next segment's prompt, using the LLM answers that are here."""
+        """The next segment's prompt, using the LLM answers that are here (per_prompt: the oldest
+        user prompt waiting; only take when ``hold`` is None)."""
+        if self.per_prompt and not self._schedule.has_pending_user_prompt:
+            raise RuntimeError("per_prompt: no user prompt is waiting; nothing may be generated")
         if self._wants_extension() and isinstance(self._extension, str) and self._last is not None:
             text, self._extension = self._extension, None
             return replace(self._last, text=text, origin=PromptOrigin.AUTO_EXTENSION, checked=False)
@@ -295,22 +354,30 @@ class GenerationPolicy:
             # The client sent a new list since the mark: the live schedule started it from the top.
             position = replace(position, cursor=0, curated_version=self._schedule.version)
         pending = self._schedule.pending
-        if pending is None and self._taken is not None and self._taken.origin is PromptOrigin.USER:
-            pending = self._taken
+        queued = self._schedule.queued if self.per_prompt else ()
+        if self._taken is not None and self._taken.origin is PromptOrigin.USER:
+            if self.per_prompt:
+                queued = (self._taken, *queued)
+                pending = self._taken
+            elif pending is None:
+                pending = self._taken
         return PolicyState(
             position=position,
             curated=self._schedule.curated,
             pending=pending,
+            queued=queued,
             loop=self.loop,
             auto_extension=self.auto_extension,
-            enhancement=self.enhancement,
+            enhancement=self._enhancement,
             single_clip=self.single_clip,
             paused=self.paused,
         )
 
     def restore(self, state: PolicyState) -> None:
         """Continue where ``state`` stood (a session resumed from another server), and mark it."""
-        self._schedule.restore(curated=list(state.curated), cursor=state.position.cursor, pending=state.pending)
+        self._schedule.restore(
+            curated=list(state.curated), cursor=state.position.cursor, pending=state.pending, queued=state.queued
+        )
         self._set_position(state.position)
         self.loop = state.loop
         self.auto_extension = state.auto_extension
@@ -327,9 +394,14 @@ class GenerationPolicy:
         another server): go back to ``position``; the newest user prompt among them is pending again
         unless a newer one is. Marks the result."""
         users = [choice for choice in taken_back if choice.origin is PromptOrigin.USER]
-        pending = self._schedule.pending or (users[-1] if users else None)
         cursor = position.cursor if position.curated_version == self._schedule.version else 0
-        self._schedule.restore(curated=list(self._schedule.curated), cursor=cursor, pending=pending)
+        if self.per_prompt:  # every prompt taken back is made again, before the waiting ones
+            queued = (*users, *self._schedule.queued)
+            first = queued[0] if queued else None
+            self._schedule.restore(curated=list(self._schedule.curated), cursor=cursor, pending=first, queued=queued)
+        else:
+            pending = self._schedule.pending or (users[-1] if users else None)
+            self._schedule.restore(curated=list(self._schedule.curated), cursor=cursor, pending=pending)
         self._set_position(position)
         self.mark()
 

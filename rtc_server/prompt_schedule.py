@@ -5,11 +5,17 @@ Order: the newest user prompt; with loop generation on, the next curated prompt
 curated prompt or the configured default starts the stream. Auto-extension (a
 follow-on prompt from the enhancer) is decided by the GenerationPolicy, which
 also owns the last prompt used: the schedule is told it, never keeps it.
+
+With ``per_prompt`` (the original system's rule) user prompts queue up instead: each
+is taken once, in arrival order, none replaces another, and curated prompts are
+never taken (the client sends each prompt it wants made).
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 __all__ = ["PromptChoice", "PromptOrigin", "PromptSchedule"]
@@ -43,24 +49,38 @@ class PromptChoice:
 
 
 class PromptSchedule:
-    """The pending user prompt and the curated list with its cursor."""
+    """The pending user prompt(s) and the curated list with its cursor."""
 
-    def __init__(self, *, default_prompt: str, curated: list[str] | None = None, loop: bool = False) -> None:
+    def __init__(
+        self, *, default_prompt: str, curated: list[str] | None = None, loop: bool = False, per_prompt: bool = False
+    ) -> None:
         self._default = default_prompt
         self._curated = [p for p in (curated or []) if p.strip()]
         self._cursor = 0
         self._version = 0  # bumped by every new curated list, so a saved cursor knows which list it counts in
         self.loop_enabled = loop
-        self._pending: PromptChoice | None = None
+        self._per_prompt = per_prompt
+        # Continuous: at most one (a newer prompt replaces it); per_prompt: every prompt, oldest first.
+        self._pending: deque[PromptChoice] = deque()
+
+    @property
+    def per_prompt(self) -> bool:
+        """True when every user prompt is kept and taken once, in arrival order."""
+        return self._per_prompt
 
     @property
     def has_pending_user_prompt(self) -> bool:
-        return self._pending is not None
+        return bool(self._pending)
 
     @property
     def pending(self) -> PromptChoice | None:
         """The user prompt queued for the next segment, if any."""
-        return self._pending
+        return self._pending[0] if self._pending else None
+
+    @property
+    def queued(self) -> tuple[PromptChoice, ...]:
+        """Every user prompt waiting for its segment, the next one first."""
+        return tuple(self._pending)
 
     @property
     def curated(self) -> tuple[str, ...]:
@@ -76,20 +96,30 @@ class PromptSchedule:
         """Which curated list is current: changes with every ``set_curated``."""
         return self._version
 
-    def restore(self, *, curated: list[str], cursor: int, pending: PromptChoice | None) -> None:
-        """Put the schedule back where a saved one stood (a resumed stream); the list counts as current."""
+    def restore(
+        self, *, curated: list[str], cursor: int, pending: PromptChoice | None, queued: Sequence[PromptChoice] = ()
+    ) -> None:
+        """Put the schedule back where a saved one stood (a resumed stream); the list counts as current.
+        ``queued`` (per_prompt) is every waiting prompt, ``pending`` first; without it ``pending`` alone."""
         self._curated = [p for p in curated if p.strip()]
         self._cursor = max(0, cursor)
-        self._pending = pending
+        waiting = list(queued) if queued and self._per_prompt else ([pending] if pending is not None else [])
+        self._pending = deque(waiting)
 
     @property
     def cycles_curated(self) -> bool:
-        """True when the stream follows the curated list (loop on, list not empty)."""
-        return self.loop_enabled and bool(self._curated)
+        """True when the stream follows the curated list (loop on, list not empty, not per_prompt)."""
+        return self.loop_enabled and bool(self._curated) and not self._per_prompt
 
     def submit_user(self, choice: PromptChoice) -> None:
-        """Queue a user prompt; a newer one replaces one not yet used."""
-        self._pending = choice
+        """Queue a user prompt; a newer one replaces one not yet used (per_prompt: waits behind it)."""
+        if not self._per_prompt:
+            self._pending.clear()
+        self._pending.append(choice)
+
+    def requeue(self, choices: Sequence[PromptChoice]) -> None:
+        """per_prompt: put prompts whose segments were taken back in front of the waiting ones, in order."""
+        self._pending.extendleft(reversed(choices))
 
     def set_curated(self, prompts: list[str]) -> None:
         self._curated = [p for p in prompts if p.strip()]
@@ -105,12 +135,9 @@ class PromptSchedule:
         return self._pick(last, advance=True)
 
     def _pick(self, last: PromptChoice | None, *, advance: bool) -> PromptChoice:
-        if self._pending is not None:
-            choice = self._pending
-            if advance:
-                self._pending = None
-            return choice
-        if self._curated and (self.loop_enabled or last is None):
+        if self._pending:
+            return self._pending.popleft() if advance else self._pending[0]
+        if self._curated and (self.loop_enabled or last is None) and not self._per_prompt:
             text = self._curated[self._cursor % len(self._curated)]
             if advance:
                 self._cursor += 1

@@ -139,6 +139,9 @@ class SessionInitV2(_ClientModel):
     continuation_fallback: Literal["error", "fresh"] = "error"
     # (new) Continue a session whose server went away, from its stored state (protocol.md, Additions).
     resume_session: ResumeSession | None = None
+    # (new) "per_prompt": one segment per segment_prompt_source, as the original system; "continuous":
+    # segments follow one another. None: the server's streaming.generation_mode.
+    generation_mode: Literal["continuous", "per_prompt"] | None = None
 
     @model_validator(mode="after")
     def _one_start_point(self) -> SessionInitV2:
@@ -310,12 +313,14 @@ class GpuAssigned(_ServerModel):
 
 
 class SessionInfo(_ServerModel):
-    """(new) Sent once, right after ``gpu_assigned``: how to resume this session on any replica.
-    The token is a secret of this client's; a resumed session gets a new one (the old is spent)."""
+    """(new) Sent once, right after ``gpu_assigned``: how to resume this session on any replica, and
+    (``watch_token``, when viewers are enabled) how to let viewers watch it. Both are secrets of this
+    client's; a resumed session gets new ones (the old resume token is spent, old watch links end)."""
 
     type: Literal["session_info"] = "session_info"
     session_id: str
     resume_token: str
+    watch_token: str | None = None
 
 
 class StreamStart(_ServerModel):

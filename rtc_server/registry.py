@@ -6,8 +6,9 @@ resuming an earlier one takes its id here, ending an older copy of it first.
 
 Graceful shutdown (``drain``): from its first moment new sessions are refused (``gpu_unavailable``,
 retryable) and readiness says "draining"; then every live session stores where its stream stands and
-is told to resume elsewhere. Sessions are suspended side by side (each may wait for the segment its
-client is watching) and awaited one by one.
+is told to resume elsewhere (``error{gpu_unavailable, retryable}``, then, for a session that was
+streaming, ``ltx2_stream_complete{stop_requested}``). Sessions are suspended side by side (each may
+wait for the segment its client is watching) and awaited one by one.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class SessionRegistry:
             admission=self,
             on_closed=self._forget,
             directory=self,
+            acquire_timeout_s=self._config.pool.acquire_timeout_seconds,
         )
         self._controllers[session.id] = controller
         self._owners[session.id] = client

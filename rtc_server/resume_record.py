@@ -150,6 +150,7 @@ def _policy_to_json(state: PolicyState) -> dict[str, Any]:
         "segments_done": position.segments_done,
         "awaiting_user": position.awaiting_user,
         "pending": _choice_to_json(state.pending),
+        "queued": [_choice_to_json(choice) for choice in state.queued],  # per_prompt: every prompt still to make
         "loop": state.loop,
         "auto_extension": state.auto_extension,
         "enhancement": state.enhancement,
@@ -172,12 +173,19 @@ def _policy_from_json(raw: Any) -> PolicyState:
         position=position,
         curated=tuple(_str(text) for text in raw.get("curated", [])),
         pending=_choice_from_json(raw.get("pending")),
+        queued=tuple(choice for choice in map(_choice_from_json, _list(raw.get("queued", []))) if choice is not None),
         loop=_bool(raw["loop"]),
         auto_extension=_bool(raw["auto_extension"]),
         enhancement=_bool(raw["enhancement"]),
         single_clip=_bool(raw["single_clip"]),
         paused=_bool(raw["paused"]),
     )
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
 
 
 def _str(value: Any) -> str:

@@ -4,7 +4,8 @@ Frames flow to the sink chunk by chunk as the pool hands them over, so a segment
 leaves as soon as it exists. A segment whose worker dies is made again on another worker from the
 stored state, skipping the frames the client already has. A newer user prompt takes back every
 segment none of whose frames was shown yet (``supersede``): generation resumes from the last state
-that was shown, with the new prompt.
+that was shown, with the new prompt. In ``per_prompt`` mode nothing is taken back: each user prompt
+waits for its own segment (``queue_prompt`` bounds how many wait).
 
 Where another server would go on (``stored_index``, with the policy's marked position) moves at each
 segment boundary whose state is stored; the resume record follows (``ResumePoints``): awaited before
@@ -30,6 +31,7 @@ from rtc_server.prompt_schedule import PromptChoice, PromptOrigin
 from rtc_server.protocol import (
     ContinuationStateSnapshot,
     SegmentComplete,
+    SegmentPromptSource,
     SegmentStart,
     SessionInitV2,
     StepComplete,
@@ -43,6 +45,7 @@ from rtc_server.session_start import StartPoint, resume_point, store_initial_ima
 from rtc_server.sink import SessionSink
 from rtc_server.store.base import StoreError
 from rtc_server.tasks import cancel_and_wait
+from rtc_server.viewers.fmp4_fanout import WatchHub
 
 __all__ = ["MAX_SEGMENT_ATTEMPTS", "ResumePoints", "SegmentRunner"]
 
@@ -85,10 +88,11 @@ class SegmentRunner:
         rebind: Callable[[], Awaitable[None]],
         on_change: Callable[[], None],
         resume_points: ResumePoints | None = None,
+        viewers: WatchHub | None = None,
     ) -> None:
         """``rebind`` binds the session to a worker again (and tells the client) after one died;
         ``on_change`` tells the generation loop to look at the policy again (a prompt superseded);
-        ``resume_points`` keeps the resume record."""
+        ``resume_points`` keeps the resume record; ``viewers`` get each segment too."""
         self._session = session
         self._services = services
         self._sink = sink
@@ -97,11 +101,13 @@ class SegmentRunner:
         self._rebind_worker = rebind
         self._on_change = on_change
         self._record: ResumePoints = resume_points or _NoRecord()
+        self._viewers = viewers
         self._state: ContinuationState | None = None  # what the next segment continues from
         self._persisted: ContinuationState | None = None
         self._next_idx = 0
         self._stored_idx = 0  # the index the stored state continues to
         self._inflight: PendingSegment | None = None  # the segment being made
+        self._opening = False  # a segment's prompt was taken and its index is not counted yet
         self._idle = asyncio.Event()  # set while no generate() runs
         self._idle.set()
         self._image_path: Path | None = None
@@ -153,9 +159,34 @@ class SegmentRunner:
             await asyncio.to_thread(discard_init_image, self._image_path)
             self._image_path = None
 
+    async def queue_prompt(
+        self, accept: Callable[[SegmentPromptSource], Awaitable[None]], message: SegmentPromptSource
+    ) -> None:
+        """per_prompt: ``accept`` (check and queue) a user prompt unless ``max_queued_prompts`` are
+        already waiting, in which case it is dropped and the client told (it may send it again later)."""
+        if not self._policy.admit_prompt():
+            limit = self._policy.max_queued_prompts
+            self._events.log("prompt_dropped", prompt=message.prompt, queued=limit)
+            self._events.error(
+                "rate_limited",
+                f"{limit} prompts are already waiting for their segments (streaming.max_queued_prompts); "
+                "this one was dropped: send it again once a segment has started",
+                retryable=True,
+            )
+            return
+        try:
+            await accept(message)
+        finally:
+            self._policy.prompt_settled()
+            self._on_change()
+
     def supersede(self) -> int:
         """A user prompt was queued: take back look-ahead none of whose frames was shown; returns
         the index of the segment the prompt lands on."""
+        if self._policy.per_prompt:  # nothing is taken back: it lands behind the prompts waiting before it
+            self._on_change()
+            self._record.touch()
+            return self._next_idx + int(self._opening) + self._policy.queued_prompts - 1
         # While nothing may be made (paused), nothing is taken back: the prompt lands on the next segment made.
         taken = self._lookahead.take_back() if self._policy.hold() is None else []
         if taken:
@@ -221,10 +252,12 @@ class SegmentRunner:
         if self._policy.suspended:
             return
         self._idle.clear()
+        self._opening = True
         try:
             await self._generate(choice, self._policy.marked)
         finally:
             self._inflight = None
+            self._opening = False
             self._idle.set()
 
     async def _generate(self, choice: PromptChoice, position: PolicyPosition) -> None:
@@ -232,9 +265,13 @@ class SegmentRunner:
         if choice.origin is not PromptOrigin.USER and self._policy.has_pending_user_prompt:
             return  # a user prompt came in while this one was chosen or checked: it goes first
         idx, started = self._next_idx, time.monotonic()
-        output = self._sink.open_segment(idx, num_frames=self._services.defaults.sampling.num_frames)
+        num_frames = self._services.defaults.sampling.num_frames
+        if self._viewers is not None:
+            output = self._viewers.open_segment(self._sink, idx, num_frames=num_frames)
+        else:
+            output = self._sink.open_segment(idx, num_frames=num_frames)
         pending = self._inflight = self._lookahead.add(idx, self._state, output, choice, position)
-        self._next_idx = idx + 1
+        self._next_idx, self._opening = idx + 1, False
         task = self._task = asyncio.create_task(self._produce(pending), name=f"segment-{idx}")
         try:
             await asyncio.wait({task})
@@ -263,7 +300,10 @@ class SegmentRunner:
             self._events.send(StepComplete(segment_idx=idx, step=step, total_steps=total))
 
         for attempt in range(1, MAX_SEGMENT_ATTEMPTS + 1):
-            self._events.send(SegmentStart(segment_idx=idx, prompt=choice.text, total_steps=steps))
+            start = SegmentStart(segment_idx=idx, prompt=choice.text, total_steps=steps)
+            self._events.send(start)
+            if self._viewers is not None:
+                self._viewers.event(start, idx)
             feed.restart()
             started = time.monotonic()
             request = self._request(idx, choice, steps, state)
@@ -321,11 +361,12 @@ class SegmentRunner:
         metrics = self._services.metrics
         metrics.segments.labels(transport=self._session.transport).inc()
         metrics.generation_seconds.observe(generation_ms / 1000.0)
-        self._events.send(
-            SegmentComplete(
-                segment_idx=pending.idx, generation_time_ms=round(generation_ms, 2), e2e_latency_ms=round(e2e_ms, 2)
-            )
+        complete = SegmentComplete(
+            segment_idx=pending.idx, generation_time_ms=round(generation_ms, 2), e2e_latency_ms=round(e2e_ms, 2)
         )
+        self._events.send(complete)
+        if self._viewers is not None:
+            self._viewers.event(complete, pending.idx)
         self._events.log(
             "segment",
             segment_idx=pending.idx,

@@ -59,7 +59,12 @@ class InvalidSessionTransition(RuntimeError):
 
 
 class SessionRejected(RuntimeError):
-    """The server cannot take another session now."""
+    """The server cannot take another session now.
+
+    ``retryable`` is what the ``error`` message says, as in the original: ``session_rejected`` (the
+    server is full) is not retryable, ``gpu_unavailable`` (warming up, draining) is; both close
+    WebSockets with 1013 and answer offers with 503 and ``Retry-After``.
+    """
 
     def __init__(
         self, message: str, *, code: Literal["session_rejected", "gpu_unavailable"] = "session_rejected",
@@ -68,6 +73,7 @@ class SessionRejected(RuntimeError):
         super().__init__(message)
         self.code = code
         self.retry_after_seconds = retry_after_seconds
+        self.retryable = code != "session_rejected"
 
 
 @dataclass(eq=False)

@@ -16,6 +16,11 @@ naming ``resume_session`` and the part that failed; nothing of the session asked
 A resumed session whose new connection ends before ``session_info`` carried the new token gives
 the record back to the old token (and keeps the state): a reconnection that failed must not
 strand the session.
+
+With ``streaming.viewers.enabled`` the session also has a watch hub (``viewers``) and ``session_info``
+carries its ``watch_token``: a new one for each connection of the session (a resumed session's old
+watch links end with the server or connection they watched). Only its hash is kept. The viewers end
+when the session ends here.
 """
 
 from __future__ import annotations
@@ -36,13 +41,15 @@ from rtc_server.resume_record import (
     new_resume_token,
     token_matches,
 )
-from rtc_server.session import Session
+from rtc_server.session import Session, SessionState
 from rtc_server.session_events import SessionEvents
 from rtc_server.session_services import SessionDirectory, SessionServices
 from rtc_server.session_start import ResumeRefused, StartPoint, describe_init
 from rtc_server.store.base import InvalidStateError, StoreError
 from rtc_server.store.resume_records import StoredRecord
 from rtc_server.tasks import cancel_and_wait
+from rtc_server.viewers.fmp4_fanout import WatchHub
+from rtc_server.viewers.watch_tokens import WatchToken
 
 __all__ = ["SHUTDOWN_MESSAGE", "SUSPEND_WAIT_S", "RecordView", "Resumed", "SessionContinuity"]
 
@@ -112,6 +119,16 @@ class SessionContinuity:
         self._progress = asyncio.Event()  # set after each write
         self._writer: asyncio.Task[None] | None = None
         self._lost = False
+        settings = services.streaming.viewers
+        # The session's viewers (None when they are off); its token is issued when the session starts.
+        self.viewers: WatchHub | None = None
+        if settings.enabled:
+            self.viewers = WatchHub(
+                token=WatchToken(),
+                max_viewers=settings.max_per_session,
+                max_queued_bytes=settings.max_queued_bytes,
+                label=f"session {session.short_id} viewers",
+            )
 
     # -- taking a record over -------------------------------------------------------------------
 
@@ -204,7 +221,10 @@ class SessionContinuity:
     def session_info(self) -> SessionInfo | None:
         """The ``session_info`` message, once: the token is forgotten as it leaves."""
         token, self._token = self._token, None
-        return None if token is None else SessionInfo(session_id=self._session.id, resume_token=token)
+        if token is None:
+            return None
+        watch_token = self.viewers.token.take() if self.viewers is not None else None
+        return SessionInfo(session_id=self._session.id, resume_token=token, watch_token=watch_token)
 
     def touch(self) -> None:
         """The view changed: write the record again soon."""
@@ -233,6 +253,8 @@ class SessionContinuity:
         """Stop writing; ``delete`` drops the record (the session ended for good, nothing may resume it).
         A resumed session whose new token never left gives the record back to the old one instead."""
         await self._stop_writer()
+        if self.viewers is not None:
+            self.viewers.close("error" if self._session.state is SessionState.ERROR else "stop_requested")
         # The view and on_lost reach back into the session's controller: let go, so it needs no GC pass.
         self._view, self._on_lost = None, _nothing
         if self._token_hash is None or self._lost:

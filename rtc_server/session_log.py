@@ -1,9 +1,15 @@
 """One JSON-lines file per session, written by one background thread so the event loop never blocks.
 
+The lines have the original system's shape (FastVideo's ``SessionLogEvent``), so its log tooling
+reads them unchanged: exactly ``{"session_id", "event", "ts", "payload"}``, ``ts`` the wall-clock
+time in seconds since the epoch (a float, taken when the event is logged) and ``payload`` an object
+holding everything else the event carries. The file is ``<log_dir>/session-<session_id>.jsonl``.
+Where the original logs the same thing under another name, the line carries the original's name
+(``ORIGINAL_EVENT_NAMES``); this project's other events keep their own names.
+
 ``SessionLogger.event`` bounds and serialises the record and hands it to a queue; the logger's
-writer thread appends it to ``<log_dir>/<session_id>.jsonl``, keeps that file open until the
-session's ``end`` event (its last line) or ``close()``, and logs a write failure once per session
-instead of raising.
+writer thread appends it to the session's file, keeps that file open until the session's ``end``
+event (its last line) or ``close()``, and logs a write failure once per session instead of raising.
 
 Records carry what clients sent (prompts, invalid messages), so no record may grow with client
 input: long strings are cut with a marker saying how long they were, long lists and dicts keep
@@ -22,19 +28,38 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Self, TextIO, TypeAlias
 
-__all__ = ["END_EVENT", "LogLimits", "SessionLogger", "validate_session_id"]
+__all__ = [
+    "END_EVENT",
+    "ORIGINAL_EVENT_NAMES",
+    "LogLimits",
+    "SessionLogEvent",
+    "SessionLogger",
+    "log_file_name",
+    "validate_session_id",
+]
 
 logger = logging.getLogger(__name__)
 
 END_EVENT = "end"
 DEFAULT_MAX_OPEN_FILES = 256  # files; least recently used ones are closed beyond this
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_RESERVED_FIELDS = frozenset({"ts"})
+# What this project's callers log, by the name the original system gives the same event
+# (FastVideo's dreamverse session controller). Events the original has no equivalent of keep ours.
+ORIGINAL_EVENT_NAMES: Mapping[str, str] = MappingProxyType(
+    {
+        "init": "ws_session_start",  # a session started (its init accepted)
+        "segment": "segment_complete",  # a segment was generated and delivered
+        "prompt_received": "append_prompt",  # a user prompt was accepted for the next segment
+        "prompt_rejected": "prompt_blocked",  # the safety filter refused a prompt
+        "rewrite_failed": "rewrite_exception",  # a seed-prompt rewrite raised
+    }
+)
 FILE_MODE = 0o600  # session logs hold what clients sent: owner only
 DIR_MODE = 0o700
 
@@ -44,6 +69,21 @@ def validate_session_id(session_id: object) -> str:
     if not isinstance(session_id, str) or _SESSION_ID.fullmatch(session_id) is None:
         raise ValueError(f"session id {session_id!r} must be 1-64 characters of [A-Za-z0-9_-]")
     return session_id
+
+
+def log_file_name(session_id: str) -> str:
+    """The file a session's lines go to, as the original names it: ``session-<id>.jsonl``."""
+    return f"session-{validate_session_id(session_id)}.jsonl"
+
+
+@dataclass(frozen=True)
+class SessionLogEvent:
+    """One line of a session's file, as the original system defines it."""
+
+    session_id: str
+    event: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)  # seconds since the epoch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,8 +113,9 @@ class _Bounder:
         self._values_left = limits.max_values
         self._walking: set[int] = set()  # ids of the containers being copied, to catch cycles
 
-    def fields(self, fields: dict[str, Any]) -> dict[str, Any]:
-        return {name: self._value(value, depth=0) for name, value in fields.items()}
+    def payload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        # The payload's keys are the caller's field names (code, not client input): written whole.
+        return {name: self._value(value, depth=0) for name, value in payload.items()}
 
     def _value(self, value: Any, *, depth: int) -> Any:
         self._values_left -= 1
@@ -171,12 +212,12 @@ _Item: TypeAlias = _Line | _Flush | _Stop
 
 
 class SessionLogger:
-    """Appends JSON events to ``<log_dir>/<session_id>.jsonl``; a cheap no-op when ``log_dir`` is None.
+    """Appends JSON events to ``<log_dir>/session-<session_id>.jsonl``; a cheap no-op when ``log_dir`` is None.
 
     ``close()`` (and ``flush()``) block until the writer catches up: from async code call them via
     ``asyncio.to_thread``. Lines still queued when the process exits without ``close()`` are lost.
     A session's ``end`` event closes its file; an event sent after it would reopen it for appending.
-    Field values are cut to ``limits`` (see :class:`LogLimits`) before they are serialised.
+    Payload values are cut to ``limits`` (see :class:`LogLimits`) before they are serialised.
     """
 
     def __init__(
@@ -214,28 +255,33 @@ class SessionLogger:
                 raise RuntimeError("SessionLogger is closed")
             self._start_locked()
 
-    def event(self, session_id: str, event: str, **fields: Any) -> None:
-        """Queue one line ``{"ts", "session_id", "event", **fields}``, values cut to the limits;
-        never blocks, never raises on I/O."""
+    def event(self, session_id: str, event: str, **payload: Any) -> None:
+        """Queue one line ``{"session_id", "event", "ts", "payload"}`` with ``payload`` cut to the
+        limits and ``event`` renamed to the original's name where it has one; never blocks, never
+        raises on I/O."""
         if self._log_dir is None:
             return
-        validate_session_id(session_id)
-        reserved = _RESERVED_FIELDS.intersection(fields)
-        if reserved:
-            raise ValueError(f"field names {sorted(reserved)} are reserved in session log records")
+        self.log(SessionLogEvent(session_id, event, payload))
+
+    def log(self, record: SessionLogEvent) -> None:
+        """Queue ``record`` as one line (the original's ``SessionLogger.log``); see :meth:`event`."""
+        if self._log_dir is None:
+            return
+        session_id = validate_session_id(record.session_id)
+        name = ORIGINAL_EVENT_NAMES.get(record.event, record.event)
         try:
-            bounded = _Bounder(self._limits).fields(fields)
-            record = {"ts": time.time(), "session_id": session_id, "event": event, **bounded}
-            text = json.dumps(record, default=str) + "\n"
+            payload = _Bounder(self._limits).payload(record.payload)
+            line = {"session_id": session_id, "event": name, "ts": float(record.ts), "payload": payload}
+            text = json.dumps(line, default=str) + "\n"
         except (TypeError, ValueError) as exc:  # circular references, non-string keys
-            logger.warning("session %s: dropped log event %r that cannot be serialised: %s", session_id, event, exc)
+            logger.warning("session %s: dropped log event %r that cannot be serialised: %s", session_id, name, exc)
             return
         with self._lock:
             if self._closed:
-                logger.debug("session %s: log event %r after close dropped", session_id, event)
+                logger.debug("session %s: log event %r after close dropped", session_id, name)
                 return
             self._start_locked()
-            self._queue.put(_Line(session_id, text, last=event == END_EVENT))
+            self._queue.put(_Line(session_id, text, last=record.event == END_EVENT))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every event queued so far is written and flushed; False if ``timeout`` ran out."""
@@ -352,7 +398,7 @@ class _Writer:
             return file
         _make_dirs(self._log_dir)
         # Not a with-block: the file stays open across events until the session's end.
-        file = _open_private(self._log_dir / f"{session_id}.jsonl")
+        file = _open_private(self._log_dir / log_file_name(session_id))
         self._files[session_id] = file
         while len(self._files) > self._max_open_files:
             self._close(next(iter(self._files)))

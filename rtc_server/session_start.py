@@ -1,22 +1,25 @@
-"""Where a session starts from: its initial image on disk, and a resumed continuation state.
+"""Where a session starts from: its generation rules, its initial image on disk, and a resumed
+continuation state.
 
-Both are checked before the session takes a GPU slot, so a bad image or state costs no GPU time.
+The image and the state are checked before the session takes a GPU slot, so a bad one costs no GPU time.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpu.generator import ContinuationState, IncompatibleStateError
 from gpu.pool import GpuPool
 from rtc_server.config import SamplingConfig
+from rtc_server.generation_policy import PolicySettings
 from rtc_server.init_image import decode_init_image, persist_init_image
 from rtc_server.protocol import SessionInitV2, StreamStart
 from rtc_server.redact import redact_paths
 from rtc_server.session_events import SessionEvents
+from rtc_server.session_services import SessionServices, policy_settings
 from rtc_server.store.base import InvalidStateError, SessionStore
 
 if TYPE_CHECKING:  # session_failures maps this module's ResumeRefused
@@ -27,6 +30,8 @@ __all__ = [
     "SessionRefused",
     "StartPoint",
     "describe_init",
+    "generation_mode",
+    "generation_settings",
     "resume_point",
     "store_initial_image",
     "stream_start",
@@ -53,6 +58,20 @@ class StartPoint:
     segment_idx: int = 0
 
 
+def generation_mode(init: SessionInitV2, services: SessionServices) -> str:
+    """``continuous`` or ``per_prompt``: the session's own choice, else the server's ``streaming.generation_mode``."""
+    return init.generation_mode or services.streaming.generation_mode
+
+
+def generation_settings(init: SessionInitV2, services: SessionServices) -> PolicySettings:
+    """A session's generation rules (``policy_settings``) in its generation mode."""
+    return replace(
+        policy_settings(init, services),
+        per_prompt=generation_mode(init, services) == "per_prompt",
+        max_queued_prompts=services.streaming.max_queued_prompts,
+    )
+
+
 def describe_init(init: SessionInitV2) -> dict[str, Any]:
     """What the session log keeps of a session_init_v2 (no prompt texts, no image bytes)."""
     return {
@@ -60,6 +79,7 @@ def describe_init(init: SessionInitV2) -> dict[str, Any]:
         "curated_prompts": len(init.curated_prompts),
         "loop_generation": init.loop_generation_enabled,
         "single_clip": init.single_clip_mode,
+        "generation_mode": init.generation_mode,  # None: the server's
         "initial_image": init.initial_image is not None,
         "resume_kind": init.continuation_state.kind if init.continuation_state else None,
         # Which session it resumes, never the token (a secret of the client's).

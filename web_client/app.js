@@ -580,7 +580,8 @@ function onMessage(session, message) {
  */
 function onErrorWhileResumable(session, message) {
   if (session.reconnect) {
-    if (message.retryable) {
+    // Every server full right now is worth the next attempt of the bounded resume schedule.
+    if (message.retryable || message.code === "session_rejected") {
       onDrop(session, `error (${message.code}): ${message.message}`); // e.g. no healthy server yet
     } else {
       const described = describeError(message);

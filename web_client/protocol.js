@@ -123,8 +123,10 @@ export function describeError(error) {
   if (code === "invalid_message" && /rewrit/i.test(message)) title = "Prompt suggestions are unavailable";
   else if (code === "invalid_message" && /continuation_state|snapshot/i.test(message)) title = "Snapshot not usable";
   else if (code === "invalid_message" && /image/i.test(message)) title = "Initial image refused";
-  // A refused token stays refused: never offer a Retry for it, whatever the answer says.
-  const retryable = code !== "unauthorized" && Boolean(error && error.retryable);
+  // A refused token stays refused: never offer a Retry for it, whatever the answer says. A full
+  // server says session_rejected not retryable (as the original: no automatic retry), but a person
+  // may well try again a little later.
+  const retryable = code !== "unauthorized" && (Boolean(error && error.retryable) || code === "session_rejected");
   return { title, detail: message, code, retryable, hint: ERROR_HINTS[code] || "" };
 }
 

@@ -34,6 +34,10 @@ const DEFAULT_SEGMENT_S = 1.0; // until the first media_segment_complete tells t
 // server paces so the client holds up to lookahead (1) + the segment just delivered; a one-segment
 // threshold skipped the first segment of every session and then ran the buffer dry each segment.
 const MAX_LAG_SEGMENTS = 2;
+// ...plus this much: the server's pacing clock starts when it sends the first segment, the playhead a
+// few hundred ms later (MSE setup, and with sound the audio renderer starting), so a session that
+// never fell behind sits up to that much beyond two segments; jumping there ran the buffer dry.
+const LAG_SLACK_S = 0.5;
 // After endstreaming (ManagedMediaSource), buffers wait in the queue while this much media is still
 // buffered ahead; below it they are appended anyway, so a missing startstreaming never starves
 // the playhead (the stream is live: the server keeps sending whatever the browser says).
@@ -324,7 +328,7 @@ export class MsePlayer {
     // Not while paused: a pause is the viewer's choice (or autoplay was refused), not lag.
     if (this.failed || !video.buffered.length || video.seeking || video.paused) return;
     const end = this.bufferedEnd();
-    if (end - video.currentTime > this.maxLagSegments * this.segmentDuration + LIVE_EDGE_MARGIN_S) {
+    if (end - video.currentTime > this.maxLagSegments * this.segmentDuration + LAG_SLACK_S) {
       const target = Math.max(end - LIVE_EDGE_MARGIN_S, 0);
       this.liveJumps += 1;
       console.info(`live edge: ${video.currentTime.toFixed(2)} s -> ${target.toFixed(2)} s`);

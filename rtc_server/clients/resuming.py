@@ -8,7 +8,10 @@ log, frame list and segment list, so a caller sees one stream whose segment indi
 A drop is: a retryable ``gpu_unavailable``/``worker_failed`` error (a replica draining or a bridge
 failing), a WebSocket closed with any code but 1000, a peer connection that failed or closed, or,
 over WebRTC, frames that stopped while the stream should be flowing, confirmed by asking the base
-URL for the session's frame log (a dead replica cannot answer it; a slow generator can).
+URL for the session's frame log (a dead replica cannot answer it; a slow generator can). An
+``ltx2_stream_complete`` after such a drop (a shutting-down server ends the old connection with
+``error{gpu_unavailable, retryable}`` then ``ltx2_stream_complete{stop_requested}``) is not the end of
+the session: it is left out of the event log, and the session resumes.
 """
 
 from __future__ import annotations
@@ -167,6 +170,10 @@ class ResumingSession(EventLog):
             self.session_id = event["session_id"]
             self.resume_token = event["resume_token"]
         elif kind == "ltx2_stream_complete":
+            if self._dropped.is_set():
+                # The goodbye of a connection being left (a draining server sends it after its
+                # retryable error): the session goes on elsewhere, and its one event log never ends here.
+                return
             self.ended = True
         elif kind == "error" and event.get("code") == "invalid_message" and "resume_session" in str(event.get("message")):
             self.refusal = str(event.get("message"))  # a spent or unknown token: trying again cannot help

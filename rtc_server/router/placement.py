@@ -55,6 +55,12 @@ def no_replica(registry: ReplicaRegistry) -> tuple[ErrorCode, str]:
     return "gpu_unavailable", "router: no healthy replica available"
 
 
+def retryable_refusal(code: ErrorCode) -> bool:
+    """As a replica says it: a full server (``session_rejected``) is not retryable, as in the original
+    system (Retry-After still says when to come back); no healthy replica (``gpu_unavailable``) is."""
+    return code != "session_rejected"
+
+
 def passive_failure(replica: Replica, error: str) -> None:
     """A failure seen while relaying: it counts like a failed probe."""
     logger.warning("router: replica %s unreachable: %s", replica.url, error)
@@ -96,7 +102,7 @@ async def place(request: web.Request, *, body: bytes | None, new_session: bool) 
                 return refused_as_full
             code, message = no_replica(registry)
             metrics.refusals.labels(code=code).inc()
-            raise HttpError(503, code, message, retryable=True, headers=retry_after(app[CONFIG]))
+            raise HttpError(503, code, message, retryable=retryable_refusal(code), headers=retry_after(app[CONFIG]))
         if moved_because is not None:
             metrics.failovers.labels(reason=moved_because).inc()
         tried.append(replica.url)

@@ -22,7 +22,7 @@ from rtc_server.http_errors import json_error
 from rtc_server.protocol import ErrorMessage, serialize
 from rtc_server.router.bridge import CLOSE_TIMEOUT_S, WebSocketBridge
 from rtc_server.router.keys import BRIDGES, CONFIG, HTTP, METRICS, REPLICAS
-from rtc_server.router.placement import forget, no_replica, passive_failure, record
+from rtc_server.router.placement import forget, no_replica, passive_failure, record, retryable_refusal
 from rtc_server.router.proxy import ReplicaUnreachable, websocket_headers, websocket_url
 from rtc_server.router.registry import Replica
 
@@ -50,7 +50,8 @@ async def _stream(request: web.Request) -> web.StreamResponse:
         if replica is None:
             code, message = no_replica(registry)
             metrics.refusals.labels(code=code).inc()
-            return await _refuse(request, offered, ErrorMessage(code=code, message=message, retryable=True))
+            error = ErrorMessage(code=code, message=message, retryable=retryable_refusal(code))
+            return await _refuse(request, offered, error)
         if moved_because is not None:
             metrics.failovers.labels(reason=moved_because).inc()
         tried.append(replica.url)

@@ -253,6 +253,10 @@ class SessionStore(abc.ABC):
         """How many live session states the store holds."""
 
     @abc.abstractmethod
+    async def session_ids(self) -> list[str]:
+        """The ids of the sessions holding a live state, sorted (the original's ``iter(store)``)."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release the store's resources; idempotent."""
 
@@ -322,6 +326,10 @@ class BlobBackedSessionStore(SessionStore):
     @abc.abstractmethod
     async def _count_records(self) -> int: ...
 
+    @abc.abstractmethod
+    async def _record_ids(self) -> Iterable[str]:
+        """The session ids with a live record, each once, in any order."""
+
     async def _aclose(self) -> None:
         """Release backend resources; called once by close()."""
 
@@ -370,6 +378,10 @@ class BlobBackedSessionStore(SessionStore):
     async def count(self) -> int:
         self._check_open()
         return await self._count_records()
+
+    async def session_ids(self) -> list[str]:
+        self._check_open()
+        return sorted(await self._record_ids())
 
     async def close(self) -> None:
         await self._closer.run(self._aclose)

@@ -59,6 +59,10 @@ class _ExpiringDict:
         self.purge()
         return len(self._entries)
 
+    def keys(self) -> list[str]:
+        self.purge()
+        return list(self._entries)
+
     def deadline(self, ttl_s: float | None) -> float | None:
         return None if ttl_s is None else self._clock() + ttl_s
 
@@ -147,6 +151,9 @@ class InMemorySessionStore(BlobBackedSessionStore):
 
     async def _count_records(self) -> int:
         return len(self._records)
+
+    async def _record_ids(self) -> list[str]:
+        return self._records.keys()
 
     async def _aclose(self) -> None:
         self._records.clear()

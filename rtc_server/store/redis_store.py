@@ -100,13 +100,17 @@ def _as_bytes(value: Any, what: str) -> bytes | None:
     raise StoreError(f"redis {what} returned {type(value).__name__}; use a client with decode_responses=False")
 
 
-async def _count_keys(client: Redis, pattern: str) -> int:
-    # SCAN may return a key twice while the server rehashes; a set counts it once.
+async def _scan_keys(client: Redis, pattern: str) -> set[bytes]:
+    # SCAN may return a key twice while the server rehashes; a set holds it once.
     keys: set[bytes] = set()
     with _translated("SCAN"):
         async for key in client.scan_iter(match=pattern, count=_SCAN_BATCH):
             keys.add(key)
-    return len(keys)
+    return keys
+
+
+async def _count_keys(client: Redis, pattern: str) -> int:
+    return len(await _scan_keys(client, pattern))
 
 
 class RedisBlobStore(BlobStore):
@@ -211,6 +215,11 @@ class RedisSessionStore(BlobBackedSessionStore):
 
     async def _count_records(self) -> int:
         return await _count_keys(self._client, _glob_escape(self._prefix) + "*")
+
+    async def _record_ids(self) -> list[str]:
+        keys = await _scan_keys(self._client, _glob_escape(self._prefix) + "*")
+        prefix = self._prefix.encode()
+        return [key[len(prefix) :].decode() for key in keys if key.startswith(prefix)]
 
     async def _aclose(self) -> None:
         if self._close_client is not None:

@@ -283,7 +283,7 @@ class WebRTCTransport:
                 503,
                 exc.code,
                 str(exc),
-                retryable=True,
+                retryable=exc.retryable,
                 headers={"Retry-After": str(exc.retry_after_seconds)},
             ) from exc
         if init is not None:

@@ -28,7 +28,7 @@ from rtc_server.http_errors import HttpError
 from rtc_server.media.fmp4 import Fmp4Encoder
 from rtc_server.protocol import ErrorMessage, InvalidMessage, SessionInitV2, serialize
 from rtc_server.registry import SessionRegistry
-from rtc_server.session import SessionRejected
+from rtc_server.session import SessionRejected, SessionState
 from rtc_server.session_start import SessionRefused
 from rtc_server.transports.gate import Gate
 from rtc_server.transports.inbox import ControlInbox, parse_control
@@ -114,7 +114,8 @@ class WebSocketTransport:
             await _refuse(ws, error, CLOSE_TOO_MANY)
             return ws
         except SessionRejected as exc:
-            await _refuse(ws, ErrorMessage(code=exc.code, message=str(exc), retryable=True), WSCloseCode.TRY_AGAIN_LATER)
+            error = ErrorMessage(code=exc.code, message=str(exc), retryable=exc.retryable)
+            await _refuse(ws, error, WSCloseCode.TRY_AGAIN_LATER)
             return ws
         sink.label = f"session {controller.session.short_id}"
         sink.on_segment_sent = controller.delivery.segment_sent
@@ -155,6 +156,7 @@ class WebSocketTransport:
             if problem is None and not isinstance(init, SessionInitV2):
                 problem = f"the first message must be session_init_v2, got {init.type}"
         if problem is not None:
+            controller.session.end(SessionState.REJECTED)  # a refused opening message, as the original
             await _refuse(ws, ErrorMessage(code="invalid_message", message=problem), WSCloseCode.UNSUPPORTED_DATA)
             return False
         try:

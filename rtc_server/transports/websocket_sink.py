@@ -173,6 +173,9 @@ class WebSocketSink:
         self._current: StreamedSegment | None = None  # the segment whose frames are arriving
         self.segments_sent = 0
         self.segments_skipped = 0
+        # Each item of each segment's media (media_init, chunks, media_segment_complete) as it is
+        # queued for the client, with the segment's index: what the session's viewers get (rtc_server.viewers).
+        self.media_tap: Callable[[int, str | bytes], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -252,11 +255,12 @@ class WebSocketSink:
             self._segment_ms = num_frames * 1000.0 / self._encoder.fps
             self._paced_end_ms += self._segment_ms
             self._pending_segments += 1
-            self._enqueue(serialize(MediaInit(segment_idx=segment_idx, mime=stream.mime, stream_id=self.stream_id)))
-            encode_s = await loop.run_in_executor(self._executor, self._produce, loop, stream)
+            self._emit(segment_idx, serialize(MediaInit(segment_idx=segment_idx, mime=stream.mime, stream_id=self.stream_id)))
+            encode_s = await loop.run_in_executor(self._executor, self._produce, loop, segment_idx, stream)
             if self.on_encoded is not None:
                 self.on_encoded(encode_s)
-            self._enqueue(
+            self._emit(
+                segment_idx,
                 serialize(
                     MediaSegmentComplete(
                         segment_idx=segment_idx,
@@ -275,7 +279,12 @@ class WebSocketSink:
             for text in parked:
                 self._enqueue(text)
 
-    def _produce(self, loop: asyncio.AbstractEventLoop, stream: Fmp4SegmentStream) -> float:
+    def _emit(self, segment_idx: int, item: str | bytes) -> None:
+        self._enqueue(item)
+        if self.media_tap is not None:
+            self.media_tap(segment_idx, item)
+
+    def _produce(self, loop: asyncio.AbstractEventLoop, segment_idx: int, stream: Fmp4SegmentStream) -> float:
         # Runs in a worker thread, which owns the stream start to finish (a cancelled session
         # cannot close it mid-frame). Fragments go out as the encoder makes them, each as soon
         # as its frame has been generated and encoded.
@@ -284,7 +293,7 @@ class WebSocketSink:
             for chunk in stream:
                 if self._closed:
                     break
-                loop.call_soon_threadsafe(self._enqueue, chunk)
+                loop.call_soon_threadsafe(self._emit, segment_idx, chunk)
         return time.perf_counter() - started
 
     def _skip(self, segment_idx: int) -> None:

@@ -22,7 +22,7 @@ from gpu.generator import (
     SegmentCancelled,
     SegmentRequest,
 )
-from gpu.pool import WorkerFailedError
+from gpu.pool import PoolAcquireTimeout, PoolUnavailableError, WorkerFailedError
 from gpu.subprocess_pool import SLOTS_PER_WORKER, SubprocessGpuPool, WorkerSettings
 from gpu.synthetic import SyntheticGenerator
 from gpu.synthetic_audio import SYNTHETIC_AUDIO_FORMAT
@@ -305,7 +305,7 @@ async def test_a_cancelled_run_gets_no_callbacks_stops_the_worker_and_the_next_r
     assert calls == seen_at_cancel
     np.testing.assert_array_equal(result.frames, SyntheticGenerator().generate(REQUEST).frames)
     status = pool.status()
-    assert status.gpu_status["gpu-0"].ready and status.queue_size == 0
+    assert status.gpu_status["gpu-0"].ready and status.queued_segments == 0
 
 
 async def test_three_sessions_abandoning_their_segments_right_after_start_leave_the_worker_serving(make_pool) -> None:  # type: ignore[no-untyped-def]
@@ -370,3 +370,25 @@ async def test_segment_cancelled_from_on_step_ends_the_run_with_it(make_pool) ->
         await pool.run("s", replace(REQUEST, num_inference_steps=4), on_step, frames.append)
     assert frames == []
     assert (await pool.run("s", REQUEST)).frames.shape[0] == 12
+
+
+async def test_acquire_gives_up_after_its_timeout_when_every_worker_is_full(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool(num_workers=1, sessions_per_worker=1)
+    await pool.acquire("holder")
+    with pytest.raises(PoolAcquireTimeout) as info:
+        await pool.acquire("late", timeout=0.2)
+    assert isinstance(info.value, PoolUnavailableError)  # a session tells its client gpu_unavailable
+    assert pool.binding("late") is None
+    # A waiter that gave up leaves nothing behind: the freed worker goes to the next caller at once.
+    await pool.release("holder")
+    assert (await pool.acquire("next", timeout=0.2)).worker_id == "gpu-0"
+
+
+async def test_acquire_within_its_timeout_gets_the_worker_freed_meanwhile(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = await make_pool(num_workers=1, sessions_per_worker=1)
+    await pool.acquire("holder")
+    waiting = asyncio.create_task(pool.acquire("next", timeout=5.0))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await pool.release("holder")
+    assert (await asyncio.wait_for(waiting, 2.0)).worker_id == "gpu-0"

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from aiohttp.test_utils import TestServer
 
 from prompt.safety import SafetyModelError
@@ -207,3 +208,53 @@ def test_a_turn_secret_missing_from_the_environment_exits_2_naming_it(tmp_path: 
     assert result.returncode == 2, result.stderr
     assert "RTCVS_TEST_TURN_UNSET" in result.stderr and "webrtc.turn.secret_env" in result.stderr
     assert "listening" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_check_prints_the_resolved_config_with_secrets_masked_and_exits_0(tmp_path: Path) -> None:
+    config = tmp_path / "check.yaml"
+    config.write_text(
+        "server:\n  admin_token: admin-secret-value\nstore:\n  backend: redis\n  redis_url: redis://:redis-pw@127.0.0.1:6379/0\n"
+        "auth:\n  mode: token\n  token_envs: [RTCVS_CHECK_TOKEN]\n"
+        "webrtc:\n  ice_servers: [{urls: 'turn:turn.example.com', username: u, credential: turn-pw}]\n"
+    )
+    env = {**os.environ, "RTCVS_CHECK_TOKEN": "env-token-value"}
+    result = run_cli("--config", str(config), "--check", env=env)
+    assert result.returncode == 0, result.stderr
+    for secret in ("admin-secret-value", "redis-pw", "turn-pw", "env-token-value"):
+        assert secret not in result.stdout
+    printed = yaml.safe_load(result.stdout)
+    assert printed["server"]["admin_token"] == "***"
+    assert printed["auth"]["token_envs"] == ["RTCVS_CHECK_TOKEN"]  # the variable's name, not its value
+    assert printed["store"]["redis_url"] == "redis://:***@127.0.0.1:6379/0"
+    assert printed["streaming"]["prompt"]["max_tokens"] == 256  # not a secret
+    assert printed["streaming"]["lookahead_segments"] == 1  # every key, defaults included
+    assert "listening" not in result.stdout
+
+
+def test_check_with_no_config_prints_the_embedded_defaults() -> None:
+    result = run_cli("--check")
+    assert result.returncode == 0, result.stderr
+    server = yaml.safe_load(result.stdout)["server"]
+    assert (server["host"], server["port"]) == ("127.0.0.1", 8080)
+
+
+def test_check_on_a_bad_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("streaming:\n  lookahead_segments: lots\n")
+    result = run_cli("--config", str(config), "--check")
+    assert result.returncode == 2
+    assert "streaming.lookahead_segments" in result.stderr and str(config) in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_runs_the_startup_checks_that_need_no_network(tmp_path: Path) -> None:
+    config = tmp_path / "auth.yaml"
+    config.write_text("auth:\n  mode: token\n  token_envs: [RTCVS_CHECK_UNSET]\n")
+    env = {key: value for key, value in os.environ.items() if key != "RTCVS_CHECK_UNSET"}
+    result = run_cli("--config", str(config), "--check", env=env)
+    assert result.returncode == 2 and "RTCVS_CHECK_UNSET" in result.stderr and str(config) in result.stderr
+    result = run_cli("--check", "--host", "0.0.0.0")
+    assert result.returncode == 2 and "server.host 0.0.0.0" in result.stderr
+    config.write_text("generator:\n  backend: diffusers\n  options: {model_path: /nonexistent/model}\n")
+    result = run_cli("--config", str(config), "--check")
+    assert result.returncode == 2 and "/nonexistent/model" in result.stderr and "Traceback" not in result.stderr

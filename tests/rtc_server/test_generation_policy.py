@@ -156,3 +156,101 @@ def test_retracted_segments_are_not_counted_and_leave_the_history() -> None:
     p.retracted([second])
     assert p.segments_done == 1 and p.recent == (first.text,)
     assert p.hold() is None
+
+
+# -- generation_mode "per_prompt" ---------------------------------------------------------------
+
+
+def test_per_prompt_makes_nothing_without_a_prompt_then_one_segment_per_prompt_in_order() -> None:
+    p = policy(per_prompt=True, curated=["curated"], loop=True)
+    assert p.hold() is Hold.AWAITING_PROMPT
+    for text in ("a", "b", "c"):
+        p.submit_user(user(text))
+    assert p.queued_prompts == 3
+    assert [generate(p).text for _ in range(3)] == ["a", "b", "c"]
+    assert p.hold() is Hold.AWAITING_PROMPT and p.segments_done == 3
+
+
+def test_per_prompt_take_without_a_prompt_is_a_bug() -> None:
+    p = policy(per_prompt=True)
+    try:
+        p.take()
+    except RuntimeError:
+        return
+    raise AssertionError("take() made a segment without a prompt")
+
+
+def test_per_prompt_bounds_waiting_and_arriving_prompts() -> None:
+    p = policy(per_prompt=True, max_queued_prompts=2)
+    assert p.admit_prompt() and p.admit_prompt()
+    assert not p.admit_prompt()  # two are being checked
+    p.submit_user(user("a"))
+    p.prompt_settled()
+    p.prompt_settled()  # the second one was refused by the safety filter
+    assert p.queued_prompts == 1 and p.admit_prompt()
+    p.submit_user(user("b"))
+    p.prompt_settled()
+    assert not p.admit_prompt()
+    generate(p)
+    assert p.admit_prompt()
+
+
+def test_continuous_admits_every_prompt_and_a_newer_one_replaces_a_waiting_one() -> None:
+    p = policy(max_queued_prompts=1)
+    assert all(p.admit_prompt() for _ in range(5))
+    p.submit_user(user("a"))
+    p.submit_user(user("b"))
+    assert p.queued_prompts == 1 and generate(p).text == "b"
+
+
+def test_per_prompt_pause_holds_the_queue_and_the_cap_ends_it() -> None:
+    p = policy(per_prompt=True, segment_cap=2)
+    p.paused = True
+    for text in ("a", "b", "c"):
+        p.submit_user(user(text))
+    assert p.hold() is Hold.PAUSED
+    p.paused = False
+    assert [generate(p).text for _ in range(2)] == ["a", "b"]
+    assert p.hold() is Hold.SEGMENT_CAP
+
+
+def test_per_prompt_single_clip_still_makes_one_segment_per_prompt() -> None:
+    p = policy(per_prompt=True, single_clip=True)
+    p.submit_user(user("a"))
+    p.submit_user(user("b"))
+    assert [generate(p).text for _ in range(2)] == ["a", "b"]
+    assert p.hold() is Hold.AWAITING_PROMPT
+
+
+def test_per_prompt_ignores_auto_extension_and_enhancement_but_keeps_the_choice() -> None:
+    p = policy(per_prompt=True, auto_extension=True, enhancement=True, can_enhance=True)
+    p.submit_user(user("a"))
+    generate(p)
+    p.submit_user(user("b"))
+    assert p.lookups() == [] and not p.awaiting_answers and not p.enhancement
+    assert generate(p).text == "b"
+    assert p.resume_state().enhancement and p.resume_state().auto_extension
+
+
+def test_per_prompt_resume_state_keeps_every_waiting_prompt_and_the_one_being_made() -> None:
+    p = policy(per_prompt=True)
+    for text in ("a", "b", "c"):
+        p.submit_user(user(text))
+    p.take()  # "a" is being made: its segment is not stored yet
+    state = p.resume_state()
+    assert [c.text for c in state.queued] == ["a", "b", "c"] and state.pending is not None
+    assert state.pending.text == "a"
+    other = policy(per_prompt=True)
+    other.restore(state)
+    assert [generate(other).text for _ in range(3)] == ["a", "b", "c"]
+
+
+def test_per_prompt_rewind_makes_taken_back_prompts_again_before_the_waiting_ones() -> None:
+    p = policy(per_prompt=True)
+    for text in ("a", "b", "c"):
+        p.submit_user(user(text))
+    start = p.position()
+    first, second = generate(p), generate(p)
+    p.rewind(start, [first, second])
+    assert p.segments_done == 0
+    assert [generate(p).text for _ in range(3)] == ["a", "b", "c"]

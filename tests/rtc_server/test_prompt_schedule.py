@@ -75,3 +75,29 @@ def test_blank_curated_prompts_are_ignored() -> None:
     schedule.set_curated(["  ", ""])
     assert schedule.take(None).text == "d"
     assert not schedule.cycles_curated
+
+
+def test_per_prompt_takes_every_user_prompt_once_in_arrival_order() -> None:
+    schedule = PromptSchedule(default_prompt="default", per_prompt=True)
+    for text in ("a", "b", "c"):
+        schedule.submit_user(user(text))
+    assert [c.text for c in schedule.queued] == ["a", "b", "c"]
+    assert schedule.peek(None).text == "a"
+    assert [c.text for c in run(schedule, 3)] == ["a", "b", "c"]
+    assert not schedule.has_pending_user_prompt and schedule.pending is None
+
+
+def test_per_prompt_never_takes_curated_prompts_even_with_loop_on() -> None:
+    schedule = PromptSchedule(default_prompt="default", curated=["c1", "c2"], loop=True, per_prompt=True)
+    assert not schedule.cycles_curated
+    schedule.submit_user(user("u"))
+    assert schedule.take(None).text == "u"
+
+
+def test_per_prompt_requeue_puts_taken_back_prompts_first_and_restore_keeps_the_queue() -> None:
+    schedule = PromptSchedule(default_prompt="default", per_prompt=True)
+    schedule.submit_user(user("c"))
+    schedule.requeue([user("a"), user("b")])
+    assert [c.text for c in schedule.queued] == ["a", "b", "c"]
+    schedule.restore(curated=[], cursor=0, pending=user("x"), queued=[user("x"), user("y")])
+    assert [c.text for c in schedule.queued] == ["x", "y"]

@@ -121,3 +121,17 @@ def test_rewinding_takes_back_the_segments_chosen_since_a_position() -> None:
     p.rewind(before, [PromptChoice(text="b", origin=PromptOrigin.CURATED), taken])
     assert p.segments_done == 1 and p.last is not None and p.last.text == "a"
     assert [made(p).text for _ in range(3)] == ["u", "b", "c"]
+
+
+def test_every_prompt_queued_in_per_prompt_mode_survives_the_record_in_order() -> None:
+    old = policy(per_prompt=True)
+    for text in ("one", "two", "three"):
+        old.submit_user(user(text))
+    made(old)  # "one" is shown and stored; "two" and "three" wait
+    record = ResumeRecord(session_id="s1", token_hash="h" * 64, next_segment_idx=1, policy=old.resume_state())
+    restored = ResumeRecord.from_json(record.to_json(), token_hash="h" * 64)
+    assert [choice.text for choice in restored.policy.queued] == ["two", "three"]
+    new = policy(per_prompt=True)
+    new.restore(restored.policy)
+    assert (made(new).text, made(new).text) == ("two", "three")
+    assert new.hold() is not None  # nothing more to make without a prompt

@@ -205,16 +205,17 @@ async def test_session_log_holds_the_events_in_order(start_server: Any, tmp_path
         await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == start["segment_idx"])
         session_id = next(iter(server.app[REGISTRY]._controllers))
     for _ in range(100):
-        path = tmp_path / f"{session_id}.jsonl"
+        path = tmp_path / f"session-{session_id}.jsonl"  # the original's file name
         if path.exists() and '"end"' in path.read_text():
             break
         await asyncio.sleep(0.05)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert all(list(line) == ["session_id", "event", "ts", "payload"] for line in lines)  # the original's shape
     events = [line["event"] for line in lines]
-    assert events[:4] == ["init", "queue", "gpu_assigned", "segment"]
-    assert events[-1] == "end" and lines[-1]["reason"] == "client_left"
-    assert events.index("prompt_received") < events.index("error")
-    segments = [line for line in lines if line["event"] == "segment"]
+    assert events[:4] == ["ws_session_start", "queue", "gpu_assigned", "segment_complete"]
+    assert events[-1] == "end" and lines[-1]["payload"]["reason"] == "client_left"
+    assert events.index("append_prompt") < events.index("error")
+    segments = [line["payload"] for line in lines if line["event"] == "segment_complete"]
     assert segments[0]["segment_idx"] == 0 and segments[0]["generation_ms"] > 0
     assert any(s["prompt"] == "a castle on a hill" for s in segments)
     assert all(line["session_id"] == session_id for line in lines)

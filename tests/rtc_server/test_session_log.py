@@ -1,4 +1,4 @@
-"""Per-session JSONL logs written by one background thread."""
+"""Per-session JSONL logs written by one background thread, in the original system's line shape."""
 
 from __future__ import annotations
 
@@ -8,15 +8,24 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rtc_server.session_log import LogLimits, SessionLogger, validate_session_id
+from rtc_server.session_log import (
+    ORIGINAL_EVENT_NAMES,
+    LogLimits,
+    SessionLogEvent,
+    SessionLogger,
+    log_file_name,
+    validate_session_id,
+)
 
 WRITER_THREAD = "session-log-writer"
+LINE_KEYS = ["session_id", "event", "ts", "payload"]  # FastVideo's SessionLogEvent, in its order
 
 
 @pytest.fixture
@@ -31,8 +40,18 @@ def session_logger(log_dir: Path) -> Iterator[SessionLogger]:
     session_logger.close()
 
 
+def log_path(log_dir: Path, session_id: str) -> Path:
+    return log_dir / f"session-{session_id}.jsonl"
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    """The file's lines, each checked to have exactly the original's keys and their types."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for record in records:
+        assert list(record) == LINE_KEYS, record
+        assert isinstance(record["session_id"], str) and isinstance(record["event"], str)
+        assert isinstance(record["ts"], float) and isinstance(record["payload"], dict)
+    return records
 
 
 def writer_threads() -> int:
@@ -54,20 +73,68 @@ def open_paths() -> set[Path]:
 
 def test_lines_are_json_in_order(session_logger: SessionLogger, log_dir: Path) -> None:
     session_logger.event("abc123", "start", preset="fast", width=256)
-    session_logger.event("abc123", "segment", segment_idx=0, where=Path("/x/y"))
-    session_logger.event("abc123", "segment", segment_idx=1, extra={"nested": [1, 2]})
+    session_logger.event("abc123", "tick", segment_idx=0, where=Path("/x/y"))
+    session_logger.event("abc123", "tick", segment_idx=1, extra={"nested": [1, 2]})
     assert session_logger.flush(timeout=5)
 
-    records = read_records(log_dir / "abc123.jsonl")
-    assert [record["event"] for record in records] == ["start", "segment", "segment"]
+    records = read_records(log_path(log_dir, "abc123"))
+    assert [record["event"] for record in records] == ["start", "tick", "tick"]
     assert all(record["session_id"] == "abc123" for record in records)
-    assert records[0]["preset"] == "fast" and records[0]["width"] == 256
-    assert records[1]["where"] == "/x/y"  # not JSON-serialisable: written with str()
-    assert records[2]["extra"] == {"nested": [1, 2]}
+    assert records[0]["payload"]["preset"] == "fast" and records[0]["payload"]["width"] == 256
+    assert records[1]["payload"]["where"] == "/x/y"  # not JSON-serialisable: written with str()
+    assert records[2]["payload"]["extra"] == {"nested": [1, 2]}
     timestamps = [record["ts"] for record in records]
-    assert all(isinstance(ts, float) for ts in timestamps)
     assert timestamps == sorted(timestamps)
-    assert list(records[0])[:3] == ["ts", "session_id", "event"]
+    assert all(abs(ts - time.time()) < 60 for ts in timestamps)  # seconds since the epoch, like time.time()
+    assert [list(record) for record in records] == [LINE_KEYS] * 3
+
+
+def test_lines_have_exactly_the_original_shape_and_file_name(session_logger: SessionLogger, log_dir: Path) -> None:
+    before = time.time()
+    session_logger.event("shape-1", "queue", position=1, queue_depth=2)
+    session_logger.event("shape-1", "end")
+    assert session_logger.flush(timeout=5)
+    after = time.time()
+    assert [path.name for path in log_dir.iterdir()] == ["session-shape-1.jsonl"] == [log_file_name("shape-1")]
+    text = log_path(log_dir, "shape-1").read_text(encoding="utf-8")
+    first = json.loads(text.splitlines()[0])
+    assert first == {
+        "session_id": "shape-1",
+        "event": "queue",
+        "ts": first["ts"],
+        "payload": {"position": 1, "queue_depth": 2},
+    }
+    assert before <= first["ts"] <= after
+    assert json.loads(text.splitlines()[1])["payload"] == {}  # an event without fields: an empty payload
+
+
+def test_the_originals_event_names_replace_ours_where_it_logs_the_same_thing(
+    session_logger: SessionLogger, log_dir: Path
+) -> None:
+    ours = ["init", "segment", "prompt_received", "prompt_rejected", "rewrite_failed", "queue", "gpu_assigned", "end"]
+    for name in ours:
+        session_logger.event("names", name)
+    assert session_logger.flush(timeout=5)
+    assert [record["event"] for record in read_records(log_path(log_dir, "names"))] == [
+        "ws_session_start",
+        "segment_complete",
+        "append_prompt",
+        "prompt_blocked",
+        "rewrite_exception",
+        "queue",  # the original does not log admission: ours
+        "gpu_assigned",  # the same name in both
+        "end",
+    ]
+    assert set(ORIGINAL_EVENT_NAMES) < set(ours)
+
+
+def test_log_takes_the_originals_session_log_event(session_logger: SessionLogger, log_dir: Path) -> None:
+    session_logger.log(SessionLogEvent("orig", "segment_start", {"segment_idx": 3}, ts=1700000000.5))
+    session_logger.log(SessionLogEvent(session_id="orig", event="ws_stream_complete"))
+    assert session_logger.flush(timeout=5)
+    first, second = read_records(log_path(log_dir, "orig"))
+    assert first == {"session_id": "orig", "event": "segment_start", "ts": 1700000000.5, "payload": {"segment_idx": 3}}
+    assert (second["event"], second["payload"]) == ("ws_stream_complete", {})
 
 
 def test_each_session_gets_its_own_file(session_logger: SessionLogger, log_dir: Path) -> None:
@@ -75,21 +142,21 @@ def test_each_session_gets_its_own_file(session_logger: SessionLogger, log_dir: 
     session_logger.event("two", "start")
     session_logger.event("one", "end")
     session_logger.flush()
-    assert sorted(path.name for path in log_dir.iterdir()) == ["one.jsonl", "two.jsonl"]
-    assert [record["event"] for record in read_records(log_dir / "one.jsonl")] == ["start", "end"]
+    assert sorted(path.name for path in log_dir.iterdir()) == ["session-one.jsonl", "session-two.jsonl"]
+    assert [record["event"] for record in read_records(log_path(log_dir, "one"))] == ["start", "end"]
 
 
 def test_end_event_closes_the_file(session_logger: SessionLogger, log_dir: Path) -> None:
     session_logger.event("s1", "start")
     session_logger.flush()
-    path = (log_dir / "s1.jsonl").resolve()
+    path = (log_path(log_dir, "s1")).resolve()
     assert path in open_paths()
 
     session_logger.event("s1", "end", reason="stop_requested")
     session_logger.flush()
     assert path not in open_paths()
     last = read_records(path)[-1]
-    assert (last["event"], last["reason"]) == ("end", "stop_requested")
+    assert (last["event"], last["payload"]["reason"]) == ("end", "stop_requested")
 
 
 def test_close_flushes_everything_and_stops_the_writer(log_dir: Path) -> None:
@@ -101,8 +168,8 @@ def test_close_flushes_everything_and_stops_the_writer(log_dir: Path) -> None:
 
     session_logger.close()
     assert writer_threads() == threads_before
-    assert [record["index"] for record in read_records(log_dir / "bulk.jsonl")] == list(range(500))
-    assert (log_dir / "bulk.jsonl").resolve() not in open_paths()
+    assert [record["payload"]["index"] for record in read_records(log_path(log_dir, "bulk"))] == list(range(500))
+    assert (log_path(log_dir, "bulk")).resolve() not in open_paths()
 
 
 def test_close_is_idempotent_and_later_events_are_dropped(log_dir: Path) -> None:
@@ -112,7 +179,7 @@ def test_close_is_idempotent_and_later_events_are_dropped(log_dir: Path) -> None
     session_logger.close()
     session_logger.event("s1", "late")
     assert session_logger.flush(timeout=1)
-    assert [record["event"] for record in read_records(log_dir / "s1.jsonl")] == ["start"]
+    assert [record["event"] for record in read_records(log_path(log_dir, "s1"))] == ["start"]
     with pytest.raises(RuntimeError, match="closed"):
         session_logger.start()
 
@@ -129,7 +196,7 @@ def test_racing_closers_both_return_after_the_writer_stops(log_dir: Path) -> Non
     for closer in closers:
         closer.join(timeout=10)
     assert writer_threads() == threads_before
-    assert len(read_records(log_dir / "race.jsonl")) == 200
+    assert len(read_records(log_path(log_dir, "race"))) == 200
 
 
 def test_none_directory_is_a_no_op(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,9 +229,11 @@ def test_good_session_ids_are_accepted(session_id: str) -> None:
     assert validate_session_id(session_id) == session_id
 
 
-def test_ts_is_a_reserved_field(session_logger: SessionLogger) -> None:
-    with pytest.raises(ValueError, match="reserved"):
-        session_logger.event("s1", "start", ts=1.0)
+def test_fields_named_like_the_line_keys_stay_in_the_payload(session_logger: SessionLogger, log_dir: Path) -> None:
+    session_logger.event("s1", "start", ts="client's", payload=[1])
+    assert session_logger.flush(timeout=5)
+    [record] = read_records(log_path(log_dir, "s1"))
+    assert record["payload"] == {"ts": "client's", "payload": [1]}
 
 
 def test_many_threads_keep_lines_whole(log_dir: Path) -> None:
@@ -172,14 +241,14 @@ def test_many_threads_keep_lines_whole(log_dir: Path) -> None:
     blob = "x" * 4096  # long lines make torn writes visible
     with SessionLogger(log_dir, limits=LogLimits(max_string_chars=len(blob))) as session_logger:
         _write_from_threads(session_logger, writers, events_each, blob)
-    shared = read_records(log_dir / "shared.jsonl")
+    shared = read_records(log_path(log_dir, "shared"))
     assert len(shared) == writers * events_each
-    assert all(record["blob"] == blob for record in shared)
+    assert all(record["payload"]["blob"] == blob for record in shared)
     for worker in range(writers):
-        seqs = [record["seq"] for record in shared if record["worker"] == worker]
+        seqs = [record["payload"]["seq"] for record in shared if record["payload"]["worker"] == worker]
         assert seqs == list(range(events_each))
-        own = read_records(log_dir / f"own-{worker}.jsonl")
-        assert [record["seq"] for record in own] == list(range(events_each))
+        own = read_records(log_path(log_dir, f"own-{worker}"))
+        assert [record["payload"]["seq"] for record in own] == list(range(events_each))
 
 
 def _write_from_threads(session_logger: SessionLogger, writers: int, events_each: int, blob: str) -> None:
@@ -205,7 +274,7 @@ def test_more_sessions_than_open_files_are_all_written(log_dir: Path) -> None:
             for session in ("a", "b", "c"):
                 session_logger.event(session, "tick", index=index)
     for session in ("a", "b", "c"):
-        assert [record["index"] for record in read_records(log_dir / f"{session}.jsonl")] == list(range(5))
+        assert [record["payload"]["index"] for record in read_records(log_path(log_dir, session))] == list(range(5))
 
 
 def test_unwritable_directory_logs_once_per_session(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -233,7 +302,7 @@ def test_unserialisable_record_is_dropped_with_a_warning(
     session_logger.event("s1", "bad", loop=loop)
     session_logger.event("s1", "good")
     session_logger.flush()
-    assert [record["event"] for record in read_records(log_dir / "s1.jsonl")] == ["good"]
+    assert [record["event"] for record in read_records(log_path(log_dir, "s1"))] == ["good"]
     assert "cannot be serialised" in caplog.text
 
 
@@ -243,7 +312,7 @@ async def test_event_from_the_event_loop_and_close_in_a_thread(log_dir: Path) ->
     await asyncio.sleep(0)
     session_logger.event("s1", "end")
     await asyncio.to_thread(session_logger.close)
-    assert [record["event"] for record in read_records(log_dir / "s1.jsonl")] == ["start", "end"]
+    assert [record["event"] for record in read_records(log_path(log_dir, "s1"))] == ["start", "end"]
 
 
 # -- what clients sent is bounded ------------------------------------------------------------
@@ -256,25 +325,25 @@ def test_forty_one_megabyte_values_do_not_write_forty_megabytes(session_logger: 
         session_logger.event("flood", "error", code="invalid_message", message=chr(ord("a") + index % 26) * MEGABYTE)
     assert session_logger.flush(timeout=10)
 
-    path = log_dir / "flood.jsonl"
+    path = log_path(log_dir, "flood")
     assert path.stat().st_size < 40 * 2 * 1024  # each line: 1 KB of the value and a little more
     records = read_records(path)
     assert len(records) == 40
-    first = records[0]["message"]
+    first = records[0]["payload"]["message"]
     assert first.startswith("a" * 1024) and not first.startswith("a" * 1025)
     assert first.endswith(f"<cut: {MEGABYTE} chars>")
-    assert records[0]["code"] == "invalid_message"  # short fields are written whole
+    assert records[0]["payload"]["code"] == "invalid_message"  # short fields are written whole
 
 
 def test_one_record_with_many_large_fields_is_bounded_as_a_whole(session_logger: SessionLogger, log_dir: Path) -> None:
     fields = {f"field{index}": "x" * MEGABYTE for index in range(40)}
     session_logger.event("wide", "init", **fields)
     assert session_logger.flush(timeout=10)
-    path = log_dir / "wide.jsonl"
+    path = log_path(log_dir, "wide")
     assert path.stat().st_size < 64 * 1024
     [record] = read_records(path)
-    assert set(fields) <= set(record)  # every field is named, even when its value is cut to nothing
-    assert all(record[name].endswith(f"<cut: {MEGABYTE} chars>") for name in fields)
+    assert set(fields) <= set(record["payload"])  # every field is named, even when its value is cut to nothing
+    assert all(record["payload"][name].endswith(f"<cut: {MEGABYTE} chars>") for name in fields)
 
 
 def test_long_lists_and_dicts_keep_their_first_items_and_say_how_many_were_cut(
@@ -284,11 +353,11 @@ def test_long_lists_and_dicts_keep_their_first_items_and_say_how_many_were_cut(
         "lists", "init", curated=[f"p{i}" for i in range(1000)], headers={f"h{i}": i for i in range(100)}, pair=(1, 2)
     )
     assert session_logger.flush(timeout=5)
-    [record] = read_records(log_dir / "lists.jsonl")
-    assert record["curated"] == [f"p{i}" for i in range(64)] + ["<cut: 936 more items>"]
-    assert list(record["headers"])[:64] == [f"h{i}" for i in range(64)]
-    assert record["headers"]["<cut>"] == "36 more entries"
-    assert record["pair"] == [1, 2]
+    [record] = read_records(log_path(log_dir, "lists"))
+    assert record["payload"]["curated"] == [f"p{i}" for i in range(64)] + ["<cut: 936 more items>"]
+    assert list(record["payload"]["headers"])[:64] == [f"h{i}" for i in range(64)]
+    assert record["payload"]["headers"]["<cut>"] == "36 more entries"
+    assert record["payload"]["pair"] == [1, 2]
 
 
 def test_deep_nesting_and_huge_numbers_are_cut(session_logger: SessionLogger, log_dir: Path) -> None:
@@ -297,24 +366,24 @@ def test_deep_nesting_and_huge_numbers_are_cut(session_logger: SessionLogger, lo
         deep = [deep]
     session_logger.event("deep", "invalid", nested=deep, big=10**5000, small=2**64, ratio=0.5)
     assert session_logger.flush(timeout=5)
-    [record] = read_records(log_dir / "deep.jsonl")
-    value = record["nested"]
+    [record] = read_records(log_path(log_dir, "deep"))
+    value = record["payload"]["nested"]
     for _ in range(8):
         assert isinstance(value, list) and len(value) == 1
         value = value[0]
     assert value == "<list nested deeper than 8 levels>"
-    assert record["big"] == f"<int of {(10**5000).bit_length()} bits>"
-    assert (record["small"], record["ratio"]) == (2**64, 0.5)
+    assert record["payload"]["big"] == f"<int of {(10**5000).bit_length()} bits>"
+    assert (record["payload"]["small"], record["payload"]["ratio"]) == (2**64, 0.5)
 
 
 def test_a_record_of_many_small_values_is_bounded(session_logger: SessionLogger, log_dir: Path) -> None:
     wide = [[[f"v{i}-{j}-{k}" for k in range(64)] for j in range(64)] for i in range(64)]  # 262 144 strings
     session_logger.event("many", "invalid", wide=wide)
     assert session_logger.flush(timeout=5)
-    path = log_dir / "many.jsonl"
+    path = log_path(log_dir, "many")
     assert path.stat().st_size < 128 * 1024
     [record] = read_records(path)
-    assert record["wide"][0][0][:3] == ["v0-0-0", "v0-0-1", "v0-0-2"]
+    assert record["payload"]["wide"][0][0][:3] == ["v0-0-0", "v0-0-1", "v0-0-2"]
 
 
 def test_values_json_cannot_write_are_written_as_bounded_text(session_logger: SessionLogger, log_dir: Path) -> None:
@@ -324,16 +393,19 @@ def test_values_json_cannot_write_are_written_as_bounded_text(session_logger: Se
 
     session_logger.event("objs", "tick", obj=Huge(), raw=b"\x00\x01", where=Path("/x/y"))
     assert session_logger.flush(timeout=5)
-    [record] = read_records(log_dir / "objs.jsonl")
-    assert record["obj"].endswith(f"<cut: {MEGABYTE} chars>") and len(record["obj"]) < 1100
-    assert (record["raw"], record["where"]) == ("b'\\x00\\x01'", "/x/y")
+    [record] = read_records(log_path(log_dir, "objs"))
+    assert record["payload"]["obj"].endswith(f"<cut: {MEGABYTE} chars>") and len(record["payload"]["obj"]) < 1100
+    assert (record["payload"]["raw"], record["payload"]["where"]) == ("b'\\x00\\x01'", "/x/y")
 
 
 def test_limits_are_configurable(log_dir: Path) -> None:
     with SessionLogger(log_dir, limits=LogLimits(max_string_chars=4, max_items=2)) as session_logger:
         session_logger.event("small", "tick", text="abcdefgh", items=[1, 2, 3])
-    [record] = read_records(log_dir / "small.jsonl")
-    assert (record["text"], record["items"]) == ("abcd...<cut: 8 chars>", [1, 2, "<cut: 1 more items>"])
+    [record] = read_records(log_path(log_dir, "small"))
+    assert (record["payload"]["text"], record["payload"]["items"]) == (
+        "abcd...<cut: 8 chars>",
+        [1, 2, "<cut: 1 more items>"],
+    )
 
 
 @pytest.mark.parametrize("field", ["max_string_chars", "max_items", "max_depth", "max_values", "max_record_chars"])
@@ -367,16 +439,16 @@ def test_files_and_the_directories_the_logger_makes_are_owner_only(tmp_path: Pat
         session_logger.event("s2", "start")
     assert mode_of(tmp_path / "var") == 0o700
     assert mode_of(log_dir) == 0o700
-    assert mode_of(log_dir / "s1.jsonl") == mode_of(log_dir / "s2.jsonl") == 0o600
-    assert [record["event"] for record in read_records(log_dir / "s1.jsonl")] == ["start"]
+    assert mode_of(log_path(log_dir, "s1")) == mode_of(log_path(log_dir, "s2")) == 0o600
+    assert [record["event"] for record in read_records(log_path(log_dir, "s1"))] == ["start"]
 
 
 def test_an_existing_directory_is_left_alone_and_an_existing_file_is_narrowed(tmp_path: Path) -> None:
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
     os.chmod(log_dir, 0o755)
-    old = log_dir / "s1.jsonl"
-    old.write_text('{"event": "earlier"}\n', encoding="utf-8")
+    old = log_path(log_dir, "s1")
+    old.write_text('{"session_id": "s1", "event": "earlier", "ts": 1.0, "payload": {}}\n', encoding="utf-8")
     os.chmod(old, 0o644)
     with SessionLogger(log_dir) as session_logger:
         session_logger.event("s1", "start")
@@ -392,7 +464,7 @@ def test_a_symlink_in_place_of_a_log_file_is_not_followed(
     target.write_text("precious\n", encoding="utf-8")
     os.chmod(target, 0o644)
     log_dir.mkdir()
-    (log_dir / "s1.jsonl").symlink_to(target)
+    (log_path(log_dir, "s1")).symlink_to(target)
     caplog.set_level(logging.WARNING, logger="rtc_server.session_log")
     with SessionLogger(log_dir) as session_logger:
         session_logger.event("s1", "start")

@@ -65,7 +65,7 @@ MODEL_JS = """async () => {
         final: {gpu: m.gpuId, timeout: m.sessionTimeoutS, received: m.segmentsReceived, idx: m.segmentIdx,
                 gen: m.generationMs, e2e: m.e2eMs, end: m.endReason, generating: m.generating},
         errors: [
-            p.describeError({code: "session_rejected", message: "full", retryable: true}),
+            p.describeError({code: "session_rejected", message: "full", retryable: false}),
             p.describeError({code: "invalid_message", message: "prompt rewriting is not enabled on this server", retryable: false}),
             p.describeError({code: "unauthorized", message: "missing bearer token", retryable: true}),
             p.describeError({code: "rate_limited", message: "slow down", retryable: true}),

@@ -189,3 +189,23 @@ async def test_single_clip_mode_makes_one_segment_per_user_prompt(server: Runnin
     await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == 1)
     await asyncio.sleep(1.2)
     assert len(client.events_of("ltx2_segment_start")) == 2
+
+
+PER_PROMPT_PROMPTS = ["a paper boat on a pond", "a lighthouse in a storm", "a cat asleep on a windowsill"]
+
+
+async def test_per_prompt_makes_one_segment_per_prompt_in_order(server: RunningServer, open_session: Opener) -> None:
+    """generation_mode per_prompt (the original system's rule) on a server whose default is continuous."""
+    client = await open_session(server, {**INIT, "loop_generation_enabled": True, "generation_mode": "per_prompt"})
+    await client.wait_for_event("ltx2_stream_start")
+    await asyncio.sleep(0.5)
+    assert client.events_of("ltx2_segment_start") == []  # nothing without a prompt, not even the curated one
+    for prompt in PER_PROMPT_PROMPTS:
+        await client.send({"type": "segment_prompt_source", "prompt": prompt})
+    await client.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] == 2)
+    acks = client.events_of("prompt_received")
+    assert [(a["prompt"], a["segment_idx"]) for a in acks] == [(p, i) for i, p in enumerate(PER_PROMPT_PROMPTS)]
+    await asyncio.sleep(0.6)
+    starts = client.events_of("ltx2_segment_start")
+    assert [(s["segment_idx"], s["prompt"]) for s in starts] == list(enumerate(PER_PROMPT_PROMPTS))
+    assert [e["segment_idx"] for e in client.events_of("ltx2_segment_complete")] == [0, 1, 2]

@@ -83,7 +83,7 @@ async def test_when_every_healthy_replica_is_full_new_sessions_are_rejected_retr
         assert entry is not None
         await wait_until(lambda: entry.free_slots == 0, 5, "the probe never saw the replica full")
         error, code, _ = await websocket_refusal(router.url)
-        assert error["code"] == "session_rejected" and error["retryable"] is True and code == 1013
+        assert error["code"] == "session_rejected" and error["retryable"] is False and code == 1013
         with pytest.raises(OfferRejected) as refused:
             async with WebRTCClient(router.url, session_init=INIT) as client:
                 await client.connect()

@@ -210,7 +210,7 @@ async def test_full_server_answers_503_with_retry_after(start_server: Any) -> No
             await open_client(server)
         assert info.value.status == 503
         assert info.value.body["error"]["code"] == "session_rejected"
-        assert info.value.body["error"]["retryable"] is True
+        assert info.value.body["error"]["retryable"] is False  # a full server, as the original
         assert int(info.value.headers["Retry-After"]) > 0
     await wait_until(lambda: len(server.app[REGISTRY]) == 0, 5, "session not released")
 

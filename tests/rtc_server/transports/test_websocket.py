@@ -92,7 +92,7 @@ async def test_full_server_sends_session_rejected_and_closes_1013(start_server: 
         async with WebSocketClient(server.url, session_init=INIT) as second:
             await second.connect()
             error = await second.wait_for_event("error")
-            assert error["code"] == "session_rejected" and error["retryable"] is True
+            assert error["code"] == "session_rejected" and error["retryable"] is False  # as the original
             assert await second.wait_closed() == 1013
         done = len(first.events_of("ltx2_segment_complete"))
         await first.wait_for_event("ltx2_segment_complete", lambda e: e["segment_idx"] >= done)
