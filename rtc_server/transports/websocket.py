@@ -26,6 +26,7 @@ from rtc_server.config import ServiceConfig
 from rtc_server.controller import SessionController
 from rtc_server.http_errors import HttpError
 from rtc_server.media.fmp4 import Fmp4Encoder
+from rtc_server.media.stream_encoder import stream_fmp4_encoder
 from rtc_server.protocol import ErrorMessage, InvalidMessage, SessionInitV2, serialize
 from rtc_server.registry import SessionRegistry
 from rtc_server.session import SessionRejected, SessionState
@@ -61,19 +62,7 @@ class WebSocketTransport:
         return len(self._sockets)
 
     def _make_encoder(self) -> Fmp4Encoder:
-        """A session's encoder; with an AAC track when the pool's backend makes sound (its format is
-        known once the pool has started, before any session gets frames)."""
-        sampling = self._config.default_request.sampling
-        settings = self._config.websocket
-        return Fmp4Encoder(
-            width=sampling.width,
-            height=sampling.height,
-            fps=sampling.fps,
-            crf=settings.crf,
-            preset=settings.preset,
-            profile=settings.profile,
-            audio_format=self._registry.services.pool.audio_format,
-        )
+        return stream_fmp4_encoder(self._config, self._registry.services.pool.audio_format)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -22,6 +22,7 @@ from rtc_server.auth import WS_PROTOCOL, bearer_token, websocket_token
 from rtc_server.config import ServiceConfig
 from rtc_server.http_errors import HttpError, json_error
 from rtc_server.media.fmp4 import Fmp4Encoder
+from rtc_server.media.stream_encoder import stream_fmp4_encoder
 from rtc_server.registry import SessionRegistry
 from rtc_server.transports.gate import Gate
 from rtc_server.viewers.fmp4_fanout import Watcher, WatchFull
@@ -45,18 +46,7 @@ class WatchService:
         self._encoders = ThreadPoolExecutor(max_workers=config.streaming.max_sessions, thread_name_prefix="watch-fmp4")
 
     def _make_encoder(self) -> Fmp4Encoder:
-        """A hub's encoder (WebRTC owners): the WebSocket transport's settings, so viewers get the same stream."""
-        sampling = self._config.default_request.sampling
-        settings = self._config.websocket
-        return Fmp4Encoder(
-            width=sampling.width,
-            height=sampling.height,
-            fps=sampling.fps,
-            crf=settings.crf,
-            preset=settings.preset,
-            profile=settings.profile,
-            audio_format=self._registry.services.pool.audio_format,
-        )
+        return stream_fmp4_encoder(self._config, self._registry.services.pool.audio_format)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         session_id = request.match_info["session_id"]
