@@ -21,13 +21,12 @@ noise shaped by random weights; what it exercises is the exact code path of the 
 
 from __future__ import annotations
 
-import argparse
 import string
 import sys
 from pathlib import Path
 from typing import Any
 
-from gpu.tiny_model import _WORDS
+from gpu.tiny_model import _WORDS, TINY_MODEL_SEED, run_builder_cli, save_pipeline_dir
 
 __all__ = [
     "AUDIO_SAMPLE_RATE",
@@ -38,7 +37,6 @@ __all__ = [
     "main",
 ]
 
-TINY_MODEL_SEED = 0
 MAX_SEQUENCE_LENGTH = 128  # tokens the tokenizer pads to by default (the real one: 1024)
 
 TEXT_WIDTH = 32  # Gemma hidden size == connectors' caption_channels
@@ -266,23 +264,17 @@ def build_tiny_ltx2_pipeline(seed: int = TINY_MODEL_SEED) -> Any:
 
 def build_tiny_ltx2_pipeline_dir(out_dir: Path, *, seed: int = TINY_MODEL_SEED) -> Path:
     """Save the tiny LTX-2 pipeline under ``out_dir`` (created if missing) and return ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    build_tiny_ltx2_pipeline(seed).save_pretrained(out_dir, safe_serialization=True)
-    return out_dir
+    return save_pipeline_dir(build_tiny_ltx2_pipeline(seed), out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m gpu.tiny_ltx2", description="Write a tiny random LTX-2 (video + audio) pipeline directory."
+    return run_builder_cli(
+        argv,
+        prog="python -m gpu.tiny_ltx2",
+        description="Write a tiny random LTX-2 (video + audio) pipeline directory.",
+        label="LTX-2",
+        build_dir=build_tiny_ltx2_pipeline_dir,
     )
-    parser.add_argument("out_dir", type=Path, help="directory to write (created if missing)")
-    parser.add_argument("--seed", type=int, default=TINY_MODEL_SEED, help="torch seed for the weights")
-    args = parser.parse_args(argv)
-    path = build_tiny_ltx2_pipeline_dir(args.out_dir, seed=args.seed)
-    size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
-    print(f"wrote a tiny LTX-2 pipeline to {path} ({size / 1e6:.1f} MB)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import string
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,25 +127,41 @@ def build_tiny_pipeline(seed: int = TINY_MODEL_SEED) -> Any:
     )
 
 
-def build_tiny_pipeline_dir(out_dir: Path, *, seed: int = TINY_MODEL_SEED) -> Path:
-    """Save the tiny pipeline under ``out_dir`` (created if missing) and return ``out_dir``."""
+def save_pipeline_dir(pipeline: Any, out_dir: Path) -> Path:
+    """Save ``pipeline`` under ``out_dir`` (created if missing) and return ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    build_tiny_pipeline(seed).save_pretrained(out_dir, safe_serialization=True)
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m gpu.tiny_model", description="Write a tiny random LTX-Video pipeline directory."
-    )
+def build_tiny_pipeline_dir(out_dir: Path, *, seed: int = TINY_MODEL_SEED) -> Path:
+    """Save the tiny pipeline under ``out_dir`` (created if missing) and return ``out_dir``."""
+    return save_pipeline_dir(build_tiny_pipeline(seed), out_dir)
+
+
+def run_builder_cli(
+    argv: list[str] | None, *, prog: str, description: str, label: str, build_dir: Callable[..., Path]
+) -> int:
+    """``prog OUT_DIR [--seed N]``: write the pipeline ``build_dir`` makes and say where and how big."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("out_dir", type=Path, help="directory to write (created if missing)")
     parser.add_argument("--seed", type=int, default=TINY_MODEL_SEED, help="torch seed for the weights")
     args = parser.parse_args(argv)
-    path = build_tiny_pipeline_dir(args.out_dir, seed=args.seed)
+    path = build_dir(args.out_dir, seed=args.seed)
     size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
-    print(f"wrote a tiny LTX pipeline to {path} ({size / 1e6:.1f} MB)")
+    print(f"wrote a tiny {label} pipeline to {path} ({size / 1e6:.1f} MB)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_builder_cli(
+        argv,
+        prog="python -m gpu.tiny_model",
+        description="Write a tiny random LTX-Video pipeline directory.",
+        label="LTX",
+        build_dir=build_tiny_pipeline_dir,
+    )
 
 
 if __name__ == "__main__":

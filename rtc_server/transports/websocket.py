@@ -83,7 +83,7 @@ class WebSocketTransport:
         except HttpError as exc:
             await _refuse(ws, ErrorMessage(code="unauthorized", message=exc.message), CLOSE_UNAUTHORIZED)
             return ws
-        _limit_send_buffer(request, self._config.websocket.send_buffer_bytes)
+        limit_send_buffer(request, self._config.websocket.send_buffer_bytes)
         sink = WebSocketSink(
             ws,
             encoder_factory=self._make_encoder,
@@ -175,7 +175,8 @@ class WebSocketTransport:
         await asyncio.to_thread(self._encoders.shutdown, wait=True, cancel_futures=True)
 
 
-def _limit_send_buffer(request: web.Request, size: int | None) -> None:
+def limit_send_buffer(request: web.Request, size: int | None) -> None:
+    """Cap the socket's send buffer at ``size`` bytes (None: the kernel's default)."""
     # Linux autotunes the send buffer up to megabytes; with it, a client that stops reading
     # is only noticed (and its segments skipped) after many seconds of queued video.
     sock = request.transport.get_extra_info("socket") if request.transport is not None else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,6 +24,7 @@ from rtc_server.media.fmp4 import Fmp4Encoder
 from rtc_server.media.stream_encoder import stream_fmp4_encoder
 from rtc_server.registry import SessionRegistry
 from rtc_server.transports.gate import Gate
+from rtc_server.transports.websocket import CLOSE_HANDSHAKE_TIMEOUT_S, limit_send_buffer
 from rtc_server.viewers.fmp4_fanout import Watcher, WatchFull
 
 __all__ = ["FULL_RETRY_AFTER_S", "WatchService", "register_routes"]
@@ -32,7 +32,6 @@ __all__ = ["FULL_RETRY_AFTER_S", "WatchService", "register_routes"]
 logger = logging.getLogger(__name__)
 
 FULL_RETRY_AFTER_S = 10  # Retry-After of a 503 for a session with all its viewers
-CLOSE_HANDSHAKE_TIMEOUT_S = 1.0
 
 
 class WatchService:
@@ -80,7 +79,7 @@ class WatchService:
         except BaseException:
             hub.unreserve()
             raise
-        _limit_send_buffer(request, self._config.websocket.send_buffer_bytes)
+        limit_send_buffer(request, self._config.websocket.send_buffer_bytes)
         watcher = Watcher(ws, max_queued_bytes=hub.max_queued_bytes, label=f"{hub.label} {id(ws):x}", transport=request.transport)
         hub.add(watcher)
         self._sockets.add(ws)
@@ -101,13 +100,6 @@ class WatchService:
             with contextlib.suppress(ConnectionResetError, RuntimeError):
                 await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
         await asyncio.to_thread(self._encoders.shutdown, wait=True, cancel_futures=True)
-
-
-def _limit_send_buffer(request: web.Request, size: int | None) -> None:
-    # As for /v1/stream: a viewer that stops reading is noticed by its queue, not megabytes later.
-    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
-    if size is not None and sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def register_routes(
