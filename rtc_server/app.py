@@ -2,7 +2,7 @@
 
 Startup order: pool (warm-up runs in the background so /readyz can say
 "warming"), session store and resume records, session logs and the init-image
-directory, session registry, WebRTC transport, WebSocket transport. At
+directory, recordings, session registry, WebRTC transport, WebSocket transport. At
 shutdown (SIGTERM/SIGINT) aiohttp first stops listening; then (on_shutdown)
 the registry drains: new sessions are refused and /readyz says "draining"
 (503), every live session stores where its stream stands, is told
@@ -46,7 +46,8 @@ from rtc_server.store.resume_records import InMemoryResumeRecords, ResumeRecords
 from rtc_server.transports import webrtc, websocket
 from rtc_server.transports.gate import Gate
 from rtc_server.transports.ice import apply_bitrate_bounds
-from rtc_server.viewers import watch_endpoint
+from rtc_server.viewers import recording_endpoint, watch_endpoint, whep
+from rtc_server.viewers.recording import RecordingService
 from rtc_server.web_page import add_web_client
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "METRICS",
     "POOL",
     "PROMPTS",
+    "RECORDINGS",
     "REGISTRY",
     "RESUME",
     "SESSION_LOG",
@@ -79,6 +81,7 @@ PROMPTS = web.AppKey("prompts", PromptPipeline)
 WEBRTC = web.AppKey("webrtc", webrtc.WebRTCTransport)
 WEBSOCKET = web.AppKey("websocket", websocket.WebSocketTransport)
 GATE = web.AppKey("gate", Gate)
+RECORDINGS = web.AppKey("recordings", RecordingService)
 
 # The page served at / when server.web_client_dir is unset: the copy packaged in a wheel install,
 # else the repository's web_client/ (a checkout or an editable install: edits show at once).
@@ -232,6 +235,17 @@ async def _prompt_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _recordings_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Before the registry: sessions record through it; closed after the registry, it finalises every
+    # recording the ended sessions left running.
+    pool = app[POOL]
+    recordings = RecordingService(config=app[CONFIG], audio_format=lambda: pool.audio_format)
+    await recordings.start()
+    app[RECORDINGS] = recordings
+    yield
+    await recordings.close()
+
+
 async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     services = SessionServices(
@@ -245,6 +259,7 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
         limits=config.limits,
         image_dir=app[IMAGE_DIR],
         records=app[RESUME],
+        recordings=app[RECORDINGS],
     )
     registry = SessionRegistry(config=config, services=services)
     app[METRICS].watch(registry.live_counts)
@@ -369,7 +384,7 @@ def build_app(config: ServiceConfig) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = ServiceMetrics()
     app.cleanup_ctx.extend(
-        [_gate_ctx, _pool_ctx, _store_ctx, _session_files_ctx, _prompt_ctx, _registry_ctx, _webrtc_ctx, _websocket_ctx]
+        [_gate_ctx, _pool_ctx, _store_ctx, _session_files_ctx, _prompt_ctx, _recordings_ctx, _registry_ctx, _webrtc_ctx, _websocket_ctx]
     )
     app.on_shutdown.append(_end_sessions)
     app.router.add_get("/healthz", _healthz)
@@ -383,6 +398,8 @@ def build_app(config: ServiceConfig) -> web.Application:
     webrtc.register_routes(app, WEBRTC, config)
     websocket.register_routes(app, WEBSOCKET)
     watch_endpoint.register_routes(app, config=CONFIG, registry=REGISTRY, gate=GATE)
+    recording_endpoint.register_routes(app, recordings=RECORDINGS, gate=GATE)
+    whep.register_routes(app, config=CONFIG, registry=REGISTRY, gate=GATE, webrtc=WEBRTC)
     web_dir = Path(config.server.web_client_dir) if config.server.web_client_dir else DEFAULT_WEB_CLIENT_DIR
     add_web_client(app, web_dir)
     return app

@@ -185,6 +185,15 @@ class StreamingConfig(_Section):
         2000, ge=0, description="Release times of this many recent frames per session, for latency probes; 0 = off."
     )
     viewers: ViewersConfig = Field(default_factory=ViewersConfig)
+    recording_dir: str | None = Field(
+        None,
+        min_length=1,
+        description="Record every session (its fMP4 packets remuxed, never re-encoded) into an MP4 here; "
+        "off when unset (recording_updated is then refused).",
+    )
+    recording_retention_seconds: float = Field(
+        24 * 3600, gt=0, allow_inf_nan=False, description="Finished recordings are deleted this long after they end."
+    )
 
 
 class TurnConfig(_Section):

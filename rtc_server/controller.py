@@ -38,6 +38,7 @@ from rtc_server.session_start import SessionRefused, describe_init, generation_s
 from rtc_server.sink import CloseReason, SessionSink
 from rtc_server.tasks import TaskSet, cancel_and_wait
 from rtc_server.viewers.fmp4_fanout import WatchHub
+from rtc_server.viewers.recording import SessionRecording
 
 __all__ = ["SessionController"]
 
@@ -71,6 +72,12 @@ class SessionController:
         # A record another server took over: this copy ends, leaving the state alone.
         on_lost = lambda: self._side_tasks.spawn(self.hand_over())
         self._continuity = SessionContinuity(session=session, services=services, directory=directory, on_lost=on_lost)
+        # Recorded from its start when the server records (streaming.recording_dir); recording_updated toggles it.
+        self._recording: SessionRecording | None = None
+        hub = self._continuity.viewers
+        if services.recordings is not None and hub is not None:
+            owner = lambda: (self._session.id, self._continuity.token_hash)
+            self._recording = services.recordings.session(hub, owner=owner, label=f"session {session.short_id} recording")
         self._deferred: list[wire.ClientMessage] | None = None  # messages held while a resumed policy loads
         self._init: wire.SessionInitV2 | None = None
         self._policy: GenerationPolicy | None = None
@@ -168,6 +175,7 @@ class SessionController:
         self._handlers = dispatch_table(
             policy, intake, runner, spawn=self._side_tasks.spawn, report_error=self.report_error
         )
+        self._handlers[wire.RecordingUpdated] = self._recording_updated
         if policy.per_prompt:  # every prompt waits for its own segment, a bounded number of them
             queue = lambda m: self._side_tasks.spawn(runner.queue_prompt(intake.accept, m))
             self._handlers[wire.SegmentPromptSource] = queue
@@ -196,6 +204,13 @@ class SessionController:
         self._handlers[type(message)](message)
         self._changed.set()
         self._continuity.touch()  # toggles, curated prompts, a user prompt: a resumed stream keeps them
+
+    def _recording_updated(self, message: wire.RecordingUpdated) -> None:
+        if self._recording is None:
+            self.report_error("invalid_message", "recording is not enabled on this server (streaming.recording_dir is unset)")
+            return
+        self._recording.set_enabled(message.enabled)
+        self._events.send(wire.RecordingState(enabled=self._recording.enabled))
 
     def report_error(self, code: wire.ErrorCode, message: str, *, retryable: bool = False) -> None:
         """Tell the client about a problem without ending the session."""
@@ -266,6 +281,8 @@ class SessionController:
             finally:
                 await self._sink.close(reason)  # even when cancelled meanwhile: the sink owns threads
         finally:
+            if self._recording is not None:
+                self._recording.close()  # after the transport: the last media it sent goes in
             self._closed.set()
             if self._on_closed is not None:
                 self._on_closed(self)
@@ -347,6 +364,8 @@ class SessionController:
                 self._events.send(info)  # right after gpu_assigned, once
             assert self._init is not None
             self._events.send(stream_start(self._init, self._services.defaults.sampling))
+            if self._recording is not None and self._recording.enabled:
+                self._events.send(wire.RecordingState(enabled=True))  # the owner knows it is recorded
 
     async def _stream(self) -> None:
         policy, intake, runner = self._policy, self._intake, self._runner

@@ -202,6 +202,14 @@ class RewriteSeedPrompts(_ClientModel):
     count: Annotated[StrictInt, Field(ge=1, le=MAX_REWRITE_COUNT)] = 3
 
 
+class RecordingUpdated(_ClientModel):
+    """(new) Start (a new file) or stop recording this session; needs ``streaming.recording_dir``."""
+
+    type: Literal["recording_updated"] = "recording_updated"
+
+    enabled: StrictBool
+
+
 ClientMessage: TypeAlias = Annotated[
     SessionInitV2
     | SegmentPromptSource
@@ -211,7 +219,8 @@ ClientMessage: TypeAlias = Annotated[
     | LoopGenerationUpdated
     | GenerationPausedUpdated
     | SnapshotState
-    | RewriteSeedPrompts,
+    | RewriteSeedPrompts
+    | RecordingUpdated,
     Field(discriminator="type"),
 ]
 
@@ -228,6 +237,7 @@ CLIENT_MESSAGE_TYPES: frozenset[str] = frozenset(
         GenerationPausedUpdated,
         SnapshotState,
         RewriteSeedPrompts,
+        RecordingUpdated,
     )
 )
 
@@ -418,6 +428,15 @@ class PromptRejected(_ServerModel):
     score: float | None = None
 
 
+class RecordingState(_ServerModel):
+    """(new) ``recording_updated{enabled}`` echoed back: whether this session is being recorded now. Sent
+    in answer to every ``recording_updated`` and, when the server records every session, once after
+    ``ltx2_stream_start``."""
+
+    type: Literal["recording_updated"] = "recording_updated"
+    enabled: bool
+
+
 class RewriteSeedPromptsStarted(_ServerModel):
     type: Literal["rewrite_seed_prompts_started"] = "rewrite_seed_prompts_started"
     seed_prompt: str
@@ -450,6 +469,7 @@ ServerMessage: TypeAlias = (
     | ErrorMessage
     | PromptReceived
     | PromptRejected
+    | RecordingState
     | RewriteSeedPromptsStarted
     | RewriteSeedPromptsComplete
 )

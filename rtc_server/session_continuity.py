@@ -120,9 +120,11 @@ class SessionContinuity:
         self._writer: asyncio.Task[None] | None = None
         self._lost = False
         settings = services.streaming.viewers
+        self._watchable = settings.enabled
         # The session's viewers (None when they are off); its token is issued when the session starts.
+        # A recorded session has one too: its recording takes the media viewers would get.
         self.viewers: WatchHub | None = None
-        if settings.enabled:
+        if settings.enabled or services.streaming.recording_dir is not None:
             self.viewers = WatchHub(
                 token=WatchToken(),
                 max_viewers=settings.max_per_session,
@@ -223,8 +225,13 @@ class SessionContinuity:
         token, self._token = self._token, None
         if token is None:
             return None
-        watch_token = self.viewers.token.take() if self.viewers is not None else None
+        watch_token = self.viewers.token.take() if self.viewers is not None and self._watchable else None
         return SessionInfo(session_id=self._session.id, resume_token=token, watch_token=watch_token)
+
+    @property
+    def token_hash(self) -> str | None:
+        """SHA-256 (hex) of the session's resume token, once it has one (its owner's secret)."""
+        return self._token_hash
 
     def touch(self) -> None:
         """The view changed: write the record again soon."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gpu.pool import GpuPool
 from rtc_server.admission import PositionCallback
@@ -16,6 +16,9 @@ from rtc_server.protocol import SessionInitV2
 from rtc_server.session_log import SessionLogger
 from rtc_server.store.base import SessionStore
 from rtc_server.store.resume_records import InMemoryResumeRecords, ResumeRecords
+
+if TYPE_CHECKING:
+    from rtc_server.viewers.recording import RecordingService
 
 __all__ = ["Admission", "SessionDirectory", "SessionServices", "policy_settings"]
 
@@ -34,6 +37,7 @@ class SessionServices:
     limits: LimitsConfig
     image_dir: Path
     records: ResumeRecords = field(default_factory=InMemoryResumeRecords)  # sessions' resume records
+    recordings: RecordingService | None = None  # sessions' recordings (streaming.recording_dir)
 
 
 class Admission(Protocol):

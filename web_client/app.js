@@ -22,7 +22,8 @@
 // ws_player.js (GET /v1/stream, fMP4 into Media Source Extensions; fmp4.js reads the few boxes it
 // needs), stats.js (overlay), ui.js (DOM), auth.js (the access token: URL fragment, this tab's
 // storage or client-config.json), av_sync.js (A/V offset from the sync clicks and frame markers;
-// marker.js reads the marker, click_worklet.js finds the clicks).
+// marker.js reads the marker, click_worklet.js finds the clicks), share.js (the watch link for
+// viewers, from session_info.watch_token; the viewer's page is watch.html).
 
 import { forgetStoredToken, loadAccessToken } from "./auth.js";
 import {
@@ -41,6 +42,7 @@ import {
   toggleMessage,
 } from "./protocol.js";
 import { AvSync } from "./av_sync.js";
+import { ShareControl } from "./share.js";
 import { StatsOverlay } from "./stats.js";
 import {
   SoundControl,
@@ -79,6 +81,8 @@ const model = new StreamModel();
 // once the viewer unmutes (the AudioContext needs that gesture).
 const avSync = new AvSync(ui.video, { fps: () => (model.stream ? model.stream.fps : null) });
 const sound = new SoundControl(ui, ui.video, { onUnmute: () => avSync.start() });
+// Share: the watch link for viewers (watch.html), from session_info's watch_token.
+const share = new ShareControl(document, { announce: (text) => announce(ui, text) });
 
 const app = {
   mode: "auto", // "auto" | "webrtc" | "ws"
@@ -276,6 +280,7 @@ function onSessionInfo(session, message) {
   // Memory only, never storage or the URL: whoever holds it can take the session over.
   session.resume = { sessionId: message.session_id, token: message.resume_token };
   session.transport.markResumable(message.session_id);
+  share.update(message.session_id, message.watch_token);
   if (session.reconnect) finishReconnecting(session);
 }
 
@@ -677,6 +682,7 @@ function render() {
 
 function updateSessionButtons() {
   const live = isLive();
+  share.keepFor(live && app.session.resume ? app.session.resume.sessionId : null); // no link for an ended or new session
   ui.stop.disabled = !live;
   ui.snapshot.disabled = !live || (app.pending && app.pending.kind === "snapshot");
   ui.restart.textContent = live ? "Restart" : "Start";

@@ -51,7 +51,7 @@ const PROBE_TIMEOUT_MS = 1000; // GET /v1/sessions/{id}/frames; no answer in tim
 // a refused origin, too many requests. The WebSocket would be answered the same, so no fallback.
 const NO_FALLBACK_STATUSES = new Set([400, 401, 403, 429]);
 
-async function waitForIceGathering(pc) {
+export async function waitForIceGathering(pc) {
   if (pc.iceGatheringState === "complete") return;
   await new Promise((resolve) => {
     const timer = setTimeout(resolve, ICE_GATHERING_TIMEOUT_MS);

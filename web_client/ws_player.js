@@ -377,13 +377,15 @@ const CLIENT_STOP_REASON = "client stop";
  * included, after the player took them); `onEvent(type, detail)` gets "progress" {text},
  * "connected", "failed" {text, retryable, code, error?, drop} and "closed" {text, code}. `drop`:
  * the connection went away while the session may live on (any close but FINAL_CLOSE_CODES).
- * `player`: an MsePlayer to go on with (a resumed session), instead of a new one.
+ * `player`: an MsePlayer to go on with (a resumed session), instead of a new one. `path` and
+ * `init: null`: a viewer's watch socket (GET /v1/sessions/{id}/watch, watch.js), which sends nothing.
  */
 export class WebSocketTransport {
-  constructor({ video, init, onMessage, onEvent, token = null, player = null }) {
+  constructor({ video, init, onMessage, onEvent, token = null, player = null, path = "/v1/stream" }) {
     this.kind = "ws";
     this.video = video;
-    this.init = init;
+    this.init = init; // null: nothing is sent on open (a viewer's watch socket)
+    this.path = path;
     this.token = token;
     this.onMessage = onMessage;
     this.onEvent = onEvent;
@@ -404,7 +406,7 @@ export class WebSocketTransport {
 
   start() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const { url, protocols } = webSocketAuth(`${scheme}://${location.host}/v1/stream`, this.token);
+    const { url, protocols } = webSocketAuth(`${scheme}://${location.host}${this.path}`, this.token);
     const ws = new WebSocket(url, protocols);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
@@ -428,7 +430,7 @@ export class WebSocketTransport {
 
     ws.addEventListener("open", () => {
       if (this.closed) return;
-      ws.send(JSON.stringify(this.init));
+      if (this.init) ws.send(JSON.stringify(this.init));
       for (const text of this.pending.splice(0)) ws.send(text);
       this.onEvent("connected");
     });

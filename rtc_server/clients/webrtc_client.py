@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import aiohttp
 import numpy as np
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
@@ -165,6 +165,7 @@ class WebRTCClient(EventLog):
         ice_servers: list[dict[str, Any]] | None = None,
         relay_only: bool = False,
         receive_audio: bool = False,
+        control_channel: bool = True,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._session_init = session_init
@@ -177,7 +178,7 @@ class WebRTCClient(EventLog):
         super().__init__()
         self.pc = RTCPeerConnection(build_rtc_configuration(ice_servers or [], relay_only=relay_only))
         self.gathering = GatheringLog()
-        self.channel = self.pc.createDataChannel("control")
+        self.channel = self.pc.createDataChannel("control") if control_channel else None
         self.frames: list[ReceivedFrame] = []
         self.frame_count = 0
         self.audio: list[ReceivedAudio] = []
@@ -189,8 +190,9 @@ class WebRTCClient(EventLog):
         self._channel_open = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._audio_reader: asyncio.Task[None] | None = None
-        self.channel.on("open", self._channel_open.set)
-        self.channel.on("message", self._on_message)
+        if self.channel is not None:
+            self.channel.on("open", self._channel_open.set)
+            self.channel.on("message", self._on_message)
         self.pc.on("track", self._on_track)
 
     async def connect(self, *, http: aiohttp.ClientSession | None = None) -> str:
@@ -198,16 +200,7 @@ class WebRTCClient(EventLog):
 
         A relay-only client that gets no relay candidate raises IceGatheringFailed saying why.
         """
-        self.pc.addTransceiver("video", direction="recvonly")
-        if self._receive_audio:
-            self.pc.addTransceiver("audio", direction="recvonly")
-        self.gathering = install_gathering(self.pc, GatheringPolicy(host_addresses=self._host_addresses))
-        recheck_on_peer_checks(self.pc)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        if self._relay_only and " typ relay" not in self.pc.localDescription.sdp:
-            why = "; ".join(self.gathering.failures) or "no TURN server among the ICE servers"
-            raise IceGatheringFailed(f"no relay candidate: {why}")
-        body: dict[str, Any] = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        body: dict[str, Any] = {"sdp": await self.local_offer(), "type": "offer"}
         if self._session_init is not None:
             body["session_init"] = self._session_init
         self.offer_posted_at = time.monotonic()
@@ -223,11 +216,30 @@ class WebRTCClient(EventLog):
         self.session_id = payload["session_id"]
         return payload["session_id"]
 
+    async def local_offer(self, *, video_codec: str | None = None) -> str:
+        """Receive-only transceivers (video, and audio if asked), gathered: the offer's SDP.
+
+        ``video_codec`` (e.g. ``video/H264``) offers only that video codec."""
+        video = self.pc.addTransceiver("video", direction="recvonly")
+        if video_codec is not None:
+            codecs = RTCRtpSender.getCapabilities("video").codecs
+            video.setCodecPreferences([c for c in codecs if c.mimeType.lower() in (video_codec.lower(), "video/rtx")])
+        if self._receive_audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        self.gathering = install_gathering(self.pc, GatheringPolicy(host_addresses=self._host_addresses))
+        recheck_on_peer_checks(self.pc)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        if self._relay_only and " typ relay" not in self.pc.localDescription.sdp:
+            why = "; ".join(self.gathering.failures) or "no TURN server among the ICE servers"
+            raise IceGatheringFailed(f"no relay candidate: {why}")
+        return str(self.pc.localDescription.sdp)
+
     async def wait_channel_open(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self._channel_open.wait(), timeout)
 
     async def send(self, message: dict[str, Any] | str | bytes) -> None:
         """Send a control message (a dict is JSON-encoded; text and bytes go as they are)."""
+        assert self.channel is not None, "this client has no control channel"
         self.channel.send(json.dumps(message) if isinstance(message, dict) else message)
 
     def _on_message(self, data: str | bytes) -> None:
@@ -288,7 +300,8 @@ class WebRTCClient(EventLog):
     async def close(self) -> None:
         await self.pc.close()
         release_listeners(self.pc)
-        self.channel.remove_all_listeners()
+        if self.channel is not None:
+            self.channel.remove_all_listeners()
         for reader in (self._reader, self._audio_reader):
             if reader is not None:
                 reader.cancel()

@@ -24,6 +24,8 @@ from rtc_server.controller import SessionController
 from rtc_server.http_errors import HttpError, read_json_body
 from rtc_server.inbound import validate_session_init
 from rtc_server.media.audio_track import AudioTimeline, PacedAudioTrack
+from rtc_server.media.packet_track import PacketTrack
+from rtc_server.media.shared_media import SharedMedia
 from rtc_server.media.track import PacedVideoTrack, PlayoutBuffer
 from rtc_server.protocol import InvalidMessage, SessionInitV2
 from rtc_server.registry import SessionRegistry
@@ -40,6 +42,7 @@ from rtc_server.transports.ice import (
 )
 from rtc_server.transports.ice_gathering import GatheringPolicy, PortRangeFull, install_gathering
 from rtc_server.transports.inbox import ControlInbox
+from rtc_server.transports.tier_senders import follow_receiver, negotiated_codec, send_as_is, set_offer
 from rtc_server.transports.turn_credentials import IceServerList
 from rtc_server.transports.webrtc_sink import WebRTCSink
 
@@ -70,8 +73,7 @@ class PeerSession:
         self,
         *,
         pc: RTCPeerConnection,
-        track: PacedVideoTrack,
-        audio_track: PacedAudioTrack | None = None,
+        media: SharedMedia,
         sink: WebRTCSink,
         controller: SessionController,
         peer_timeout_s: float,
@@ -80,8 +82,9 @@ class PeerSession:
         inbox: ControlInbox,
     ) -> None:
         self.pc = pc
-        self.track = track
-        self.audio_track = audio_track
+        self.media = media
+        self.track: PacketTrack | None = None  # the owner's video from the session's tier, once negotiated
+        self.audio_track: PacketTrack | None = None
         self.sink = sink
         self.controller = controller
         self._peer_timeout_s = peer_timeout_s
@@ -128,6 +131,10 @@ class PeerSession:
         if self.pc.connectionState in ("failed", "closed"):
             self._begin_departure(f"connection {self.pc.connectionState}")
 
+    def fell_behind(self, kind: str) -> None:
+        """The owner's sender stopped taking the session's packets: the owner is gone."""
+        self._begin_departure(f"{kind} sender fell behind")
+
     def _begin_departure(self, why: str) -> None:
         if self._closing is not None or self.controller.closed:
             return
@@ -151,7 +158,7 @@ class PeerSession:
             if not self.controller.started and time.monotonic() - connected_at > self._init_timeout_s:
                 await self._refuse_uninitialised()
                 return
-            if self.track.stats.frames_released == 0:
+            if self.media.source.stats.frames_released == 0:
                 # Receivers only report on media they got; before the first frame (a slow
                 # first segment) there is nothing to judge by but the connection state.
                 continue
@@ -165,7 +172,7 @@ class PeerSession:
 
     def _video_sender(self) -> RTCRtpSender:
         # The offer's m-line order decides the senders' order: audio may come first.
-        return next(s for s in self.pc.getSenders() if s.track is self.track)
+        return next(s for s in self.pc.getSenders() if s.track is not None and s.track is self.track)
 
     async def _refuse_uninitialised(self) -> None:
         message = f"no session_init_v2 received within {self._init_timeout_s:g}s of connecting"
@@ -183,9 +190,8 @@ class PeerSession:
                 self._watchdog.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._watchdog
-            self.track.stop()
-            if self.audio_track is not None:
-                self.audio_track.stop()
+            # The owner's connection carries the session's media: the viewers' tracks end with it.
+            await self.media.close()
             await self._inbox.close()
             await self.pc.close()
         finally:
@@ -288,24 +294,31 @@ class WebRTCTransport:
             ) from exc
         if init is not None:
             await _begin_or_answer(controller, init.model_copy(update={"stream_mode": "webrtc"}))
-        per_offer = self.ice_servers.for_server()
-        pc = RTCPeerConnection(build_rtc_configuration(per_offer) if per_offer is not None else self._rtc_configuration)
+        pc = self.peer_connection()
         delivery = controller.delivery
-        timeline = None
-        if audio_format is not None and _offers_audio(offer.sdp):
-            timeline = AudioTimeline(audio_format, fps=sampling.fps)
-        track = PacedVideoTrack(
+        # The session's sound is paced whenever the backend makes some: viewers may want it even when
+        # the owner's offer has no audio section.
+        timeline = AudioTimeline(audio_format, fps=sampling.fps) if audio_format is not None else None
+        source = PacedVideoTrack(
             buffer, fps=sampling.fps, on_release=delivery.frame_released, on_stall=delivery.stalled, audio=timeline
         )
-        audio_track = PacedAudioTrack(timeline) if timeline is not None else None
+        settings = self._config.webrtc
+        media = SharedMedia(
+            source,
+            PacedAudioTrack(timeline) if timeline is not None else None,
+            fps=sampling.fps,
+            bitrate=settings.start_bitrate,
+            min_bitrate=settings.min_bitrate,
+            max_bitrate=settings.max_bitrate,
+            label=f"session {controller.session.short_id}",
+        )
         peer = PeerSession(
             pc=pc,
-            track=track,
-            audio_track=audio_track,
+            media=media,
             sink=sink,
             controller=controller,
-            peer_timeout_s=self._config.webrtc.peer_timeout_seconds,
-            connect_timeout_s=self._config.webrtc.connect_timeout_seconds,
+            peer_timeout_s=settings.peer_timeout_seconds,
+            connect_timeout_s=settings.connect_timeout_seconds,
             init_timeout_s=self._config.websocket.init_timeout_seconds,
             inbox=ControlInbox(
                 controller=controller, limits=self._config.limits, max_message_bytes=self._config.server.max_message_bytes
@@ -314,30 +327,48 @@ class WebRTCTransport:
         peer_box.append(peer)
         sink.label = f"session {controller.session.short_id}"
         try:
-            answer = await self._negotiate(pc, track, audio_track, offer.sdp)
+            answer = await self._negotiate(peer, offer.sdp)
         except HttpError:
+            await media.close()
             await controller.client_left()
             raise
+        if controller.viewers is not None:
+            controller.viewers.rtc_media = media  # WHEP viewers subscribe to the owner's tiers
         self._peers[peer.key] = peer
         peer.wire()
         return {"sdp": answer.sdp, "type": answer.type, "session_id": peer.session_id}
 
-    async def _negotiate(
-        self, pc: RTCPeerConnection, track: PacedVideoTrack, audio: PacedAudioTrack | None, sdp: str
-    ) -> RTCSessionDescription:
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except Exception as exc:  # aiortc raises assorted errors for malformed SDP
-            raise HttpError(400, "invalid_message", f"invalid SDP offer: {exc}") from exc
+    def peer_connection(self) -> RTCPeerConnection:
+        """A new peer connection with the server's ICE servers (TURN credentials fresh for this one)."""
+        per_offer = self.ice_servers.for_server()
+        return RTCPeerConnection(build_rtc_configuration(per_offer) if per_offer is not None else self._rtc_configuration)
+
+    async def _negotiate(self, peer: PeerSession, sdp: str) -> RTCSessionDescription:
+        pc = peer.pc
+        await set_offer(pc, sdp)
         video = [t for t in pc.getTransceivers() if t.kind == "video"]
         if not video:
             raise HttpError(400, "invalid_message", "the offer has no video media section to receive the stream")
         if pc.sctp is None:
             raise HttpError(400, "invalid_message", "the offer has no data channel (expected one labelled 'control')")
         refuse_invalid_text_gently(pc)
-        pc.addTrack(track)
-        if audio is not None and any(t.kind == "audio" for t in pc.getTransceivers()):
-            pc.addTrack(audio)  # takes the offer's audio transceiver: never a section the offer lacks
+        media = peer.media
+        track = media.video_track(
+            negotiated_codec(video[0]).mimeType,
+            on_overflow=lambda: peer.fell_behind("video"),
+            starts_media=True,
+        )
+        peer.track = track
+        follow_receiver(send_as_is(pc.addTrack(track), track), media, track, follow_bitrate=True)
+        audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
+        if media.has_audio and audio:
+            # Takes the offer's audio transceiver: never a section the offer lacks.
+            peer.audio_track = media.audio_track(negotiated_codec(audio[0]), on_overflow=lambda: peer.fell_behind("audio"))
+            send_as_is(pc.addTrack(peer.audio_track), peer.audio_track)
+        return await self.local_answer(pc)
+
+    async def local_answer(self, pc: RTCPeerConnection) -> RTCSessionDescription:
+        """Gather (with the server's policy) and set the answer to the offer ``pc`` holds; HttpError 503 when out of ports."""
         install_gathering(pc, self._gathering)
         recheck_on_peer_checks(pc)
         try:
@@ -390,15 +421,6 @@ async def _begin_or_answer(controller: SessionController, init: SessionInitV2) -
         status = _REFUSAL_STATUS.get(failure.code, 500)
         headers = {"Retry-After": "5"} if status == 503 else None
         raise HttpError(status, failure.code, failure.message, retryable=failure.retryable, headers=headers) from exc
-
-
-def _offers_audio(sdp: str) -> bool:
-    """True if the offer has an audio section that is not rejected (port 0). Malformed SDP is refused later."""
-    for line in sdp.splitlines():
-        fields = line.split()
-        if fields and fields[0] == "m=audio" and len(fields) > 1 and fields[1] != "0":
-            return True
-    return False
 
 
 def _parse_init(raw: dict[str, Any] | None, limits: LimitsConfig) -> SessionInitV2 | None:

@@ -12,6 +12,11 @@ A viewer starts at the next segment opened after it joined: ``ltx2_segment_start
 the init chunk, the fragments, ``media_segment_complete``, ``ltx2_segment_complete``; at the session's
 end ``ltx2_stream_complete`` and close 1000. Each viewer has its own bounded queue and writer: one
 that stops reading is dropped once its queue holds ``max_queued_bytes``, and nobody else waits for it.
+
+Subscribers (``attach``: a session's recording) get every media item from the next segment on, as
+viewers do, and keep the hub's own encoder running as viewers do; they are never dropped, keep getting
+media after the session ends until the hub's encoding in flight is over (``settled``), and hear of a
+segment taken back after its encoding began (``retracted``: its owner never showed it).
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from typing import Protocol
 
 import numpy as np
 from aiohttp import WSCloseCode, web
 
 from rtc_server.media.fmp4 import Fmp4Encoder, Fmp4SegmentStream
+from rtc_server.media.shared_media import SharedMedia
 from rtc_server.protocol import (
     MediaInit,
     MediaSegmentComplete,
@@ -39,14 +46,27 @@ from rtc_server.protocol import (
 )
 from rtc_server.sink import SegmentOutput, SessionSink
 from rtc_server.transports.websocket_sink import WebSocketSink
+from rtc_server.viewers.paced_feed import PacedFeed
 from rtc_server.viewers.watch_tokens import WatchToken
 
-__all__ = ["FanOutOutput", "WatchFull", "WatchHub", "Watcher"]
+__all__ = ["FanOutOutput", "MediaSubscriber", "WatchFull", "WatchHub", "Watcher"]
 
 logger = logging.getLogger(__name__)
 
 _Chunk = tuple[np.ndarray, np.ndarray | None]
 _END = object()  # queue marker: everything before it is sent, then the socket closes with 1000
+
+
+class MediaSubscriber(Protocol):
+    """Something that takes a session's media as the viewers get it (a recording)."""
+
+    def media(self, segment_idx: int, item: str | bytes) -> None:
+        """One item of a segment's media: ``media_init`` (text), the init chunk, fragments, ``media_segment_complete``."""
+        ...
+
+    def retracted(self, segment_idx: int) -> None:
+        """The segment was taken back after its media began (its owner never showed it)."""
+        ...
 
 
 class WatchFull(Exception):
@@ -142,7 +162,7 @@ class _HubSegment:
     """One segment encoded by the hub's own encoder as its frames arrive (a SegmentOutput)."""
 
     def __init__(self, hub: WatchHub, segment_idx: int, num_frames: int) -> None:
-        self._hub = hub
+        self.hub = hub
         self.segment_idx = segment_idx
         self.num_frames = num_frames
         self._frames: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
@@ -157,7 +177,7 @@ class _HubSegment:
         if self._retracted:
             return
         if self._task is None:
-            self._task = self._hub.begin_encoding(self)
+            self._task = self.hub.begin_encoding(self)
         self._frames.put((frames, audio))
 
     def end_frames(self) -> None:
@@ -205,6 +225,7 @@ class FanOutOutput:
             return False
         if not self._viewers.retract():
             self._viewers.end_frames()  # its encoding had begun: end it with what it has
+            self._viewers.hub.retracted(self._viewers.segment_idx)
         return True
 
 
@@ -218,6 +239,7 @@ class WatchHub:
         self.label = label
         self.stream_id = uuid.uuid4().hex  # of the hub's own encoding (a WebSocket owner's bytes keep theirs)
         self._watchers: set[Watcher] = set()
+        self._subscribers: set[MediaSubscriber] = set()
         self._reserved = 0
         self._closed = False
         self._encoder_factory: Callable[[], Fmp4Encoder] | None = None
@@ -226,6 +248,11 @@ class WatchHub:
         self._encoding: asyncio.Task[None] | None = None  # the hub's newest segment being encoded
         self._segment: _HubSegment | None = None  # the newest segment fed to the hub's encoder
         self._tapped: WebSocketSink | None = None
+        # The WebRTC owner's media, encoded once per tier (WHEP viewers subscribe to it); None otherwise.
+        self.rtc_media: SharedMedia | None = None
+        # WHEP viewers' own paced media when the owner is not on WebRTC (made by the WHEP service).
+        self.paced_feed: PacedFeed | None = None
+        self._close_listeners: list[Callable[[], None]] = []
 
     def __len__(self) -> int:
         return len(self._watchers)
@@ -260,14 +287,44 @@ class WatchHub:
 
     def remove(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)
-        if not self._watchers:
+        if not self._watchers and not self._subscribers:
             self._release_encoder()
+
+    # -- subscribers --------------------------------------------------------------------------
+
+    def attach(self, subscriber: MediaSubscriber) -> None:
+        """``subscriber`` gets the media from the next segment on (even before any viewer joins)."""
+        if not self._closed:
+            self._subscribers.add(subscriber)
+
+    def detach(self, subscriber: MediaSubscriber) -> None:
+        """``subscriber`` gets nothing more."""
+        self._subscribers.discard(subscriber)
+        if not self._watchers and not self._subscribers:
+            self._release_encoder()
+
+    async def settled(self) -> None:
+        """Return once the hub's own encoding in flight, if any, is over (its media delivered)."""
+        while (task := self._encoding) is not None:
+            await asyncio.wait({task})
+            if self._encoding is task:  # its done callback has not run yet
+                await asyncio.sleep(0)
+
+    def retracted(self, segment_idx: int) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber.retracted(segment_idx)
 
     # -- what the session feeds -----------------------------------------------------------------
 
     def open_segment(self, sink: SessionSink, segment_idx: int, *, num_frames: int) -> SegmentOutput:
         """The session opens a segment: the owner's output, fanned out to the viewers' encoder when
-        viewers wait and the owner's transport does not make fMP4 itself."""
+        viewers wait and the owner's transport does not make fMP4 itself, and teed to the paced feed
+        of WHEP viewers when the owner is not on WebRTC."""
+        output = self._open_fmp4_segment(sink, segment_idx, num_frames=num_frames)
+        feed = self.paced_feed
+        return feed.tee(output) if feed is not None and not self._closed else output
+
+    def _open_fmp4_segment(self, sink: SessionSink, segment_idx: int, *, num_frames: int) -> SegmentOutput:
         owner = sink.open_segment(segment_idx, num_frames=num_frames)
         if isinstance(sink, WebSocketSink) and self._tapped is not sink:
             self._tapped = sink
@@ -283,7 +340,7 @@ class WatchHub:
         for watcher in self._watchers:
             if watcher.live_from is None:
                 watcher.live_from = segment_idx
-        return bool(self._watchers) and not self._closed
+        return bool(self._watchers or self._subscribers) and not self._closed
 
     def event(self, message: ServerMessage, segment_idx: int) -> None:
         """A segment's event (``ltx2_segment_start`` / ``_complete``) for the viewers watching it; while
@@ -297,6 +354,8 @@ class WatchHub:
 
     def media(self, segment_idx: int, item: str | bytes) -> None:
         """One item of a segment's media (``media_init``, a chunk, ``media_segment_complete``)."""
+        for subscriber in list(self._subscribers):
+            subscriber.media(segment_idx, item)
         if self._closed:
             return
         for watcher in list(self._watchers):
@@ -305,11 +364,28 @@ class WatchHub:
             if watcher.dropped:
                 self.remove(watcher)
 
+    def on_close(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` when the session ends (WHEP viewers leave then; at once if it has); returns
+        what forgets it (a viewer that left before the end)."""
+        if self._closed:
+            listener()
+        else:
+            self._close_listeners.append(listener)
+
+        def forget() -> None:
+            with contextlib.suppress(ValueError):
+                self._close_listeners.remove(listener)
+
+        return forget
+
     def close(self, reason: StreamCompleteReason) -> None:
         """The session ended: every viewer gets ``ltx2_stream_complete`` and close 1000 (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        listeners, self._close_listeners = self._close_listeners, []
+        for listener in listeners:
+            listener()
         text = serialize(StreamComplete(reason=reason))
         for watcher in self._watchers:
             watcher.offer(text)
@@ -332,7 +408,7 @@ class WatchHub:
             self._encoding = None
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s: encoding for viewers failed", self.label, exc_info=task.exception())
-        if not self._watchers or self._closed:
+        if not (self._watchers or self._subscribers) or self._closed:
             self._release_encoder()
 
     async def _encode(self, segment: _HubSegment, previous: asyncio.Task[None] | None) -> None:

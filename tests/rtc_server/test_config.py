@@ -136,3 +136,33 @@ def test_unusable_limits_are_named(tmp_path: Path, yaml_text: str, key: str) -> 
     path.write_text(yaml_text)
     with pytest.raises(ConfigError, match=re.escape(key)):
         load_config(path)
+
+
+# Recording.
+
+
+def test_recording_is_off_by_default_and_loads_from_yaml(tmp_path: Path) -> None:
+    assert ServiceConfig().streaming.recording_dir is None
+    assert ServiceConfig().streaming.recording_retention_seconds == 24 * 3600
+    path = tmp_path / "rec.yaml"
+    path.write_text(f"streaming:\n  recording_dir: {tmp_path / 'rec'}\n  recording_retention_seconds: 60\n")
+    streaming = load_config(path).streaming
+    assert streaming.recording_dir == str(tmp_path / "rec")
+    assert streaming.recording_retention_seconds == 60
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    [
+        "streaming:\n  recording_dir: ''\n",
+        "streaming:\n  recording_retention_seconds: 0\n",
+        "streaming:\n  recording_retention_seconds: -5\n",
+        "streaming:\n  recording_retention_seconds: .nan\n",
+        "streaming:\n  recording_retention_seconds: .inf\n",
+    ],
+)
+def test_unusable_recording_settings_are_named(tmp_path: Path, yaml_text: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=r"streaming\.recording_"):
+        load_config(path)
