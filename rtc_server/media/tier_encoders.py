@@ -9,12 +9,13 @@ what an owner saw before tiers.
 from __future__ import annotations
 
 import fractions
+import os
 import random
 from dataclasses import dataclass
 
 import av
 from aiortc.codecs.h264 import H264Encoder
-from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.codecs.vpx import Vp8Encoder, number_of_threads
 from aiortc.rtcrtpsender import RTCEncodedFrame
 from av.codec.context import CodecContext
 from av.video.codeccontext import VideoCodecContext
@@ -24,6 +25,11 @@ __all__ = ["VIDEO_CODECS", "VideoTierEncoder", "bitrate_change_needed"]
 VIDEO_CODECS = ("video/VP8", "video/H264")  # mime types (as aiortc names them) a tier can encode
 _RTP_TIME_BASE = fractions.Fraction(1, 90_000)
 _RETUNE_RATIO = 0.1  # a bitrate nearer than this to the current one is not worth a new encoder (and a keyframe)
+
+
+def _threads(width: int, height: int) -> int:
+    # As aiortc's own encoders: one thread up to 640x480, more for larger pictures on more cores.
+    return number_of_threads(width * height, os.cpu_count() or 1)
 
 
 def bitrate_change_needed(current: int, wanted: int) -> bool:
@@ -102,7 +108,7 @@ class VideoTierEncoder:
         if self.mime == "video/H264":
             context.profile = "Baseline"
             context.options = {"level": "31", "tune": "zerolatency", "preset": "veryfast"}
-            context.thread_count = 1  # zerolatency slices: one thread keeps each frame a single packet
+            context.thread_count = _threads(width, height)  # zerolatency: sliced threads, still one packet a frame
         else:
             context.gop_size = 3000  # keyframes when asked (a join, a PLI), not on a schedule
             context.qmin, context.qmax = 2, 56
@@ -120,7 +126,7 @@ class VideoTierEncoder:
                 "static-thresh": "1",
                 "undershoot-pct": "100",
             }
-            context.thread_count = 1
+            context.thread_count = _threads(width, height)
         context.open()
         return _Opened(context, width, height, self.bitrate)
 

@@ -29,6 +29,7 @@ from rtc_server.protocol import (
     PromptReceived,
     PromptRejected,
     QueueStatus,
+    RecordingState,
     RewriteSeedPromptsComplete,
     RewriteSeedPromptsStarted,
     SegmentComplete,
@@ -223,6 +224,7 @@ SERVER_MESSAGES: list[tuple[ServerMessage, str]] = [
     (ErrorMessage(code="invalid_message", message="bad"), "error"),
     (PromptReceived(prompt="a fox", prompt_used="a fox", source="user"), "prompt_received"),
     (PromptRejected(prompt="x", reason="unsafe"), "prompt_rejected"),
+    (RecordingState(enabled=True), "recording_updated"),
     (RewriteSeedPromptsStarted(seed_prompt="a fox"), "rewrite_seed_prompts_started"),
     (RewriteSeedPromptsComplete(seed_prompt="a fox", alternatives=["a red fox"]), "rewrite_seed_prompts_complete"),
 ]
