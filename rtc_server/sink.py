@@ -9,7 +9,7 @@ import numpy as np
 
 from rtc_server.protocol import ServerMessage
 
-__all__ = ["CloseReason", "SegmentOutput", "SessionSink"]
+__all__ = ["CloseReason", "SegmentOutput", "SessionSink", "TeeOutput"]
 
 
 class CloseReason(enum.Enum):
@@ -70,3 +70,33 @@ class SessionSink(Protocol):
     async def drain(self) -> None: ...
 
     async def close(self, reason: CloseReason) -> None: ...
+
+
+class TeeOutput:
+    """A segment's frames to the owner's output and to a follower's (viewers'): a SegmentOutput.
+
+    The owner's output decides what is delivered, finished and taken back; the follower is told to
+    finish and take back with it, and never holds the owner up (its ``finish`` does not wait for it
+    to be done, and a follower that cannot take its frames back keeps them)."""
+
+    def __init__(self, owner: SegmentOutput, follower: SegmentOutput) -> None:
+        self._owner = owner
+        self._follower = follower
+
+    @property
+    def delivered(self) -> bool:
+        return self._owner.delivered
+
+    def put_frames(self, frames: np.ndarray, audio: np.ndarray | None = None) -> None:
+        self._owner.put_frames(frames, audio)
+        self._follower.put_frames(frames, audio)
+
+    async def finish(self) -> None:
+        await self._follower.finish()
+        await self._owner.finish()
+
+    def retract(self) -> bool:
+        if not self._owner.retract():
+            return False
+        self._follower.retract()
+        return True

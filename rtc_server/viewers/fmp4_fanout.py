@@ -44,12 +44,12 @@ from rtc_server.protocol import (
     StreamCompleteReason,
     serialize,
 )
-from rtc_server.sink import SegmentOutput, SessionSink
+from rtc_server.sink import SegmentOutput, SessionSink, TeeOutput
 from rtc_server.transports.websocket_sink import WebSocketSink
 from rtc_server.viewers.paced_feed import PacedFeed
 from rtc_server.viewers.watch_tokens import WatchToken
 
-__all__ = ["FanOutOutput", "MediaSubscriber", "WatchFull", "WatchHub", "Watcher"]
+__all__ = ["MediaSubscriber", "WatchFull", "WatchHub", "Watcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,8 @@ class _HubSegment:
 
     def retract(self) -> bool:
         if self._task is not None:
+            self.end_frames()  # its encoding had begun: end it with what it has
+            self.hub.retracted(self.segment_idx)
             return False
         self._retracted = True
         return True
@@ -196,37 +198,6 @@ class _HubSegment:
     def frames(self) -> Iterator[_Chunk]:
         while (chunk := self._frames.get()) is not None:
             yield chunk
-
-
-class FanOutOutput:
-    """A segment's frames to the owner's output and to the viewers' encoder (a SegmentOutput).
-
-    The owner's output decides: delivered, finished and taken back as it says. The viewers' side never
-    holds the owner up: its encoding finishes in the background."""
-
-    def __init__(self, owner: SegmentOutput, viewers: _HubSegment) -> None:
-        self._owner = owner
-        self._viewers = viewers
-
-    @property
-    def delivered(self) -> bool:
-        return self._owner.delivered
-
-    def put_frames(self, frames: np.ndarray, audio: np.ndarray | None = None) -> None:
-        self._owner.put_frames(frames, audio)
-        self._viewers.put_frames(frames, audio)
-
-    async def finish(self) -> None:
-        self._viewers.end_frames()
-        await self._owner.finish()
-
-    def retract(self) -> bool:
-        if not self._owner.retract():
-            return False
-        if not self._viewers.retract():
-            self._viewers.end_frames()  # its encoding had begun: end it with what it has
-            self._viewers.hub.retracted(self._viewers.segment_idx)
-        return True
 
 
 class WatchHub:
@@ -333,7 +304,7 @@ class WatchHub:
         if not waiting or self._tapped is sink or self._encoder_factory is None:
             return owner
         self._segment = _HubSegment(self, segment_idx, num_frames)
-        return FanOutOutput(owner, self._segment)
+        return TeeOutput(owner, self._segment)
 
     def _live(self, segment_idx: int) -> bool:
         """Viewers waiting for a segment start with this one; True when any viewer is there."""

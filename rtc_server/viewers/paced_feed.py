@@ -11,42 +11,15 @@ client reading far ahead) is left out for viewers rather than delay them.
 
 from __future__ import annotations
 
-import numpy as np
-
 from gpu.audio import AudioFormat
 from rtc_server.config import WebRTCConfig
 from rtc_server.media.audio_track import AudioTimeline, PacedAudioTrack
 from rtc_server.media.shared_media import SharedMedia
 from rtc_server.media.track import PacedVideoTrack, PlayoutBuffer
-from rtc_server.sink import SegmentOutput
+from rtc_server.sink import SegmentOutput, TeeOutput
 from rtc_server.transports.webrtc_sink import BufferedSegment
 
-__all__ = ["PacedFeed", "TeeOutput"]
-
-
-class TeeOutput:
-    """A segment's frames to the owner's output and to the feed's buffer (a SegmentOutput); the owner decides."""
-
-    def __init__(self, owner: SegmentOutput, viewers: BufferedSegment) -> None:
-        self._owner = owner
-        self._viewers = viewers
-
-    @property
-    def delivered(self) -> bool:
-        return self._owner.delivered
-
-    def put_frames(self, frames: np.ndarray, audio: np.ndarray | None = None) -> None:
-        self._owner.put_frames(frames, audio)
-        self._viewers.put_frames(frames, audio)
-
-    async def finish(self) -> None:
-        await self._owner.finish()
-
-    def retract(self) -> bool:
-        if not self._owner.retract():
-            return False
-        self._viewers.retract()  # frames already played to viewers stay played
-        return True
+__all__ = ["PacedFeed"]
 
 
 class PacedFeed:

@@ -26,6 +26,7 @@ from rtc_server.registry import SessionRegistry
 from rtc_server.transports.gate import Gate
 from rtc_server.transports.websocket import CLOSE_HANDSHAKE_TIMEOUT_S, limit_send_buffer
 from rtc_server.viewers.fmp4_fanout import Watcher, WatchFull
+from rtc_server.viewers.watch_access import watched_hub
 
 __all__ = ["FULL_RETRY_AFTER_S", "WatchService", "register_routes"]
 
@@ -48,24 +49,12 @@ class WatchService:
         return stream_fmp4_encoder(self._config, self._registry.services.pool.audio_format)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        session_id = request.match_info["session_id"]
-        if not self._config.streaming.viewers.enabled:
-            return json_error(404, "invalid_message", "viewers are not enabled on this server")
-        try:
-            self._gate.check_origin(request)
-        except HttpError as exc:
-            return exc.response()
-        controller = self._registry.get(session_id)
-        hub = controller.viewers if controller is not None and not controller.closed else None
-        if hub is None or hub.closed:
-            return json_error(404, "invalid_message", f"no live session {session_id!r} here")
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         token = websocket_token(request.query.get("token"), offered) or bearer_token(request.headers.get("Authorization"))
-        if not hub.token.matches(token):
-            return json_error(
-                401, "unauthorized", "a valid watch token is required (session_info.watch_token)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        try:
+            hub = watched_hub(request, token, config=self._config, registry=self._registry, gate=self._gate)
+        except HttpError as exc:
+            return exc.response()
         try:
             hub.reserve()
         except WatchFull as exc:

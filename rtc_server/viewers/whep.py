@@ -40,6 +40,7 @@ from rtc_server.transports.tier_senders import follow_receiver, negotiated_codec
 from rtc_server.transports.webrtc import WebRTCTransport
 from rtc_server.viewers.fmp4_fanout import WatchFull, WatchHub
 from rtc_server.viewers.paced_feed import PacedFeed
+from rtc_server.viewers.watch_access import watched_hub
 from rtc_server.viewers.watch_endpoint import FULL_RETRY_AFTER_S
 
 __all__ = ["WHEP", "WhepService", "WhepViewer", "register_routes"]
@@ -157,20 +158,10 @@ class WhepService:
     async def join(self, request: web.Request) -> web.Response:
         """Answer a viewer's offer (see the module docstring); raises HttpError."""
         session_id = request.match_info["session_id"]
-        if not self._config.streaming.viewers.enabled:
-            raise HttpError(404, "invalid_message", "viewers are not enabled on this server")
-        self._gate.check_origin(request)
+        token = bearer_token(request.headers.get("Authorization"))
+        hub = watched_hub(request, token, config=self._config, registry=self._registry, gate=self._gate)
         if request.content_type != SDP_TYPE:
             raise HttpError(415, "invalid_message", f"a WHEP offer is sent as {SDP_TYPE}")
-        controller = self._registry.get(session_id)
-        hub = controller.viewers if controller is not None and not controller.closed else None
-        if hub is None or hub.closed:
-            raise HttpError(404, "invalid_message", f"no live session {session_id!r} here")
-        if not hub.token.matches(bearer_token(request.headers.get("Authorization"))):
-            raise HttpError(
-                401, "unauthorized", "a valid watch token is required (session_info.watch_token)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
         try:
             hub.reserve()
         except WatchFull as exc:

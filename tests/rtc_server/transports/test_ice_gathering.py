@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from rtc_server.clients.webrtc_client import OfferRejected, WebRTCClient
 from rtc_server.config import WebRTCConfig
 from rtc_server.transports.ice_gathering import PortRangeFull, bind_udp_socket, public_address_map
 from tests.conftest import RunningServer, make_config
+from tests.waiting import wait_until
 
 INIT = {"curated_prompts": ["a red fox running through fresh snow"]}
 
@@ -36,13 +36,6 @@ def udp_ports_bound_in(low: int, high: int) -> list[int]:
 def answer_candidates(client: WebRTCClient) -> list[list[str]]:
     sdp = client.pc.remoteDescription.sdp
     return [line.split() for line in sdp.splitlines() if line.startswith("a=candidate:")]
-
-
-async def wait_until(predicate: Any, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, message
-        await asyncio.sleep(0.05)
 
 
 def test_public_addresses_map_every_local_address_of_their_version_or_the_one_named() -> None:

@@ -16,6 +16,7 @@ from gpu.frame_marker import prompt_tag
 from rtc_server.app import REGISTRY, WEBRTC
 from rtc_server.clients.webrtc_client import OfferRejected, WebRTCClient
 from tests.conftest import RunningServer, make_config
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 INIT = {"type": "session_init_v2", "curated_prompts": ["a red fox running through fresh snow"]}
@@ -29,14 +30,6 @@ async def open_client(server: RunningServer, init: dict[str, Any] | None = INIT)
         await client.close()
         raise
     return client
-
-
-async def wait_until(predicate: Any, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        await asyncio.sleep(0.05)
 
 
 async def test_offer_streams_frames_at_the_configured_fps_with_a_contiguous_counter(server: RunningServer) -> None:

@@ -24,6 +24,7 @@ from rtc_server.app import POOL, WEBRTC
 from rtc_server.clients.webrtc_client import WebRTCClient
 from rtc_server.media.audio_track import AUDIO_FRAME_S, MAX_CATCH_UP_S
 from tests.conftest import RunningServer, make_config
+from tests.waiting import wait_until
 
 FPS = 24
 FRAME_S = 1 / FPS  # 42 ms: the sync bound
@@ -53,14 +54,6 @@ async def open_client(server: RunningServer, *, receive_audio: bool = True) -> W
         await client.close()
         raise
     return client
-
-
-async def wait_until(predicate: Any, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        await asyncio.sleep(0.05)
 
 
 def shown_segments(client: WebRTCClient) -> set[int]:

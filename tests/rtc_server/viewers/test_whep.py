@@ -22,6 +22,7 @@ from rtc_server.clients.ws_client import WebSocketClient
 from rtc_server.media.shared_media import SharedMedia
 from rtc_server.viewers.whep import WHEP
 from tests.conftest import RunningServer, make_config
+from tests.waiting import wait_until
 
 INIT = {"curated_prompts": ["a red fox running through fresh snow"]}
 FPS = 24
@@ -30,14 +31,6 @@ FPS = 24
 def config(**sections: Any) -> Any:
     streaming = sections.pop("streaming", {})
     return make_config(streaming=streaming, **sections)
-
-
-async def wait_until(predicate: Any, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
