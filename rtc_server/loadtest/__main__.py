@@ -30,6 +30,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--token", default=os.environ.get("RTCVS_TOKEN"), help="bearer token for a server with auth (default: $RTCVS_TOKEN)"
     )
+    parser.add_argument("--viewers", type=int, default=0, help="WHEP viewers watching each session")
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt_interval_s=args.prompt_interval,
         host_addresses=args.ice_host,
         token=args.token,
+        viewers=args.viewers,
     )
     records = asyncio.run(run_load(settings, progress=None if args.quiet else _progress))
     if not args.quiet:
@@ -71,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         f"p95 {summary['prompt_to_pixels_ms']['p95']} ms ({summary['prompt_to_pixels_samples']} prompts); "
         f"stalls {summary['stalls']}; errors {summary['errors']}"
     )
+    if settings.viewers:
+        watched = summary["viewers"]
+        print(
+            f"viewers {watched['viewers_with_frames']}/{watched['viewers']} got frames; ttff median "
+            f"{watched['ttff_ms']['median']} ms; fps median {watched['delivered_fps']['median']} "
+            f"min {watched['min_delivered_fps']}; errors {watched['errors']}"
+        )
     if summary["errors"].get("rate_limited") or summary["errors"].get("unauthorized"):
         # All load sessions come from one address (or one token): the server's per-client share applies.
         print(

@@ -96,6 +96,7 @@ def build_report(settings: LoadSettings, records: list[SessionRecord]) -> dict[s
             "transport": settings.transport,
             "ramp_s": settings.ramp_s,
             "prompt_interval_s": settings.prompt_interval_s,
+            "viewers": settings.viewers,
         },
         "summary": {
             "sessions": len(records),
@@ -113,8 +114,31 @@ def build_report(settings: LoadSettings, records: list[SessionRecord]) -> dict[s
             "prompt_to_pixels_samples": sum(len(r.prompts.latencies_s) for r in records),
             "stalls": sum(s["stalls"] for s in sessions),
             "errors": errors,
+            "viewers": _viewers_summary(records),
         },
         "sessions": sessions,
+    }
+
+
+def _viewers_summary(records: list[SessionRecord]) -> dict[str, Any]:
+    """WHEP viewers over all sessions: how many got frames, their time to first frame and delivered fps."""
+    viewers = [v for r in records for v in r.viewers]
+    ttff = [1000.0 * (v.first_frame_at - v.joined_at) for v in viewers if v.first_frame_at is not None]
+    fps = []
+    for viewer in viewers:
+        if viewer.first_frame_at is not None and viewer.left_at is not None and viewer.left_at > viewer.first_frame_at:
+            fps.append(len(viewer.frame_times) / (viewer.left_at - viewer.first_frame_at))
+    errors: dict[str, int] = {}
+    for viewer in viewers:
+        if viewer.error is not None:
+            errors[viewer.error] = errors.get(viewer.error, 0) + 1
+    return {
+        "viewers": len(viewers),
+        "viewers_with_frames": sum(1 for v in viewers if v.frame_times),
+        "ttff_ms": _quantiles(ttff),
+        "delivered_fps": _quantiles(fps),
+        "min_delivered_fps": round(min(fps), 2) if fps else None,
+        "errors": errors,
     }
 
 

@@ -1,4 +1,5 @@
-"""Load-test sessions: N headless clients, each a real session that sends prompts on a schedule."""
+"""Load-test sessions: N headless clients, each a real session that sends prompts on a schedule,
+and optionally M WHEP viewers per session watching it (``viewers``)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import aiohttp
 
 from rtc_server.clients.prompt_probe import PromptProbe
 from rtc_server.clients.webrtc_client import OfferRejected, ReceivedFrame, WebRTCClient
+from rtc_server.clients.whep_client import WhepClient
 from rtc_server.clients.ws_client import WebSocketClient
 
-__all__ = ["LoadSettings", "SessionRecord", "run_load"]
+__all__ = ["LoadSettings", "SessionRecord", "ViewerRecord", "run_load"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class LoadSettings:
     prompt_interval_s: float = 5.0
     host_addresses: list[str] | None = None
     token: str | None = None  # sent as the bearer token when the server's auth asks for one
+    viewers: int = 0  # WHEP viewers of each session, joining once its session_info arrives
 
 
 @dataclass
@@ -65,9 +68,21 @@ class SessionRecord:
     errors: dict[str, int] = field(default_factory=dict)
     prompts_sent: int = 0
     prompts: PromptProbe = field(default_factory=PromptProbe)  # WebRTC: prompt to first decoded frame of it
+    viewers: list[ViewerRecord] = field(default_factory=list)
 
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
+
+
+@dataclass
+class ViewerRecord:
+    """What one WHEP viewer of a session saw (monotonic seconds)."""
+
+    joined_at: float = 0.0
+    first_frame_at: float | None = None
+    left_at: float | None = None
+    frame_times: list[float] = field(default_factory=list)
+    error: str | None = None
 
 
 def _default_hosts(url: str) -> list[str] | None:
@@ -129,6 +144,7 @@ async def _run_webrtc(settings: LoadSettings, record: SessionRecord, http: aioht
         record.session_id = await client.connect(http=http)
         stop_at = record.started_at + settings.duration_s
         prompts = asyncio.create_task(_prompt_schedule(client, record, settings.prompt_interval_s, stop_at))
+        watching = asyncio.create_task(_watch_all(settings, record, client, stop_at, http))
         with contextlib.suppress(TimeoutError):
             start = await client.wait_for_event("ltx2_stream_start", timeout=settings.duration_s)
             record.fps = float(start["fps"])
@@ -136,12 +152,54 @@ async def _run_webrtc(settings: LoadSettings, record: SessionRecord, http: aioht
         prompts.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await prompts
+        await watching
         await _fetch_release_times(settings.url, record, http)
     except OfferRejected as exc:
         code = exc.body.get("error", {}).get("code", f"http_{exc.status}") if isinstance(exc.body, dict) else "rejected"
         record.error(str(code))
     finally:
         _count_errors(record, client.events)
+        await client.close()
+
+
+async def _watch_all(
+    settings: LoadSettings, record: SessionRecord, owner: Any, stop_at: float, http: aiohttp.ClientSession | None
+) -> None:
+    """The session's WHEP viewers, from its session_info (their watch token) until ``stop_at``."""
+    if settings.viewers <= 0:
+        return
+    try:
+        info = await owner.wait_for_event("session_info", timeout=max(0.1, stop_at - time.monotonic()))
+    except TimeoutError:
+        return
+    record.viewers = [ViewerRecord() for _ in range(settings.viewers)]
+    await asyncio.gather(*(_watch(settings, info, viewer, stop_at, http) for viewer in record.viewers))
+
+
+async def _watch(
+    settings: LoadSettings, info: dict[str, Any], viewer: ViewerRecord, stop_at: float, http: aiohttp.ClientSession | None
+) -> None:
+    def on_frame(frame: ReceivedFrame) -> None:
+        if viewer.first_frame_at is None:
+            viewer.first_frame_at = frame.received_at
+        viewer.frame_times.append(frame.received_at)
+
+    hosts = settings.host_addresses if settings.host_addresses is not None else _default_hosts(settings.url)
+    client = WhepClient(
+        settings.url, str(info["session_id"]), info.get("watch_token"), host_addresses=hosts, on_frame=on_frame, keep_frames=False
+    )
+    viewer.joined_at = time.monotonic()
+    try:
+        await client.connect(http=http)
+        await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            await client.leave(http=http)
+    except OfferRejected as exc:
+        viewer.error = f"whep_{exc.status}"
+    except (aiohttp.ClientError, OSError) as exc:
+        viewer.error = type(exc).__name__
+    finally:
+        viewer.left_at = time.monotonic()
         await client.close()
 
 
@@ -165,6 +223,7 @@ async def _run_ws(settings: LoadSettings, record: SessionRecord) -> None:
         await client.connect()
         stop_at = record.started_at + settings.duration_s
         prompts = asyncio.create_task(_prompt_schedule(client, record, settings.prompt_interval_s, stop_at))
+        watching = asyncio.create_task(_watch_all(settings, record, client, stop_at, None))
         seen = 0
         while time.monotonic() < stop_at and not client.closed.is_set():
             for event in client.events[seen:]:
@@ -186,6 +245,7 @@ async def _run_ws(settings: LoadSettings, record: SessionRecord) -> None:
         prompts.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await prompts
+        await watching
     finally:
         _count_errors(record, client.events)
         if client.close_code not in (None, 1000):

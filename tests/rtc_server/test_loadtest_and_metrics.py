@@ -48,6 +48,19 @@ async def test_load_tool_reports_every_session_getting_frames(
         assert 0 < summary["prompt_to_pixels_ms"]["median"] <= summary["prompt_to_pixels_ms"]["max"] < 2500
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["webrtc", "ws"])
+async def test_load_tool_watches_each_session_with_whep_viewers(server: RunningServer, tmp_path: Path, transport: str) -> None:
+    code, summary, err = await run_load_tool(
+        server.url, tmp_path, "--sessions", "2", "--duration", "4", "--viewers", "3", "--transport", transport
+    )
+    assert code == 0, err
+    viewers = summary["viewers"]
+    assert viewers["viewers"] == viewers["viewers_with_frames"] == 6 and viewers["errors"] == {}
+    assert viewers["ttff_ms"]["median"] is not None
+    assert viewers["min_delivered_fps"] > 18  # 24 fps paced, less the time to the first keyframe
+
+
 async def run_load_tool(url: str, out: Path, *args: str) -> tuple[int, dict[str, Any], str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rtc_server.loadtest", "--url", url, "--out", str(out), "--quiet",
