@@ -254,15 +254,26 @@ function startWhep() {
     sessionId: viewer.sessionId,
     watchToken: viewer.watchToken,
     accessToken: viewer.accessToken,
-    onEvent: (type, detail) => {
-      if (viewer.transport === transport) onWhepEvent(type, detail);
-    },
+    onEvent: (type, detail) => onTransportEvent(transport, onWhepEvent, type, detail),
   });
   viewer.transport = transport;
   transport.start();
 }
 
-function onWhepEvent(type, detail = {}) {
+// The events after which a transport is done: the page lets go of it before deciding what comes next.
+const FINAL_EVENTS = new Set(["failed", "lost", "closed"]);
+
+/** What both paths' events share, while `transport` is the page's: sound, and letting go of it. */
+function onTransportEvent(transport, handle, type, detail = {}) {
+  if (viewer.transport !== transport) return;
+  if (type === "sound") sound.setAvailable(detail.available);
+  else {
+    if (FINAL_EVENTS.has(type)) viewer.transport = null;
+    handle(type, detail);
+  }
+}
+
+function onWhepEvent(type, detail) {
   switch (type) {
     case "progress":
       if (viewer.state !== "playing") setStatus(ui, `connecting over WHEP: ${detail.text}`);
@@ -271,11 +282,7 @@ function onWhepEvent(type, detail = {}) {
       viewer.connectedAt = performance.now();
       playing();
       break;
-    case "sound":
-      sound.setAvailable(detail.available);
-      break;
     case "failed":
-      viewer.transport = null;
       if (detail.status === 401) refused(401);
       else if (viewer.mode === "whep") {
         if ([404, 503].includes(detail.status)) refused(detail.status, detail);
@@ -290,7 +297,6 @@ function onWhepEvent(type, detail = {}) {
       }
       break;
     case "lost":
-      viewer.transport = null;
       lost(detail.text);
       break;
     case "stalled":
@@ -328,6 +334,10 @@ function startFmp4(note) {
   showPath("fmp4", note);
   setStatus(ui, "connecting to the watch socket…");
   let opened = false;
+  const handle = (type, detail) => {
+    if (type === "connected") opened = true;
+    onWatchEvent(type, detail, opened);
+  };
   const transport = new WebSocketTransport({
     video: ui.video,
     init: null,
@@ -336,11 +346,7 @@ function startFmp4(note) {
     onMessage: (message) => {
       if (viewer.transport === transport) onWatchMessage(message);
     },
-    onEvent: (type, detail = {}) => {
-      if (viewer.transport !== transport) return;
-      if (type === "connected") opened = true;
-      onWatchEvent(type, detail, opened);
-    },
+    onEvent: (type, detail) => onTransportEvent(transport, handle, type, detail),
   });
   viewer.transport = transport;
   transport.start();
@@ -365,17 +371,12 @@ function onWatchEvent(type, detail, opened) {
       setStatus(ui, "connected to the watch socket: waiting for the next segment");
       setBadge(ui, "connecting", "connected · fMP4");
       break;
-    case "sound":
-      sound.setAvailable(detail.available);
-      break;
     case "failed":
-      viewer.transport = null;
       if (!opened) diagnoseWatchSocket(detail.text);
       else if (/^playback error/.test(detail.text)) failed("Playback failed", detail.text, "playback");
       else lost(detail.text);
       break;
     case "closed":
-      viewer.transport = null;
       if (model.endReason !== null) ended(model.endReason);
       else lost(detail.text);
       break;

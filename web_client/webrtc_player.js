@@ -25,95 +25,20 @@
 // frames arrive, so the last picture stays until then.
 
 import { authHeaders } from "./auth.js";
+import { RequestTimeout, fetchJson } from "./fetch_json.js";
+import { CONNECT_TIMEOUT_MS, OFFER_TIMEOUT_MS, ReceivingPeer } from "./peer_common.js";
 import { describeError, parseMessage } from "./protocol.js";
-import { RateMeter, selectedCandidatePair } from "./stats.js";
 
-// Gathering can hang (e.g. mDNS host-name registration where multicast is unavailable, or a TURN
-// server that does not answer); the offer then goes out with what was gathered and connectivity
-// checks find the path (candidates found later reach the server as peer-reflexive ones).
-const ICE_GATHERING_TIMEOUT_MS = 2000;
-const ICE_SERVERS_TIMEOUT_MS = 10_000; // GET /v1/webrtc/ice-servers
-// From the answer's arrival to a connected peer with the channel open. It starts at the answer, not
-// at the offer: the server answers only once its own gathering is done (webrtc.gather_timeout_seconds,
-// up to 30 s, e.g. waiting on its TURN server), and a slow answer says nothing about whether ICE
-// will connect.
-export const CONNECT_TIMEOUT_MS = 6000;
-// The offer request itself gets its own, generous bound: above the server's longest gathering
-// (30 s) plus admission, so only a server that hangs trips it, and the page still falls back then.
-export const OFFER_TIMEOUT_MS = 40_000;
+// The shared bounds (peer_common.js), read from here by this transport's callers and tests.
+export { CONNECT_TIMEOUT_MS, OFFER_TIMEOUT_MS };
 const DISCONNECTED_GRACE_MS = 3000; // "disconnected" may recover; after this it counts as failed
 const RESUMABLE_GRACE_MS = 1000; // the same for a session that can be resumed elsewhere: do so sooner
-const FRAME_POLL_MS = 250; // how often the stall watch reads the inbound packet count
 const FLOWING_STALL_MS = 500; // no video this long while it should flow: ask whether the session lives
 const IDLE_STALL_MS = 2000; // the same while none is expected (paused, a single clip done)
 const PROBE_TIMEOUT_MS = 1000; // GET /v1/sessions/{id}/frames; no answer in time counts as none
 // Answers that say nothing about WebRTC itself: a malformed request, no or a refused token,
 // a refused origin, too many requests. The WebSocket would be answered the same, so no fallback.
 const NO_FALLBACK_STATUSES = new Set([400, 401, 403, 429]);
-
-export async function waitForIceGathering(pc) {
-  if (pc.iceGatheringState === "complete") return;
-  await new Promise((resolve) => {
-    const timer = setTimeout(resolve, ICE_GATHERING_TIMEOUT_MS);
-    pc.addEventListener("icegatheringstatechange", () => {
-      if (pc.iceGatheringState === "complete") {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-  });
-}
-
-async function readJson(response) {
-  try {
-    return await response.json();
-  } catch {
-    return null;
-  }
-}
-
-class RequestTimeout extends Error {}
-
-/**
- * play(), and if the browser refuses sound without a gesture (NotAllowedError), muted: muted video
- * may always play. The page starts muted; only the viewer's unmute (a gesture) turns sound on.
- */
-export function playMutedIfRefused(video) {
-  video.play().catch((error) => {
-    if (error && error.name === "NotAllowedError" && !video.muted) {
-      video.muted = true;
-      video.play().catch(() => {});
-    }
-  });
-}
-
-/**
- * fetch() and the answer's JSON body (null when not JSON), within `timeoutMs`: {response, body}.
- * Throws RequestTimeout past it, AbortError when `signal` aborts, TypeError when the request fails.
- * (A plain AbortController rather than AbortSignal.any/timeout: iOS Safari before 17.4 lacks them.)
- */
-async function fetchJson(url, options, timeoutMs, signal = null) {
-  const controller = new AbortController();
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    controller.abort();
-  }, timeoutMs);
-  const onAbort = () => controller.abort();
-  if (signal) signal.addEventListener("abort", onAbort, { once: true });
-  try {
-    const response = await fetch(url, { ...options, signal: controller.signal });
-    const body = await readJson(response);
-    if (timedOut) throw new RequestTimeout(`no answer within ${Math.round(timeoutMs / 1000)} s`);
-    return { response, body };
-  } catch (error) {
-    if (timedOut) throw new RequestTimeout(`no answer within ${Math.round(timeoutMs / 1000)} s`);
-    throw error;
-  } finally {
-    clearTimeout(timer);
-    if (signal) signal.removeEventListener("abort", onAbort);
-  }
-}
 
 /** What went wrong before the answer, for fail(): {text, detail}. */
 function refusal(what, response, body) {
@@ -134,20 +59,6 @@ function refusal(what, response, body) {
   };
 }
 
-/**
- * GET /v1/webrtc/ice-servers: {ok: true, iceServers, ttlSeconds} or {ok: false, response, body}
- * for an answer other than 200. Throws when the request fails or times out. Never cached: every
- * answer carries fresh TURN credentials (the server also says Cache-Control: no-store).
- */
-export async function fetchIceServers(token, { signal = null, timeoutMs = ICE_SERVERS_TIMEOUT_MS } = {}) {
-  const request = { headers: authHeaders(token), cache: "no-store" };
-  const { response, body } = await fetchJson("/v1/webrtc/ice-servers", request, timeoutMs, signal);
-  if (!response.ok) return { ok: false, response, body };
-  const list = body && Array.isArray(body.ice_servers) ? body.ice_servers : [];
-  const ttl = body && Number.isFinite(body.ttl_seconds) ? body.ttl_seconds : null;
-  return { ok: true, iceServers: list, ttlSeconds: ttl };
-}
-
 /** True when a list holds a TURN server (something a relay-only peer can use). */
 export function hasTurnServer(iceServers) {
   return iceServers.some((server) => {
@@ -156,7 +67,7 @@ export function hasTurnServer(iceServers) {
   });
 }
 
-export class WebRtcTransport {
+export class WebRtcTransport extends ReceivingPeer {
   constructor({
     video,
     init,
@@ -169,71 +80,27 @@ export class WebRtcTransport {
     resuming = false,
     idleExpected = () => false,
   }) {
-    this.kind = "webrtc";
+    // WebRTC itself did not work: the app falls back to the WebSocket path.
+    super({ label: "WebRTC", video, onEvent, connectTimeoutMs, setupFailure: { fallback: true, connectivity: true } });
     this.resuming = resuming; // this connection resumes a session: keep the last picture until new frames
     this.idleExpected = idleExpected; // () => true while no video is expected (paused, a clip done)
     this.resumable = false; // session_info arrived: a lost connection is a drop, resumed elsewhere
-    this.video = video;
     this.init = init;
     this.token = token;
     this.relay = relay;
     this.offerTimeoutMs = offerTimeoutMs;
     this.iceServersTtlS = null; // how long the credentials of this connection's ICE servers last
-    this.abort = new AbortController(); // cancels the requests in flight when the transport closes
     this.onMessage = onMessage;
-    this.onEvent = onEvent;
-    this.connectTimeoutMs = connectTimeoutMs;
-    this.pc = null;
     this.channel = null;
     this.sessionId = null;
     this.pending = [];
-    this.connected = false;
     this.serverEnded = false;
-    this.closed = false;
-    this.timers = new Set();
-    this.rate = new RateMeter();
     this.released = Promise.resolve(null);
-    this.stream = new MediaStream(); // what the <video> plays: the received video and audio tracks
-  }
-
-  later(ms, fn) {
-    const timer = setTimeout(() => {
-      this.timers.delete(timer);
-      fn();
-    }, ms);
-    this.timers.add(timer);
-    return timer;
-  }
-
-  async start() {
-    try {
-      await this.negotiate();
-    } catch (error) {
-      if (this.closed) return;
-      this.fail(`WebRTC setup failed: ${error.message || error}`, { fallback: true, connectivity: true });
-    }
-  }
-
-  /** The connect budget, from the answer's arrival (see CONNECT_TIMEOUT_MS). */
-  startConnectTimer() {
-    const seconds = Math.round(this.connectTimeoutMs / 1000);
-    this.later(this.connectTimeoutMs, () => {
-      if (!this.connected) this.fail(`WebRTC did not connect within ${seconds} s`, { fallback: true, connectivity: true });
-    });
   }
 
   /** This connection's ICE servers, fresh; null when fail() was called instead. */
   async iceServers() {
-    this.onEvent("progress", { text: "fetching ICE servers" });
-    let answer;
-    try {
-      answer = await fetchIceServers(this.token, { signal: this.abort.signal });
-    } catch (error) {
-      if (this.closed) return null;
-      // No STUN/TURN then: host candidates still work on a local network.
-      console.warn(`no ICE servers (${error.message || error}); trying direct paths only`);
-      answer = { ok: true, iceServers: [], ttlSeconds: null };
-    }
+    let answer = await this.requestIceServers(this.token, console.warn);
     if (this.closed) return null;
     if (!answer.ok) {
       const { text, detail } = refusal("ICE servers", answer.response, answer.body);
@@ -257,20 +124,8 @@ export class WebRtcTransport {
   async negotiate() {
     const iceServers = await this.iceServers();
     if (iceServers === null || this.closed) return;
-    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: this.relay ? "relay" : "all" });
-    this.pc = pc;
-    // For debugging and tests.
-    window.peerConnection = pc;
-    const channel = pc.createDataChannel("control");
-    this.channel = channel;
-    pc.addTransceiver("video", { direction: "recvonly" });
-    // Sound too: a server whose generator makes none answers this m-line without a track.
-    pc.addTransceiver("audio", { direction: "recvonly" });
-    pc.addEventListener("track", (event) => {
-      // Both tracks go into one stream of our own: the server's may name a stream per track.
-      if (!this.closed) this.stream.addTrack(event.track);
-    });
-    pc.addEventListener("connectionstatechange", () => this.onConnectionState());
+    const pc = this.openPeer({ iceServers, iceTransportPolicy: this.relay ? "relay" : "all" }, { channel: "control" });
+    const channel = this.channel;
     pc.addEventListener("icecandidateerror", (event) => {
       // A STUN/TURN server that refused or did not answer (e.g. expired TURN credentials): worth a line.
       console.warn(`ICE candidate error ${event.errorCode} from ${event.url}: ${event.errorText}`);
@@ -286,9 +141,7 @@ export class WebRtcTransport {
       else this.fail("the control channel closed unexpectedly", { fallback: true, drop: this.resumable });
     });
 
-    this.onEvent("progress", { text: this.relay ? "gathering relay candidates (TURN)" : "gathering ICE candidates" });
-    await pc.setLocalDescription(await pc.createOffer());
-    await waitForIceGathering(pc);
+    await this.gatherOffer(this.relay ? "gathering relay candidates (TURN)" : "gathering ICE candidates");
     if (this.closed) return;
     this.onEvent("progress", { text: "sending the offer" });
     let response;
@@ -337,10 +190,7 @@ export class WebRtcTransport {
     if (!video) return; // an answer without video: nothing to show
     const attach = () => {
       if (this.closed) return;
-      this.video.removeAttribute("src");
-      this.video.srcObject = this.stream;
-      playMutedIfRefused(this.video);
-      const audio = this.stream.getAudioTracks().length > 0;
+      const audio = this.showStream();
       this.onEvent("sound", { available: audio, stream: audio ? this.stream : null });
     };
     if (this.resuming && video && video.muted) video.addEventListener("unmute", attach, { once: true });
@@ -370,41 +220,17 @@ export class WebRtcTransport {
    * serves this page, a router included) whether it still has the session; no 200: a drop.
    */
   watchFrames() {
-    let lastCount = null;
-    let lastChange = performance.now();
-    const tick = async () => {
-      if (this.closed) return;
-      const count = await this.packetsReceived();
-      if (this.closed) return;
-      const now = performance.now();
-      if (count !== lastCount) {
-        lastCount = count;
-        lastChange = now;
-      } else if (now - lastChange >= (this.idleExpected() ? IDLE_STALL_MS : FLOWING_STALL_MS)) {
-        const alive = await this.sessionAnswers();
-        if (this.closed) return;
-        if (!alive) {
-          const quiet = Math.round(now - lastChange);
-          this.fail(`no video for ${quiet} ms and the server does not answer for the session`, { fallback: true, drop: true });
-          return;
-        }
-        lastChange = performance.now(); // alive, only slow or idle: look again later
+    const check = async (quietMs) => {
+      if (quietMs < (this.idleExpected() ? IDLE_STALL_MS : FLOWING_STALL_MS)) return false;
+      const alive = await this.sessionAnswers();
+      if (this.closed) return false;
+      if (!alive) {
+        this.fail(`no video for ${Math.round(quietMs)} ms and the server does not answer for the session`, { fallback: true, drop: true });
+        return false;
       }
-      this.later(FRAME_POLL_MS, watch);
+      return true; // alive, only slow or idle: look again later
     };
-    const watch = () => tick().catch((error) => console.warn("stall watch:", error));
-    this.later(FRAME_POLL_MS, watch);
-  }
-
-  /** The inbound video's packet count (null before there is one). */
-  async packetsReceived() {
-    if (!this.pc) return null;
-    const report = await this.pc.getStats();
-    let packets = null;
-    report.forEach((entry) => {
-      if (entry.type === "inbound-rtp" && entry.kind === "video") packets = entry.packetsReceived;
-    });
-    return packets;
+    this.watchPackets(check, (error) => console.warn("stall watch:", error));
   }
 
   /** Whether GET /v1/sessions/{id}/frames answers 200 within PROBE_TIMEOUT_MS. */
@@ -420,31 +246,22 @@ export class WebRtcTransport {
     }
   }
 
-  onConnectionState() {
-    if (this.closed) return;
-    const state = this.pc.connectionState;
-    if (state === "connected") {
-      if (this.disconnectTimer) {
-        clearTimeout(this.disconnectTimer);
-        this.timers.delete(this.disconnectTimer);
-        this.disconnectTimer = null;
-      }
-      this.checkConnected();
-    } else if (state === "failed") {
+  peerConnected() {
+    this.checkConnected();
+  }
+
+  peerDisconnected() {
+    this.onEvent("progress", { text: "connection interrupted, waiting for it to recover" });
+    this.awaitRecovery(this.resumable ? RESUMABLE_GRACE_MS : DISCONNECTED_GRACE_MS, () => {
       if (this.serverEnded) this.finish("connection closed");
-      else this.fail("the WebRTC connection failed", { fallback: true, connectivity: !this.connected, drop: this.resumable });
-    } else if (state === "disconnected" && !this.disconnectTimer) {
-      this.onEvent("progress", { text: "connection interrupted, waiting for it to recover" });
-      this.disconnectTimer = this.later(this.resumable ? RESUMABLE_GRACE_MS : DISCONNECTED_GRACE_MS, () => {
-        this.disconnectTimer = null;
-        if (this.closed || this.pc.connectionState === "connected") return;
-        if (this.serverEnded) this.finish("connection closed");
-        else this.fail("the WebRTC connection was lost", { fallback: true, drop: this.resumable });
-      });
-    } else if (state === "closed") {
-      if (this.serverEnded) this.finish("connection closed");
-      else if (this.resumable) this.fail("the WebRTC connection closed", { fallback: true, drop: true });
-    }
+      else this.fail("the WebRTC connection was lost", { fallback: true, drop: this.resumable });
+    });
+  }
+
+  peerGone(state) {
+    if (this.serverEnded) this.finish("connection closed");
+    else if (state === "failed") this.fail("the WebRTC connection failed", { fallback: true, connectivity: !this.connected, drop: this.resumable });
+    else if (this.resumable) this.fail("the WebRTC connection closed", { fallback: true, drop: true });
   }
 
   receive(data) {
@@ -526,40 +343,21 @@ export class WebRtcTransport {
 
   /** Tears down without reporting anything. The last frame stays on screen until replaced. */
   close() {
-    if (this.closed) return;
-    this.closed = true;
-    this.abort.abort();
-    for (const timer of this.timers) clearTimeout(timer);
-    this.timers.clear();
-    if (this.channel) {
+    if (!this.closed && this.channel) {
       try {
         this.channel.close();
       } catch {
         // already closed
       }
     }
-    if (this.pc) this.pc.close();
+    super.close();
   }
 
-  /** Transport figures for the stats overlay, from getStats(). */
-  async stats() {
-    if (!this.pc || this.closed) return {};
-    const report = await this.pc.getStats();
-    let inbound = null;
-    report.forEach((entry) => {
-      if (entry.type === "inbound-rtp" && entry.kind === "video") inbound = entry;
-    });
-    const path = selectedCandidatePair(report);
-    const result = {
-      path,
-      rttMs: path && typeof path.rttS === "number" ? path.rttS * 1000 : null,
-    };
+  /** The shared figures (peer_common.js), and the round trip and decoder's. */
+  overlayFigures(path, inbound) {
+    const result = super.overlayFigures(path, inbound);
+    result.rttMs = path && typeof path.rttS === "number" ? path.rttS * 1000 : null;
     if (!inbound) return result;
-    result.bitrateKbps = this.rate.kbps(inbound.bytesReceived);
-    if (inbound.jitterBufferEmittedCount > 0) {
-      result.jitterBufferMs = (inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000;
-    }
-    result.framesDecoded = inbound.framesDecoded;
     result.framesDropped = inbound.framesDropped;
     result.packetsLost = inbound.packetsLost;
     result.decoderFps = inbound.framesPerSecond;

@@ -6,7 +6,7 @@
 // `Location` naming this viewer; DELETE on it leaves (close(), and leave() with keepalive on page
 // unload). Refusals carry `{error: {code, message, retryable}}`: 401 a wrong token, 404 an unknown
 // or ended session, 503 + Retry-After a session with all the viewers it takes.
-// ICE servers come from GET /v1/webrtc/ice-servers as for the owner's page (webrtc_player.js), with
+// ICE servers come from GET /v1/webrtc/ice-servers as for the owner's page (peer_common.js), with
 // the page's access token when it has one; refused or unreachable, the viewer tries direct paths.
 //
 // `onEvent(type, detail)`: "progress" {text}; "failed" {text, status, error, retryAfterS} before the
@@ -17,11 +17,9 @@
 // the session still lives: WHEP has no channel to say that it ended).
 
 import { authHeaders } from "./auth.js";
-import { RateMeter, selectedCandidatePair } from "./stats.js";
-import { CONNECT_TIMEOUT_MS, OFFER_TIMEOUT_MS, fetchIceServers, playMutedIfRefused, waitForIceGathering } from "./webrtc_player.js";
+import { CONNECT_TIMEOUT_MS, OFFER_TIMEOUT_MS, ReceivingPeer } from "./peer_common.js";
 
 const DISCONNECTED_GRACE_MS = 1500; // "disconnected" may recover; after this it counts as lost
-const FRAME_POLL_MS = 250; // how often the stall watch reads the inbound packet count
 export const STALL_MS = 2000; // no RTP for this long: "stalled"
 
 /** The URL of the WHEP endpoint of a session. */
@@ -38,76 +36,33 @@ async function readError(response) {
   }
 }
 
-export class WhepViewer {
+export class WhepViewer extends ReceivingPeer {
   /**
    * `sessionId`, `watchToken`: from the watch link; `accessToken`: the page's token for the ICE
    * servers, if any (auth.js); `video`: where the stream plays.
    */
   constructor({ video, sessionId, watchToken, accessToken = null, onEvent, connectTimeoutMs = CONNECT_TIMEOUT_MS }) {
-    this.kind = "webrtc"; // the stats overlay shows the ICE path for it
-    this.label = "WHEP";
-    this.video = video;
+    super({ label: "WHEP", video, onEvent, connectTimeoutMs });
     this.sessionId = sessionId;
     this.watchToken = watchToken;
     this.accessToken = accessToken;
-    this.onEvent = onEvent;
-    this.connectTimeoutMs = connectTimeoutMs;
-    this.pc = null;
     this.resource = null; // the Location of this viewer, once answered
-    this.connected = false;
-    this.closed = false;
     this.stalled = false;
-    this.abort = new AbortController();
-    this.timers = new Set();
-    this.rate = new RateMeter();
-    this.stream = new MediaStream();
-  }
-
-  later(ms, fn) {
-    const timer = setTimeout(() => {
-      this.timers.delete(timer);
-      fn();
-    }, ms);
-    this.timers.add(timer);
-    return timer;
-  }
-
-  async start() {
-    try {
-      await this.negotiate();
-    } catch (error) {
-      this.fail(`WHEP setup failed: ${error.message || error}`);
-    }
   }
 
   async iceServers() {
-    this.onEvent("progress", { text: "fetching ICE servers" });
-    try {
-      const answer = await fetchIceServers(this.accessToken, { signal: this.abort.signal });
-      if (answer.ok) return answer.iceServers;
-      // A server with auth gives them to its clients only; a viewer may have no such token.
-      console.info(`ICE servers refused (HTTP ${answer.response.status}); trying direct paths only`);
-    } catch (error) {
-      if (!this.closed) console.info(`no ICE servers (${error.message || error}); trying direct paths only`);
-    }
+    const answer = await this.requestIceServers(this.accessToken, console.info);
+    if (!answer || answer.ok) return answer ? answer.iceServers : [];
+    // A server with auth gives them to its clients only; a viewer may have no such token.
+    console.info(`ICE servers refused (HTTP ${answer.response.status}); trying direct paths only`);
     return [];
   }
 
   async negotiate() {
     const iceServers = await this.iceServers();
     if (this.closed) return;
-    const pc = new RTCPeerConnection({ iceServers });
-    this.pc = pc;
-    window.peerConnection = pc; // for debugging and tests
-    pc.addTransceiver("video", { direction: "recvonly" });
-    pc.addTransceiver("audio", { direction: "recvonly" });
-    pc.addEventListener("track", (event) => {
-      if (!this.closed) this.stream.addTrack(event.track);
-    });
-    pc.addEventListener("connectionstatechange", () => this.onConnectionState());
-    this.onEvent("progress", { text: "gathering ICE candidates" });
-    await pc.setLocalDescription(await pc.createOffer());
-    await waitForIceGathering(pc);
+    const pc = this.openPeer({ iceServers });
+    await this.gatherOffer("gathering ICE candidates");
     if (this.closed) return;
     this.onEvent("progress", { text: "sending the WHEP offer" });
     const timer = this.later(OFFER_TIMEOUT_MS, () => this.abort.abort());
@@ -144,9 +99,7 @@ export class WhepViewer {
     }
     const location = response.headers.get("Location");
     if (location) this.resource = new URL(location, response.url).toString();
-    this.later(this.connectTimeoutMs, () => {
-      if (!this.connected) this.fail(`WHEP did not connect within ${Math.round(this.connectTimeoutMs / 1000)} s`);
-    });
+    this.startConnectTimer();
     this.onEvent("progress", { text: "connecting (ICE)" });
     await pc.setRemoteDescription({ type: "answer", sdp });
     if (this.closed) return;
@@ -154,34 +107,22 @@ export class WhepViewer {
       this.fail("WHEP: the answer has no video");
       return;
     }
-    this.video.removeAttribute("src");
-    this.video.srcObject = this.stream;
-    playMutedIfRefused(this.video);
-    this.onEvent("sound", { available: this.stream.getAudioTracks().length > 0 });
+    this.onEvent("sound", { available: this.showStream() });
   }
 
-  onConnectionState() {
-    if (this.closed) return;
-    const state = this.pc.connectionState;
-    if (state === "connected") {
-      if (this.disconnectTimer) {
-        clearTimeout(this.disconnectTimer);
-        this.timers.delete(this.disconnectTimer);
-        this.disconnectTimer = null;
-      }
-      if (!this.connected) {
-        this.connected = true;
-        this.onEvent("connected");
-        this.watchPackets();
-      }
-    } else if (state === "failed" || state === "closed") {
-      this.lose(`the WebRTC connection ${state === "failed" ? "failed" : "closed"}`);
-    } else if (state === "disconnected" && !this.disconnectTimer) {
-      this.disconnectTimer = this.later(DISCONNECTED_GRACE_MS, () => {
-        this.disconnectTimer = null;
-        if (this.pc.connectionState !== "connected") this.lose("the WebRTC connection was lost");
-      });
-    }
+  peerConnected() {
+    if (this.connected) return;
+    this.connected = true;
+    this.onEvent("connected");
+    this.watchStalls();
+  }
+
+  peerDisconnected() {
+    this.awaitRecovery(DISCONNECTED_GRACE_MS, () => this.lose("the WebRTC connection was lost"));
+  }
+
+  peerGone(state) {
+    this.lose(`the WebRTC connection ${state}`);
   }
 
   /** Before the connection was up: "failed" (the page may fall back); after: "lost". */
@@ -206,38 +147,17 @@ export class WhepViewer {
   }
 
   /** Reports "stalled" when no RTP packet came for STALL_MS, "flowing" when they come again. */
-  watchPackets() {
-    let last = null;
-    let changed = performance.now();
-    const tick = async () => {
-      if (this.closed) return;
-      const count = await this.packetsReceived();
-      if (this.closed) return;
-      const now = performance.now();
-      if (count !== last) {
-        last = count;
-        changed = now;
-        if (this.stalled) {
-          this.stalled = false;
-          this.onEvent("flowing");
-        }
-      } else if (!this.stalled && now - changed >= STALL_MS) {
+  watchStalls() {
+    const check = (quietMs) => {
+      if (quietMs === 0 && this.stalled) {
+        this.stalled = false;
+        this.onEvent("flowing");
+      } else if (!this.stalled && quietMs >= STALL_MS) {
         this.stalled = true;
-        this.onEvent("stalled", { ms: Math.round(now - changed) });
+        this.onEvent("stalled", { ms: Math.round(quietMs) });
       }
-      this.later(FRAME_POLL_MS, watch);
     };
-    const watch = () => tick().catch((error) => console.info("WHEP stall watch:", error));
-    this.later(FRAME_POLL_MS, watch);
-  }
-
-  async packetsReceived() {
-    const report = await this.pc.getStats();
-    let packets = null;
-    report.forEach((entry) => {
-      if (entry.type === "inbound-rtp" && entry.kind === "video") packets = entry.packetsReceived;
-    });
-    return packets;
+    this.watchPackets(check, (error) => console.info("WHEP stall watch:", error));
   }
 
   /** Leaves the viewer resource (DELETE; `keepalive` outlives the page), then tears down. */
@@ -248,34 +168,11 @@ export class WhepViewer {
       const request = { method: "DELETE", keepalive, headers: authHeaders(this.watchToken) };
       fetch(resource, request).catch(() => null);
     }
-    if (this.closed) return;
-    this.closed = true;
-    this.abort.abort();
-    for (const timer of this.timers) clearTimeout(timer);
-    this.timers.clear();
-    if (this.pc) this.pc.close();
+    super.close();
   }
 
   /** The page is going away. */
   leave() {
     this.close({ keepalive: true });
-  }
-
-  /** Figures for the stats overlay (stats.js), from getStats(). */
-  async stats() {
-    if (!this.pc || this.closed) return {};
-    const report = await this.pc.getStats();
-    let inbound = null;
-    report.forEach((entry) => {
-      if (entry.type === "inbound-rtp" && entry.kind === "video") inbound = entry;
-    });
-    const result = { path: selectedCandidatePair(report) };
-    if (!inbound) return result;
-    result.bitrateKbps = this.rate.kbps(inbound.bytesReceived);
-    if (inbound.jitterBufferEmittedCount > 0) {
-      result.jitterBufferMs = (inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000;
-    }
-    result.framesDecoded = inbound.framesDecoded;
-    return result;
   }
 }
