@@ -23,7 +23,8 @@
 // needs), stats.js (overlay), ui.js (DOM), auth.js (the access token: URL fragment, this tab's
 // storage or client-config.json), av_sync.js (A/V offset from the sync clicks and frame markers;
 // marker.js reads the marker, click_worklet.js finds the clicks), share.js (the watch link for
-// viewers, from session_info.watch_token; the viewer's page is watch.html).
+// viewers, from session_info.watch_token; the viewer's page is watch.html), recording.js (the
+// session's recording: REC, stop/start, the files to download).
 
 import { forgetStoredToken, loadAccessToken } from "./auth.js";
 import {
@@ -42,6 +43,7 @@ import {
   toggleMessage,
 } from "./protocol.js";
 import { AvSync } from "./av_sync.js";
+import { RecordingControl } from "./recording.js";
 import { ShareControl } from "./share.js";
 import { StatsOverlay } from "./stats.js";
 import {
@@ -83,6 +85,8 @@ const avSync = new AvSync(ui.video, { fps: () => (model.stream ? model.stream.fp
 const sound = new SoundControl(ui, ui.video, { onUnmute: () => avSync.start() });
 // Share: the watch link for viewers (watch.html), from session_info's watch_token.
 const share = new ShareControl(document, { announce: (text) => announce(ui, text) });
+// Recording: shown when the server records the session (recording_updated); the files for the owner.
+const recording = new RecordingControl(document, { send: (message) => send(message), announce: (text) => announce(ui, text) });
 
 const app = {
   mode: "auto", // "auto" | "webrtc" | "ws"
@@ -169,6 +173,7 @@ async function endSession() {
   session.stopping = true;
   session.ended = true;
   stopReconnecting(session);
+  recording.ended(); // its files stay listed (the last one is finalised as the session ends)
   await session.transport.stop();
 }
 
@@ -281,6 +286,7 @@ function onSessionInfo(session, message) {
   session.resume = { sessionId: message.session_id, token: message.resume_token };
   session.transport.markResumable(message.session_id);
   share.update(message.session_id, message.watch_token);
+  recording.bind(message.session_id, message.resume_token);
   if (session.reconnect) finishReconnecting(session);
 }
 
@@ -534,6 +540,9 @@ function onMessage(session, message) {
     case "session_info":
       onSessionInfo(session, message);
       break;
+    case "recording_updated":
+      recording.update(message.enabled);
+      break;
     case "prompt_rejected": {
       const { title, detail } = describeRejection(message);
       showNotice(ui, {
@@ -562,6 +571,7 @@ function onMessage(session, message) {
     case "session_timeout":
       session.ended = true;
       stopReconnecting(session);
+      recording.ended();
       showNotice(ui, {
         kind: "warning",
         title: "Session ended",
@@ -637,6 +647,7 @@ function onServerError(session, message) {
 function onStreamComplete(session, reason) {
   session.ended = true;
   stopReconnecting(session);
+  recording.ended();
   const texts = {
     segment_cap: "stream complete: the segment limit was reached",
     stop_requested: "stopped",
