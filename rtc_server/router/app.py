@@ -1,9 +1,11 @@
 """The router as an aiohttp application: a client uses the router's URL as if it were a server.
 
 Routes: ``GET /v1/stream`` (``stream.py``); ``POST /v1/webrtc/offer``, ``GET /v1/webrtc/ice-servers``,
-``DELETE /v1/sessions/{id}``, ``GET /v1/sessions/{id}/frames`` (``signalling.py``); ``/`` and
-``/client/…`` (the page, from where the server serves it), ``/healthz``, ``/readyz``, ``/health``,
-``/status``, ``/metrics`` (``endpoints.py``).
+``DELETE /v1/sessions/{id}``, ``GET /v1/sessions/{id}/frames`` (``signalling.py``); the viewers'
+``POST|OPTIONS /v1/sessions/{id}/whep``, ``DELETE|PATCH|OPTIONS /v1/sessions/{id}/whep/{viewer}``,
+``GET /v1/sessions/{id}/watch`` (WebSocket) and ``GET /v1/sessions/{id}/recording[/{name}]``
+(``viewers.py``); ``/``, ``/watch`` and ``/client/…`` (the pages, from where the server serves them),
+``/healthz``, ``/readyz``, ``/health``, ``/status``, ``/metrics`` (``endpoints.py``).
 
 Shared objects live under the typed keys of ``keys.py``, each opened in a cleanup context: the HTTP
 client to the replicas, the session map, the health-check loop. At shutdown the bridged sessions are
@@ -28,10 +30,12 @@ from rtc_server.router.endpoints import add_own_endpoints
 from rtc_server.router.keys import BRIDGES, CONFIG, HTTP, METRICS, REPLICAS, SERVICE_NAME, SESSIONS
 from rtc_server.router.metrics import RouterMetrics
 from rtc_server.router.probe import Probe, run_health_check_loop
+from rtc_server.router.proxy import RefusalKeepingResponse
 from rtc_server.router.registry import ReplicaRegistry
 from rtc_server.router.session_map import open_session_map
 from rtc_server.router.signalling import add_signalling_routes
 from rtc_server.router.stream import add_stream_route, close_bridges
+from rtc_server.router.viewers import add_viewer_routes
 from rtc_server.web_page import add_web_client
 
 __all__ = ["BRIDGES", "CONFIG", "HTTP", "METRICS", "REPLICAS", "SERVICE_NAME", "SESSIONS", "build_router_app"]
@@ -47,8 +51,12 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.health_check_timeout_seconds)
     # Auto headers skipped: the client's own User-Agent travels, and no compressed answer is asked
     # for (bodies are relayed as they are read).
+    # Answers are RefusalKeepingResponse: a replica's refusal of a WebSocket upgrade keeps its body.
     async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, skip_auto_headers=("User-Agent", "Accept-Encoding")
+        connector=connector,
+        timeout=timeout,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        response_class=RefusalKeepingResponse,
     ) as http:
         app[HTTP] = http
         yield
@@ -107,5 +115,6 @@ def build_router_app(
     add_own_endpoints(app)
     add_stream_route(app)
     add_signalling_routes(app)
+    add_viewer_routes(app)
     add_web_client(app, Path(config.web_client_dir) if config.web_client_dir else shipped_dir("web_client"))
     return app

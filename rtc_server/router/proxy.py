@@ -12,7 +12,10 @@ sent are passed through untouched, those included: a proxy in front of the route
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,15 +23,21 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = [
+    "RefusalKeepingResponse",
     "ReplicaAnswer",
     "ReplicaFailed",
     "ReplicaUnreachable",
     "forward",
+    "keeping_refusals",
+    "open_stream",
     "relay",
+    "relay_stream",
     "request_headers",
     "websocket_headers",
     "websocket_url",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are never relayed.
 HOP_BY_HOP = frozenset(
@@ -57,6 +66,8 @@ _WEBSOCKET_HANDSHAKE = frozenset(
 # Answers that mean "nothing is listening behind this address" when a gateway in front of a
 # replica gives them: treated as an unreachable replica.
 GATEWAY_FAILURES = frozenset({502, 504})
+STREAM_CHUNK_BYTES = 64 * 1024  # what a streamed body is copied in
+MAX_REFUSAL_BYTES = 64 * 1024  # the most of a refused upgrade's body kept (replicas send small JSON)
 
 
 class ReplicaUnreachable(Exception):
@@ -139,3 +150,100 @@ async def forward(
 def relay(answer: ReplicaAnswer) -> web.Response:
     """The replica's answer, as the router's."""
     return web.Response(status=answer.status, body=answer.body, headers=response_headers(answer.headers))
+
+
+def _client_errors(exc: BaseException, timeout_s: float) -> Exception:
+    """The ReplicaUnreachable / ReplicaFailed an aiohttp error while requesting means (see ``forward``)."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | aiohttp.ServerDisconnectedError):
+        return ReplicaUnreachable(str(exc) or type(exc).__name__)
+    if isinstance(exc, TimeoutError):
+        return ReplicaFailed(f"no answer within {timeout_s:g} s")
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return ReplicaUnreachable(str(exc) or type(exc).__name__)
+    return ReplicaFailed(str(exc) or type(exc).__name__)
+
+
+async def open_stream(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    headers: CIMultiDict[str],
+    read_timeout_s: float,
+    connect_timeout_s: float,
+) -> aiohttp.ClientResponse:
+    """Send one request to a replica and return its answer with the body unread (the caller releases it).
+
+    No total timeout (a large download may take long): each read waits at most ``read_timeout_s``.
+    Failures as for ``forward``.
+    """
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+    try:
+        response = await http.request(method, url, headers=headers, allow_redirects=False, timeout=timeout)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _client_errors(exc, read_timeout_s) from exc
+    if response.status in GATEWAY_FAILURES:
+        response.release()
+        raise ReplicaUnreachable(f"a gateway answered {response.status}")
+    return response
+
+
+async def read_small(response: aiohttp.ClientResponse, limit: int = MAX_REFUSAL_BYTES) -> ReplicaAnswer:
+    """``response`` as a ReplicaAnswer, its body read up to ``limit`` bytes (an error's JSON)."""
+    body = bytearray()
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        while len(body) < limit and (chunk := await response.content.read(limit - len(body))):
+            body += chunk
+    return ReplicaAnswer(status=response.status, headers=response.headers, body=bytes(body))
+
+
+async def relay_stream(request: web.BaseRequest, response: aiohttp.ClientResponse) -> web.StreamResponse:
+    """The replica's answer as the router's, its body copied as it arrives (never held whole).
+
+    ``Content-Length`` travels when the body is relayed as sent (it was not compressed). A replica that
+    fails mid-body gets the client's connection dropped: the client sees a short body, never a whole one.
+    """
+    out = web.StreamResponse(status=response.status, reason=response.reason, headers=response_headers(response.headers))
+    if response.content_length is not None and hdrs.CONTENT_ENCODING not in response.headers:
+        out.content_length = response.content_length
+    await out.prepare(request)
+    try:
+        async for chunk in response.content.iter_chunked(STREAM_CHUNK_BYTES):
+            await out.write(chunk)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        logger.warning("router: replica failed while relaying %s: %s", request.path, exc or type(exc).__name__)
+        if request.transport is not None:
+            request.transport.close()
+        return out
+    await out.write_eof()
+    return out
+
+
+# -- the body of a refused WebSocket upgrade ----------------------------------------------------
+# aiohttp's ws_connect raises WSServerHandshakeError with the status and headers of a refusal but
+# drops its body. The router's HTTP client makes its answers as RefusalKeepingResponse, which, while
+# ``keeping_refusals()`` is in force in the task, reads the body of an answer that is not a 101 first.
+
+_REFUSALS: ContextVar[list[bytes] | None] = ContextVar("router_refusals", default=None)
+
+
+class RefusalKeepingResponse(aiohttp.ClientResponse):
+    """An aiohttp client response that keeps a refused upgrade's body for ``keeping_refusals``."""
+
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        response = await super().start(connection)
+        sink = _REFUSALS.get()
+        if sink is not None and self.status != 101:
+            sink.append((await read_small(self)).body)
+        return response
+
+
+@contextlib.contextmanager
+def keeping_refusals() -> Iterator[list[bytes]]:
+    """Within: a refused upgrade's body (of a client made with RefusalKeepingResponse) lands in the list."""
+    sink: list[bytes] = []
+    token = _REFUSALS.set(sink)
+    try:
+        yield sink
+    finally:
+        _REFUSALS.reset(token)

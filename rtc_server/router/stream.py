@@ -13,30 +13,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import WSCloseCode, web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from rtc_server.auth import WS_PROTOCOL
 from rtc_server.http_errors import json_error
 from rtc_server.protocol import ErrorMessage, serialize
-from rtc_server.router.bridge import CLOSE_TIMEOUT_S, WebSocketBridge
+from rtc_server.router.bridge import CLOSE_TIMEOUT_S, SessionIdCallback, WebSocketBridge
 from rtc_server.router.keys import BRIDGES, CONFIG, HTTP, METRICS, REPLICAS
 from rtc_server.router.placement import forget, no_replica, passive_failure, record, retryable_refusal
-from rtc_server.router.proxy import ReplicaUnreachable, websocket_headers, websocket_url
+from rtc_server.router.proxy import (
+    ReplicaAnswer,
+    ReplicaUnreachable,
+    keeping_refusals,
+    websocket_headers,
+    websocket_url,
+)
 from rtc_server.router.registry import Replica
 
-__all__ = ["add_stream_route", "close_bridges"]
+__all__ = ["UpgradeRefused", "add_stream_route", "bridge_socket", "close_bridges", "connect_socket"]
 
 logger = logging.getLogger(__name__)
 
 
-class _UpgradeRefused(Exception):
-    """The replica answered the upgrade with a client error (4xx): the client gets that status."""
+class UpgradeRefused(Exception):
+    """The replica refused the upgrade (a 4xx; for a viewer's socket, a 503 too): the client gets that status.
 
-    def __init__(self, status: int) -> None:
+    ``answer`` is the replica's own refusal (status, headers, body) when its body could be kept.
+    """
+
+    def __init__(self, status: int, answer: ReplicaAnswer | None = None) -> None:
         super().__init__(status)
         self.status = status
+        self.answer = answer
 
 
 async def _stream(request: web.Request) -> web.StreamResponse:
@@ -61,7 +73,7 @@ async def _stream(request: web.Request) -> web.StreamResponse:
             passive_failure(replica, str(exc))
             moved_because = "unreachable"
             continue
-        except _UpgradeRefused as refused:
+        except UpgradeRefused as refused:
             return json_error(
                 refused.status,
                 "unauthorized" if refused.status in (401, 403) else "invalid_message",
@@ -71,21 +83,34 @@ async def _stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _connect(request: web.Request, replica: Replica, offered: list[str]) -> aiohttp.ClientWebSocketResponse:
+    return await connect_socket(request, replica, offered, unreachable=lambda status: status >= 500)
+
+
+async def connect_socket(
+    request: web.Request, replica: Replica, offered: list[str], *, unreachable: Callable[[int], bool]
+) -> aiohttp.ClientWebSocketResponse:
+    """Open the replica's side of ``request``'s socket (same path and query, the client's headers and
+    subprotocols). ReplicaUnreachable when it cannot be reached or its upgrade answer is ``unreachable``;
+    UpgradeRefused for any other refusal of the upgrade."""
     app = request.app
     url = websocket_url(replica.url, request.rel_url.raw_path_qs)
     try:
-        async with asyncio.timeout(app[CONFIG].proxy_timeout_seconds):
-            return await app[HTTP].ws_connect(
-                url,
-                protocols=offered,
-                headers=websocket_headers(request),
-                max_msg_size=0,  # the replica bounds what it sends; the client's side is bounded in _bridge
-                timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT_S),
-            )
+        with keeping_refusals() as refusals:
+            async with asyncio.timeout(app[CONFIG].proxy_timeout_seconds):
+                return await app[HTTP].ws_connect(
+                    url,
+                    protocols=offered,
+                    headers=websocket_headers(request),
+                    max_msg_size=0,  # the replica bounds what it sends; the client's side is bounded in the bridge
+                    timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT_S),
+                )
     except aiohttp.WSServerHandshakeError as exc:
-        if exc.status >= 500:  # a replica (or its gateway) that cannot take sockets now
+        if unreachable(exc.status):  # a replica (or its gateway) that cannot take sockets now
             raise ReplicaUnreachable(f"upgrade answered {exc.status}") from exc
-        raise _UpgradeRefused(exc.status) from exc
+        answer = None
+        if refusals and exc.headers is not None:
+            answer = ReplicaAnswer(status=exc.status, headers=CIMultiDictProxy(CIMultiDict(exc.headers)), body=refusals[-1])
+        raise UpgradeRefused(exc.status, answer) from exc
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
         raise ReplicaUnreachable(str(exc) or type(exc).__name__) from exc
 
@@ -94,7 +119,35 @@ async def _bridge(
     request: web.Request, replica: Replica, upstream: aiohttp.ClientWebSocketResponse
 ) -> web.StreamResponse:
     app = request.app
-    config, metrics = app[CONFIG], app[METRICS]
+
+    async def placed(session_id: str) -> None:
+        await record(app, session_id, replica.url)
+        logger.info("router: session %s (websocket) placed on %s", session_id[:8], replica.url)
+
+    def started() -> None:
+        replica.note_placed()
+        app[METRICS].sessions_routed.labels(transport="websocket").inc()
+
+    async def ended(bridge: WebSocketBridge) -> None:
+        await _after(app, replica, bridge)
+
+    return await bridge_socket(request, replica, upstream, on_session_id=placed, on_start=started, on_end=ended)
+
+
+async def bridge_socket(
+    request: web.Request,
+    replica: Replica,
+    upstream: aiohttp.ClientWebSocketResponse,
+    *,
+    on_session_id: SessionIdCallback | None = None,
+    on_start: Callable[[], None] | None = None,
+    on_end: Callable[[WebSocketBridge], Awaitable[None]] | None = None,
+) -> web.WebSocketResponse:
+    """Answer the client's upgrade (with the subprotocol the replica chose) and relay both sockets
+    until either ends (``WebSocketBridge``): ``on_start`` once bridged, ``on_end`` (shielded, also
+    when the handler is cancelled) once over."""
+    app = request.app
+    config = app[CONFIG]
     client = web.WebSocketResponse(
         protocols=(upstream.protocol,) if upstream.protocol else (),
         heartbeat=config.heartbeat_seconds,
@@ -108,13 +161,9 @@ async def _bridge(
         await upstream.close(code=WSCloseCode.GOING_AWAY)
         raise
 
-    async def placed(session_id: str) -> None:
-        await record(app, session_id, replica.url)
-        logger.info("router: session %s (websocket) placed on %s", session_id[:8], replica.url)
-
-    bridge = WebSocketBridge(client, upstream, label=f"router bridge to {replica.url}", on_session_id=placed)
-    replica.note_placed()
-    metrics.sessions_routed.labels(transport="websocket").inc()
+    bridge = WebSocketBridge(client, upstream, label=f"router bridge to {replica.url}", on_session_id=on_session_id)
+    if on_start is not None:
+        on_start()
     app[BRIDGES].add(bridge)
     try:
         await bridge.run()
@@ -125,7 +174,8 @@ async def _bridge(
             with contextlib.suppress(TimeoutError, ConnectionResetError):
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await upstream.close(code=WSCloseCode.GOING_AWAY)
-        await asyncio.shield(_after(app, replica, bridge))
+        if on_end is not None:
+            await asyncio.shield(on_end(bridge))
     return client
 
 
