@@ -229,6 +229,11 @@ class WatchHub:
         return len(self._watchers)
 
     @property
+    def reserved(self) -> int:
+        """Places held beyond the fMP4 watchers: viewers connecting, and every WHEP viewer."""
+        return self._reserved
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

@@ -274,3 +274,54 @@ async def test_viewers_of_a_websocket_owner_get_a_paced_feed_of_its_frames_with_
             assert fps_between(clients[0].frames, start, start + 1.5) > 0.85 * FPS
         # The last viewer gone, the feed stops.
         await wait_until(lambda: hub.paced_feed is None, 5, "the feed outlived its viewers")
+
+
+async def test_hostile_offers_get_clear_errors_and_leave_no_trace(start_server: Any) -> None:
+    server = await start_server(config(streaming={"viewers": {"max_per_session": 3}}, server={"max_body_bytes": 64 * 1024}))
+    async with owner_session(server) as (owner, info):
+        sid, token = info["session_id"], info["watch_token"]
+        path = f"/v1/sessions/{sid}/whep"
+        sdp_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
+        async with WhepClient(server.url, sid, token) as probe:
+            real_offer = await probe.local_offer()
+        sendonly = real_offer.replace("a=recvonly", "a=sendonly")
+        no_video = "\r\n".join(line for line in real_offer.split("\r\n") if not line.startswith("m=video"))
+        hostile: list[tuple[bytes, int]] = [
+            (b"", 400),
+            (b"\xff\xfe\x00garbage", 400),
+            (b"v=0\r\n", 400),
+            (real_offer[: len(real_offer) // 2].encode(), 400),
+            (sendonly.encode(), 400),
+            (no_video.encode(), 400),
+            (b"v=0\r\n" + b"a=x\r\n" * 20_000, 413),
+        ]
+        for body, status in hostile:
+            got, answer, _ = await post_offer(server, path, body, sdp_headers)
+            assert got == status, (body[:40], got, answer)
+            assert isinstance(answer, dict) and answer["error"]["code"] == "invalid_message", answer
+        whep = server.app[WHEP]
+        hub = server.app[REGISTRY].get(sid).viewers
+        assert len(whep) == 0 and hub.reserved == 0  # every refused offer gave its place back
+        # All three places are free, and the owner never noticed.
+        async with viewers(server, info, 3) as clients:
+            await wait_until(lambda: all(c.frame_count > 10 for c in clients), 20, "viewers got no frames")
+        recent = owner.frames[-48:]
+        assert fps_between(recent, recent[0].received_at, recent[-1].received_at) > 0.85 * FPS
+
+
+async def test_viewers_that_come_and_go_abruptly_leave_no_trace(start_server: Any) -> None:
+    server = await start_server(config(webrtc={"peer_timeout_seconds": 1.0}))
+    async with owner_session(server) as (_, info):
+        whep = server.app[WHEP]
+        media = media_of(server, info["session_id"])
+        for round_ in range(5):
+            async with viewers(server, info, 4) as clients:
+                await wait_until(lambda: all(c.frame_count > 0 for c in clients), 20, "viewers got no frames")
+                # Half leave politely (DELETE), half just vanish (the peer connection closes).
+                for client in clients[: 2 + round_ % 2]:
+                    assert await client.leave() == 200
+        await wait_until(lambda: len(whep) == 0, 15, f"{len(whep)} viewers left behind")
+        [tier] = media.tier_stats()
+        assert tier.subscribers == 1  # the owner's track only
+        hub = server.app[REGISTRY].get(info["session_id"]).viewers
+        assert hub.reserved == 0
