@@ -88,9 +88,17 @@ class Cluster:
     workdir: Path
     redis_url: str
     processes: list[Process] = field(default_factory=list)
+    ports: set[int] = field(default_factory=set)  # handed out already: a process may not have bound its own yet
+
+    def _port(self) -> int:
+        """A free port no other process of this cluster was given (the kernel may offer one twice before it is bound)."""
+        while (port := free_port(LOOPBACK)) in self.ports:
+            pass
+        self.ports.add(port)
+        return port
 
     def replica(self, name: str, **sections: dict[str, Any]) -> Process:
-        port = free_port(LOOPBACK)
+        port = self._port()
         config: dict[str, Any] = {
             "server": {"host": LOOPBACK, "port": port},
             "pool": {"max_parallel": 2},
@@ -105,7 +113,7 @@ class Cluster:
         return self._add(name, port, config, [sys.executable, "-m", "rtc_server", "--log-level", "INFO"])
 
     def router(self, name: str, replicas: list[Process], **options: Any) -> Process:
-        port = free_port(LOOPBACK)
+        port = self._port()
         config: dict[str, Any] = {
             "host": LOOPBACK,
             "port": port,

@@ -49,14 +49,20 @@ export function playMutedIfRefused(video) {
   });
 }
 
+export const ICE_SERVERS_PATH = "/v1/webrtc/ice-servers"; // an owner's; a viewer's is per session
+
 /**
- * GET /v1/webrtc/ice-servers: {ok: true, iceServers, ttlSeconds} or {ok: false, response, body}
- * for an answer other than 200. Throws when the request fails or times out. Never cached: every
- * answer carries fresh TURN credentials (the server also says Cache-Control: no-store).
+ * GET `path` (ICE_SERVERS_PATH, or /v1/sessions/{id}/ice-servers with a watch token):
+ * {ok: true, iceServers, ttlSeconds} or {ok: false, response, body} for an answer other than 200.
+ * Throws when the request fails or times out. Never cached: every answer carries fresh TURN
+ * credentials (the server also says Cache-Control: no-store).
  */
-export async function fetchIceServers(token, { signal = null, timeoutMs = ICE_SERVERS_TIMEOUT_MS } = {}) {
+export async function fetchIceServers(
+  token,
+  { signal = null, timeoutMs = ICE_SERVERS_TIMEOUT_MS, path = ICE_SERVERS_PATH } = {},
+) {
   const request = { headers: authHeaders(token), cache: "no-store" };
-  const { response, body } = await fetchJson("/v1/webrtc/ice-servers", request, timeoutMs, signal);
+  const { response, body } = await fetchJson(path, request, timeoutMs, signal);
   if (!response.ok) return { ok: false, response, body };
   const list = body && Array.isArray(body.ice_servers) ? body.ice_servers : [];
   const ttl = body && Number.isFinite(body.ttl_seconds) ? body.ttl_seconds : null;
@@ -120,10 +126,10 @@ export class ReceivingPeer {
    * fetchIceServers(), none when unreachable (host candidates still work on a local network), null
    * once closed. `log` says so.
    */
-  async requestIceServers(token, log) {
+  async requestIceServers(token, log, path = ICE_SERVERS_PATH) {
     this.onEvent("progress", { text: "fetching ICE servers" });
     try {
-      return await fetchIceServers(token, { signal: this.abort.signal });
+      return await fetchIceServers(token, { signal: this.abort.signal, path });
     } catch (error) {
       if (this.closed) return null;
       log(`no ICE servers (${error.message || error}); trying direct paths only`);

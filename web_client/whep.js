@@ -51,10 +51,15 @@ export class WhepViewer extends ReceivingPeer {
   }
 
   async iceServers() {
-    const answer = await this.requestIceServers(this.accessToken, console.info);
+    // The session's own list, for its watch token: a viewer has no access token for the owners' one.
+    const path = `/v1/sessions/${encodeURIComponent(this.sessionId)}/ice-servers`;
+    const answer = await this.requestIceServers(this.watchToken, console.info, path);
     if (!answer || answer.ok) return answer ? answer.iceServers : [];
-    // A server with auth gives them to its clients only; a viewer may have no such token.
-    console.info(`ICE servers refused (HTTP ${answer.response.status}); trying direct paths only`);
+    // A server without that endpoint (older, or the viewer's own token refused): the owners' list,
+    // with the page's access token if it has one.
+    const fallback = await this.requestIceServers(this.accessToken, console.info);
+    if (!fallback || fallback.ok) return fallback ? fallback.iceServers : [];
+    console.info(`ICE servers refused (HTTP ${fallback.response.status}); trying direct paths only`);
     return [];
   }
 

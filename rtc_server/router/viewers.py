@@ -6,7 +6,8 @@ viewer's media flows between it and the replica directly, as the owner's WebRTC 
   ``Authorization`` included), ``OPTIONS`` on it, and ``DELETE``/``PATCH``/``OPTIONS`` on
   ``/v1/sessions/{id}/whep/{viewer}``: the replica's answer relayed whole (its ``Location`` is a path,
   so the viewer's ``DELETE`` comes back through the router; ``Link`` headers travel). No WHEP answer
-  removes the session's map entry: a 404 here may only mean "no such viewer".
+  removes the session's map entry: a 404 here may only mean "no such viewer". ``GET`` (and ``OPTIONS``)
+  ``/v1/sessions/{id}/ice-servers``, the viewer's STUN/TURN list, the same way.
 - ``GET /v1/sessions/{id}/watch``: the fMP4 WebSocket, bridged to the holding replica frame by frame
   (``bridge.WebSocketBridge``, both ways, close codes across). The replica's refusal before the upgrade
   (401, 404, 503 + ``Retry-After``) reaches the client as that status with the replica's JSON body.
@@ -185,6 +186,8 @@ def add_viewer_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/sessions/{session_id}/whep/{viewer_id}", _whep_without_body)
     app.router.add_patch("/v1/sessions/{session_id}/whep/{viewer_id}", _whep_with_body)
     app.router.add_route("OPTIONS", "/v1/sessions/{session_id}/whep/{viewer_id}", _whep_without_body)
+    app.router.add_get("/v1/sessions/{session_id}/ice-servers", _whep_without_body)
+    app.router.add_route("OPTIONS", "/v1/sessions/{session_id}/ice-servers", _whep_without_body)
     app.router.add_get("/v1/sessions/{session_id}/watch", _watch)
     app.router.add_get("/v1/sessions/{session_id}/recording", _recording)
     app.router.add_get("/v1/sessions/{session_id}/recording/{name}", _recording)

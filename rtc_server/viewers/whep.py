@@ -3,7 +3,8 @@
 ``POST /v1/sessions/{id}/whep`` (``Content-Type: application/sdp``, ``Authorization: Bearer
 <watch_token>``) with an SDP offer answers ``201 Created``: the SDP answer (all candidates in it: no
 trickle) and the viewer resource's ``Location``; ``DELETE`` that location to leave (``PATCH``, trickle
-ICE, is answered 405). Refusals are JSON ``{error: {code, message, retryable}}``: 404 unknown session
+ICE, is answered 405). ``GET /v1/sessions/{id}/ice-servers`` (the same token) gives the viewer the
+STUN/TURN servers to gather with before it offers. Refusals are JSON ``{error: {code, message, retryable}}``: 404 unknown session
 (or viewers off), 401 missing or wrong token, 503 + ``Retry-After`` when it has ``max_per_session``
 viewers, 415 not SDP, 400 an offer that cannot receive video.
 
@@ -246,6 +247,15 @@ class WhepService:
         headers = {"Location": viewer.location, "Content-Type": SDP_TYPE, **self._ice_links()}
         return web.Response(status=201, text=answer.sdp, headers=headers, content_type=None)
 
+    def ice_servers(self, request: web.Request) -> dict[str, Any]:
+        """``GET /v1/sessions/{id}/ice-servers`` for a holder of the watch token: what
+        ``/v1/webrtc/ice-servers`` gives an owner (TURN with fresh credentials), without the server's
+        access token a viewer does not have. Non-trickle WHEP needs them before its offer."""
+        token = bearer_token(request.headers.get("Authorization"))
+        watched_hub(request, token, config=self._config, registry=self._registry, gate=self._gate)
+        servers = self._webrtc.ice_servers
+        return {"ice_servers": servers.for_clients(), "ttl_seconds": servers.ttl_seconds}
+
     def _ice_links(self) -> dict[str, str]:
         # WHEP's Link rel="ice-server": the STUN/TURN servers a viewer may use (TURN with fresh credentials).
         links = []
@@ -322,6 +332,14 @@ def register_routes(
             return cors(request, exc.response())
         return cors(request, web.Response(status=200))
 
+    async def ice_servers(request: web.Request) -> web.StreamResponse:
+        try:
+            body = request.app[service_key].ice_servers(request)
+        except HttpError as exc:
+            return cors(request, exc.response())
+        # Credentials are per request: no cache may hand them on.
+        return cors(request, web.json_response(body, headers={"Cache-Control": "no-store"}))
+
     async def patch(request: web.Request) -> web.StreamResponse:
         # WHEP: a server without trickle ICE answers 405; the answer already holds every candidate.
         return cors(request, web.Response(status=405, headers={"Allow": "DELETE, OPTIONS"}))
@@ -337,4 +355,6 @@ def register_routes(
     app.router.add_route("OPTIONS", "/v1/sessions/{session_id}/whep", preflight)
     app.router.add_delete("/v1/sessions/{session_id}/whep/{viewer_id}", delete)
     app.router.add_patch("/v1/sessions/{session_id}/whep/{viewer_id}", patch)
+    app.router.add_get("/v1/sessions/{session_id}/ice-servers", ice_servers)
+    app.router.add_route("OPTIONS", "/v1/sessions/{session_id}/ice-servers", preflight)
     app.router.add_route("OPTIONS", "/v1/sessions/{session_id}/whep/{viewer_id}", preflight)

@@ -64,6 +64,12 @@ async def test_whep_and_fmp4_viewers_of_a_webrtc_owner_through_the_router(
             preflight = {"Origin": router.url, "Access-Control-Request-Method": "POST"}
             async with http.options(f"{router.url}/v1/sessions/{sid}/whep", headers=preflight) as response:
                 assert response.status == 204
+            # The viewer's ICE servers, for its watch token, from the holding replica.
+            ice = f"{router.url}/v1/sessions/{sid}/ice-servers"
+            async with http.get(ice, headers={"Authorization": f"Bearer {token}"}) as response:
+                assert response.status == 200 and "ice_servers" in await response.json()
+            async with http.get(ice, headers={"Authorization": "Bearer wrong"}) as response:
+                assert response.status == 401
             # The watch socket's refusal before the upgrade: the replica's status and JSON body.
             async with http.get(f"{router.url}/v1/sessions/{sid}/watch?token=wrong", headers=upgrade_headers()) as response:
                 assert response.status == 401 and (await response.json())["error"]["code"] == "unauthorized"

@@ -325,3 +325,41 @@ async def test_viewers_that_come_and_go_abruptly_leave_no_trace(start_server: An
         assert tier.subscribers == 1  # the owner's track only
         hub = server.app[REGISTRY].get(info["session_id"]).viewers
         assert hub.reserved == 0
+
+
+async def test_a_viewer_gets_the_ice_servers_with_its_watch_token_where_the_owners_list_needs_auth(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTCVS_TEST_TOKEN", "owner-access")
+    monkeypatch.setenv("RTCVS_TEST_TURN_SECRET", "turn-secret")
+    server = await start_server(
+        config(
+            auth={"mode": "token", "token_envs": ["RTCVS_TEST_TOKEN"]},
+            webrtc={"turn": {"urls": ["turn:127.0.0.1:3478"], "secret_env": "RTCVS_TEST_TURN_SECRET", "ttl_seconds": 600}},
+        )
+    )
+    async with owner_session(server, auth_token="owner-access") as (_, info):
+        sid, watch = info["session_id"], info["watch_token"]
+        async with aiohttp.ClientSession() as http:
+            viewer = {"Authorization": f"Bearer {watch}"}
+            async with http.get(f"{server.url}/v1/webrtc/ice-servers", headers=viewer) as response:
+                assert response.status == 401  # the owners' list needs the server's access token
+            async with http.get(f"{server.url}/v1/sessions/{sid}/ice-servers", headers=viewer) as response:
+                assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
+                body = await response.json()
+            [turn] = body["ice_servers"]
+            assert turn["urls"] == ["turn:127.0.0.1:3478"] and turn["username"] and turn["credential"] != "turn-secret"
+            assert body["ttl_seconds"] == 600
+            for headers, path, status in (
+                ({"Authorization": "Bearer wrong"}, f"/v1/sessions/{sid}/ice-servers", 401),
+                ({}, f"/v1/sessions/{sid}/ice-servers", 401),
+                (viewer, "/v1/sessions/no-such-session/ice-servers", 404),
+            ):
+                async with http.get(f"{server.url}{path}", headers=headers) as response:
+                    assert response.status == status
+                    assert (await response.json())["error"]["code"] in ("unauthorized", "invalid_message")
+        # The WHEP answer names the same servers (Link rel="ice-server"), credentials fresh.
+        async with WhepClient(server.url, sid, watch) as client:
+            await client.connect()
+            assert client.link_header is not None and 'rel="ice-server"' in client.link_header
+            assert "turn:127.0.0.1:3478" in client.link_header
