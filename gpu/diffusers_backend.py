@@ -33,11 +33,9 @@ torch and diffusers are imported when a generator is built, never at module impo
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,11 +48,10 @@ from PIL import Image
 from gpu.audio import AudioFormat
 from gpu.diffusers_runtime import (
     CALL_ERRORS,
+    LoadedPipeline,
     check_common_options,
     check_model_request,
-    load_pipeline,
     open_init_image,
-    resolve_placement,
     state_payload,
 )
 from gpu.diffusion_rules import check_schedule, schedule_for_steps
@@ -79,7 +76,7 @@ from gpu.generator import (
     is_finite_number,
     quote_state_value,
 )
-from gpu.prompt_embeddings import DEFAULT_PROMPT_CACHE_SIZE, PromptEmbeddingCache, encode_with_cache
+from gpu.prompt_embeddings import DEFAULT_PROMPT_CACHE_SIZE
 
 __all__ = [
     "DEFAULT_CONDITIONING_FRAMES",
@@ -201,7 +198,7 @@ class _StepReporter:
         return {}  # nothing replaced: the pipeline keeps its latents
 
 
-class DiffusersGenerator:
+class DiffusersGenerator(LoadedPipeline):
     """LTX-Video segments from a local ``LTXConditionPipeline`` directory, each continuing the last.
 
     Options (keyword-only):
@@ -266,28 +263,24 @@ class DiffusersGenerator:
         self._strength = float(conditioning_strength)
         self._decode_timestep = float(decode_timestep)
         self._decode_noise_scale = float(decode_noise_scale)
-        self._max_sequence_length = max_sequence_length
         self._schedule = check_schedule(timesteps, name="timesteps", high=TIMESTEP_SCALE)
         self._image_cond_noise_scale = float(image_cond_noise_scale)
         self._guidance_rescale = float(guidance_rescale)
-        self._prompts: PromptEmbeddingCache[tuple[Any, Any]] = PromptEmbeddingCache(prompt_cache_size)
-        self._lock = threading.Lock()  # one pipeline call at a time; also guards close()
 
         torch, pipeline_class, condition_class = _import_runtime()
-        self._torch = torch
         self._condition_class = condition_class
-        self._device, self._dtype = resolve_placement(torch, device, dtype, offload=enable_model_cpu_offload)
         started = time.perf_counter()
-        self._pipeline: Any = load_pipeline(
+        self._load(
+            torch,
             pipeline_class,
             self._path,
-            dtype=self._dtype,
-            device=self._device,
+            device=device,
+            dtype=dtype,
             offload=enable_model_cpu_offload,
             label="LTX",
+            prompt_cache_size=prompt_cache_size,
+            max_sequence_length=max_sequence_length,
         )
-        self._temporal_ratio = int(self._pipeline.vae_temporal_compression_ratio)
-        self._spatial_ratio = int(self._pipeline.vae_spatial_compression_ratio)
         try:
             self._conditioning_frames = validate_conditioning_frames(conditioning_frames, self._temporal_ratio)
         except ValueError:
@@ -316,38 +309,6 @@ class DiffusersGenerator:
     def audio_format(self) -> AudioFormat | None:
         """None: LTX-Video makes no sound."""
         return None
-
-    @property
-    def prompt_cache(self) -> PromptEmbeddingCache[tuple[Any, Any]]:
-        """The prompt encodings kept between segments."""
-        return self._prompts
-
-    @property
-    def conditioning_frames(self) -> int:
-        """K: how many trailing frames each segment hands to the next."""
-        return self._conditioning_frames
-
-    @property
-    def temporal_ratio(self) -> int:
-        """The VAE's time compression: valid clip lengths are ``temporal_ratio * n + 1``."""
-        return self._temporal_ratio
-
-    @property
-    def spatial_ratio(self) -> int:
-        """The VAE's space compression: widths and heights are multiples of it."""
-        return self._spatial_ratio
-
-    def close(self) -> None:
-        """Drop the pipeline and free its memory; idempotent, waits for a running segment."""
-        with self._lock:
-            pipeline, self._pipeline = self._pipeline, None
-        if pipeline is None:
-            return
-        self._prompts.clear()
-        del pipeline
-        gc.collect()
-        if self._device.type == "cuda":
-            self._torch.cuda.empty_cache()
 
     def generate(
         self,
@@ -470,16 +431,6 @@ class DiffusersGenerator:
             negative, negative_mask = self._encode(pipeline, request.negative_prompt or "")
             arguments.update(negative_prompt_embeds=negative, negative_prompt_attention_mask=negative_mask)
         return arguments
-
-    def _encode(self, pipeline: Any, text: str) -> tuple[Any, Any]:
-        return encode_with_cache(
-            self._prompts,
-            pipeline,
-            text,
-            torch=self._torch,
-            max_sequence_length=self._max_sequence_length,
-            device=self._device,
-        )
 
     def _timesteps(self, steps: int) -> list[float]:
         if self._schedule is not None:

@@ -28,10 +28,8 @@ torch and diffusers are imported when a generator is built, never at module impo
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
-import threading
 import time
 from collections.abc import Sequence
 from os import PathLike
@@ -50,11 +48,10 @@ from gpu.diffusers_backend import (
 )
 from gpu.diffusers_runtime import (
     CALL_ERRORS,
+    LoadedPipeline,
     check_common_options,
     check_model_request,
-    load_pipeline,
     open_init_image,
-    resolve_placement,
 )
 from gpu.diffusion_rules import check_schedule, schedule_for_steps
 from gpu.frames import tensor_to_uint8_frames
@@ -70,7 +67,6 @@ from gpu.generator import (
     is_finite_number,
 )
 from gpu.ltx2_state import STATE_KIND, Ltx2Cursor, encode_state, parse_state
-from gpu.prompt_embeddings import PromptEmbeddingCache, encode_with_cache
 
 __all__ = [
     "DEFAULT_CONDITIONING_FRAMES",
@@ -123,7 +119,7 @@ class _StepHook:
         return {}  # nothing replaced: the audio prefix was written in place
 
 
-class DiffusersLtx2Generator:
+class DiffusersLtx2Generator(LoadedPipeline):
     """LTX-2 segments with sound from a local ``LTX2ConditionPipeline`` directory, each continuing the last.
 
     Options (keyword-only):
@@ -191,7 +187,6 @@ class DiffusersLtx2Generator:
         self._schedule = check_schedule(sigmas, name="sigmas", high=1.0)
         if self._schedule is not None and self._schedule[-1] <= 0.0:
             raise ValueError("sigmas must not include the terminal 0 (the scheduler appends it)")
-        self._prompts: PromptEmbeddingCache[tuple[Any, Any]] = PromptEmbeddingCache(prompt_cache_size)
         self._strength = float(conditioning_strength)
         self._audio_conditioning = bool(audio_conditioning)
         self._audio_guidance = None if audio_guidance_scale is None else float(audio_guidance_scale)
@@ -200,25 +195,22 @@ class DiffusersLtx2Generator:
         self._stg_blocks = blocks
         self._modality_scale = float(modality_scale)
         self._use_cross_timestep = bool(use_cross_timestep)
-        self._max_sequence_length = max_sequence_length
-        self._lock = threading.Lock()  # one pipeline call at a time; also guards close()
 
         torch, pipeline_class, condition_class = _import_runtime()
-        self._torch = torch
         self._condition_class = condition_class
-        self._device, self._dtype = resolve_placement(torch, device, dtype, offload=enable_model_cpu_offload)
         started = time.perf_counter()
-        self._pipeline: Any = load_pipeline(
+        self._load(
+            torch,
             pipeline_class,
             self._path,
-            dtype=self._dtype,
-            device=self._device,
+            device=device,
+            dtype=dtype,
             offload=enable_model_cpu_offload,
             label="LTX-2",
+            prompt_cache_size=prompt_cache_size,
+            max_sequence_length=max_sequence_length,
         )
         pipeline = self._pipeline
-        self._temporal_ratio = int(pipeline.vae_temporal_compression_ratio)
-        self._spatial_ratio = int(pipeline.vae_spatial_compression_ratio)
         self._latent_rate = audio_latent_rate(pipeline)
         self._audio_shape = (
             int(pipeline.audio_latent_channels),
@@ -262,36 +254,6 @@ class DiffusersLtx2Generator:
     def audio_format(self) -> AudioFormat:
         """The vocoder's sample rate and channels."""
         return self._audio_format
-
-    @property
-    def conditioning_frames(self) -> int:
-        """K: how many trailing frames (with their audio latents) each segment hands to the next."""
-        return self._conditioning_frames
-
-    @property
-    def temporal_ratio(self) -> int:
-        return self._temporal_ratio
-
-    @property
-    def spatial_ratio(self) -> int:
-        return self._spatial_ratio
-
-    @property
-    def prompt_cache(self) -> PromptEmbeddingCache[tuple[Any, Any]]:
-        """The prompt encodings kept between segments."""
-        return self._prompts
-
-    def close(self) -> None:
-        """Drop the pipeline and free its memory; idempotent, waits for a running segment."""
-        with self._lock:
-            pipeline, self._pipeline = self._pipeline, None
-        if pipeline is None:
-            return
-        self._prompts.clear()
-        del pipeline
-        gc.collect()
-        if self._device.type == "cuda":
-            self._torch.cuda.empty_cache()
 
     def check_state(self, state: ContinuationState) -> None:
         """Raise IncompatibleStateError unless ``state`` is a well-formed ``ltx2.v1`` state for this model."""
@@ -426,15 +388,6 @@ class DiffusersLtx2Generator:
             arguments.update(negative_prompt_embeds=negative, negative_prompt_attention_mask=negative_mask)
         return arguments
 
-    def _encode(self, pipeline: Any, text: str) -> tuple[Any, Any]:
-        return encode_with_cache(
-            self._prompts,
-            pipeline,
-            text,
-            torch=self._torch,
-            max_sequence_length=self._max_sequence_length,
-            device=self._device,
-        )
 
     def _audio_start(
         self, pipeline: Any, request: SegmentRequest, cursor: Ltx2Cursor, total_frames: int, seed: int

@@ -6,8 +6,10 @@ never imports torch.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -27,12 +29,14 @@ from gpu.generator import (
     is_state_counter,
     quote_state_value,
 )
+from gpu.prompt_embeddings import PromptEmbeddingCache, encode_with_cache
 
 __all__ = [
     "CALL_ERRORS",
     "DEVICE_PATTERN",
     "DTYPES",
     "LOAD_ERRORS",
+    "LoadedPipeline",
     "check_common_options",
     "check_model_dir",
     "check_model_request",
@@ -210,3 +214,78 @@ def resolve_placement(torch: Any, device: str, dtype: str, *, offload: bool) -> 
     if offload and resolved.type != "cuda":
         raise ValueError(f"enable_model_cpu_offload needs a CUDA device, got {resolved}")
     return resolved, resolve_dtype(torch, dtype, resolved)
+
+
+class LoadedPipeline:
+    """What both diffusers backends share: the pipeline on its device, called one at a time (``_lock``),
+    its VAE's compression, the prompt encodings kept between segments, and freeing it all."""
+
+    _conditioning_frames: int
+
+    def _load(
+        self,
+        torch: Any,
+        pipeline_class: Any,
+        path: Path,
+        *,
+        device: str,
+        dtype: str,
+        offload: bool,
+        label: str,
+        prompt_cache_size: int,
+        max_sequence_length: int,
+    ) -> None:
+        """Place and load the pipeline (ValueError / GeneratorError as ``load_pipeline`` and ``resolve_placement``)."""
+        self._torch = torch
+        self._prompts: PromptEmbeddingCache[tuple[Any, Any]] = PromptEmbeddingCache(prompt_cache_size)
+        self._max_sequence_length = max_sequence_length
+        self._lock = threading.Lock()  # one pipeline call at a time; also guards close()
+        self._device, self._dtype = resolve_placement(torch, device, dtype, offload=offload)
+        self._pipeline: Any = load_pipeline(
+            pipeline_class, path, dtype=self._dtype, device=self._device, offload=offload, label=label
+        )
+        self._temporal_ratio = int(self._pipeline.vae_temporal_compression_ratio)
+        self._spatial_ratio = int(self._pipeline.vae_spatial_compression_ratio)
+
+    @property
+    def prompt_cache(self) -> PromptEmbeddingCache[tuple[Any, Any]]:
+        """The prompt encodings kept between segments."""
+        return self._prompts
+
+    @property
+    def conditioning_frames(self) -> int:
+        """K: how many trailing frames each segment hands to the next."""
+        return self._conditioning_frames
+
+    @property
+    def temporal_ratio(self) -> int:
+        """The VAE's time compression: valid clip lengths are ``temporal_ratio * n + 1``."""
+        return self._temporal_ratio
+
+    @property
+    def spatial_ratio(self) -> int:
+        """The VAE's space compression: widths and heights are multiples of it."""
+        return self._spatial_ratio
+
+    def close(self) -> None:
+        """Drop the pipeline and free its memory; idempotent, waits for a running segment."""
+        with self._lock:
+            pipeline, self._pipeline = self._pipeline, None
+        if pipeline is None:
+            return
+        self._prompts.clear()
+        del pipeline
+        gc.collect()
+        if self._device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+    def _encode(self, pipeline: Any, text: str) -> tuple[Any, Any]:
+        """``(embeddings, mask)`` of ``text``, encoded once per text (the prompt cache)."""
+        return encode_with_cache(
+            self._prompts,
+            pipeline,
+            text,
+            torch=self._torch,
+            max_sequence_length=self._max_sequence_length,
+            device=self._device,
+        )
