@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import numpy as np
 from aiohttp import WSCloseCode, web
 
 from rtc_server.media.fmp4 import Fmp4Encoder, Fmp4SegmentStream
+from rtc_server.media.frame_feed import FrameChunk, FrameFeed
 from rtc_server.protocol import MediaInit, MediaSegmentComplete, MediaSegmentSkipped, ServerMessage, serialize
 from rtc_server.sink import CloseReason
 
@@ -60,9 +60,6 @@ class _SegmentSent:
 _Item = str | bytes | _SegmentSent
 
 
-_Chunk = tuple[np.ndarray, np.ndarray | None]  # frames and the audio they own (None: no sound)
-
-
 class StreamedSegment:
     """One segment encoded to fMP4 as its frames (and their audio) arrive (a SegmentOutput).
 
@@ -73,7 +70,7 @@ class StreamedSegment:
         self._sink = sink
         self._segment_idx = segment_idx
         self._num_frames = num_frames
-        self._frames: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
+        self._frames = FrameFeed()
         self._task: asyncio.Task[None] | None = None
         self._retracted = False
 
@@ -86,12 +83,12 @@ class StreamedSegment:
             return
         if self._task is None:
             self._task = self._sink.begin_stream(self)
-        self._frames.put((frames, audio))
+        self._frames.put(frames, audio)
 
     async def finish(self) -> None:
         if self._task is None:
             return
-        self._frames.put(None)
+        self._frames.end()
         await self._task
 
     def retract(self) -> bool:
@@ -102,13 +99,12 @@ class StreamedSegment:
 
     def abandon(self) -> None:
         """End the frames early (the session is closing): the encoder stops waiting for more."""
-        self._frames.put(None)
+        self._frames.end()
 
-    def frames(self) -> Iterator[_Chunk]:
+    def frames(self) -> FrameFeed:
         """The frames with their audio as they are put; ends at finish or abandon. Iterated in the
         encoder's thread (the encoder takes the pairs as they are, and ignores audio it has no track for)."""
-        while (chunk := self._frames.get()) is not None:
-            yield chunk
+        return self._frames
 
     @property
     def segment_idx(self) -> int:
@@ -239,7 +235,7 @@ class WebSocketSink:
     def open_segment(self, segment_idx: int, *, num_frames: int) -> StreamedSegment:
         return StreamedSegment(self, segment_idx, num_frames)
 
-    async def _send_stream(self, segment_idx: int, num_frames: int, frames: Iterable[_Chunk]) -> None:
+    async def _send_stream(self, segment_idx: int, num_frames: int, frames: Iterable[FrameChunk]) -> None:
         """Encode one segment as its frames arrive and queue its media, contiguous, in protocol order."""
         try:
             if self._pending_segments >= self._max_pending:

@@ -24,10 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Protocol
 
@@ -35,6 +34,7 @@ import numpy as np
 from aiohttp import WSCloseCode, web
 
 from rtc_server.media.fmp4 import Fmp4Encoder, Fmp4SegmentStream
+from rtc_server.media.frame_feed import FrameFeed
 from rtc_server.media.shared_media import SharedMedia
 from rtc_server.protocol import (
     MediaInit,
@@ -53,7 +53,6 @@ __all__ = ["MediaSubscriber", "WatchFull", "WatchHub", "Watcher"]
 
 logger = logging.getLogger(__name__)
 
-_Chunk = tuple[np.ndarray, np.ndarray | None]
 _END = object()  # queue marker: everything before it is sent, then the socket closes with 1000
 
 
@@ -165,7 +164,7 @@ class _HubSegment:
         self.hub = hub
         self.segment_idx = segment_idx
         self.num_frames = num_frames
-        self._frames: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
+        self._frames = FrameFeed()
         self._task: asyncio.Task[None] | None = None
         self._retracted = False
 
@@ -178,11 +177,11 @@ class _HubSegment:
             return
         if self._task is None:
             self._task = self.hub.begin_encoding(self)
-        self._frames.put((frames, audio))
+        self._frames.put(frames, audio)
 
     def end_frames(self) -> None:
         """No more frames (finished, or abandoned): the encoder ends the segment with what it has."""
-        self._frames.put(None)
+        self._frames.end()
 
     async def finish(self) -> None:
         self.end_frames()
@@ -195,9 +194,8 @@ class _HubSegment:
         self._retracted = True
         return True
 
-    def frames(self) -> Iterator[_Chunk]:
-        while (chunk := self._frames.get()) is not None:
-            yield chunk
+    def frames(self) -> FrameFeed:
+        return self._frames
 
 
 class WatchHub:
