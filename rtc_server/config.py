@@ -36,6 +36,7 @@ __all__ = [
     "WebRTCConfig",
     "WebSocketConfig",
     "load_config",
+    "read_config_mapping",
 ]
 
 
@@ -531,9 +532,8 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path) -> ServiceConfig:
-    """Read and validate a YAML config file; raise ConfigError naming the file and the bad key."""
-    path = Path(path)
+def read_config_mapping(path: Path) -> dict[str, Any]:
+    """A YAML config file's top-level mapping (an empty file: {}); ConfigError naming the file otherwise."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -543,9 +543,16 @@ def load_config(path: str | Path) -> ServiceConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path) -> ServiceConfig:
+    """Read and validate a YAML config file; raise ConfigError naming the file and the bad key."""
+    path = Path(path)
+    raw = read_config_mapping(path)
     try:
         return ServiceConfig.model_validate(raw)
     except ValidationError as exc:

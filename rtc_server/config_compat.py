@@ -36,7 +36,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from rtc_server.config import ConfigError, ServiceConfig, load_config
+from rtc_server.config import ConfigError, ServiceConfig, load_config, read_config_mapping
 
 __all__ = [
     "KEY_MAPPING",
@@ -610,22 +610,6 @@ def translate_original(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[Unh
 # -- loading -----------------------------------------------------------------------------------------
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
-    return raw
-
-
 def _origin_of(key: str, origins: Mapping[str, str]) -> str | None:
     parts = key.split(".")
     for length in range(len(parts), 0, -1):
@@ -661,7 +645,7 @@ def load_any_config(path: str | Path) -> LoadedConfig:
     and the key; for a translated key, the file's own key as well.
     """
     path = Path(path)
-    raw = _read_mapping(path)
+    raw = read_config_mapping(path)
     if not is_original_layout(raw):
         return LoadedConfig(config=load_config(path), layout="ours")
     try:
