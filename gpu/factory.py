@@ -31,7 +31,8 @@ _SYNTHETIC_OPTIONS: Mapping[str, tuple[type, ...]] = MappingProxyType(
         "audio": (bool,),
     }
 )
-_DIFFUSERS_OPTIONS: Mapping[str, tuple[type, ...]] = MappingProxyType(
+# The options both diffusers backends take (diffusers_runtime: placement, loading, conditioning, prompts).
+_PIPELINE_OPTIONS: Mapping[str, tuple[type, ...]] = MappingProxyType(
     {
         "model_path": (str,),
         "device": (str,),
@@ -40,34 +41,30 @@ _DIFFUSERS_OPTIONS: Mapping[str, tuple[type, ...]] = MappingProxyType(
         "enable_vae_tiling": (bool,),
         "conditioning_frames": (int,),
         "conditioning_strength": (int, float),
+        "guidance_rescale": (int, float),
+        "max_sequence_length": (int,),
+        "prompt_cache_size": (int,),
+    }
+)
+_DIFFUSERS_OPTIONS: Mapping[str, tuple[type, ...]] = MappingProxyType(
+    {
+        **_PIPELINE_OPTIONS,
         "decode_timestep": (int, float),
         "decode_noise_scale": (int, float),
-        "max_sequence_length": (int,),
         "timesteps": (list, _NONE),
         "image_cond_noise_scale": (int, float),
-        "guidance_rescale": (int, float),
-        "prompt_cache_size": (int,),
     }
 )
 _LTX2_OPTIONS: Mapping[str, tuple[type, ...]] = MappingProxyType(
     {
-        "model_path": (str,),
-        "device": (str,),
-        "dtype": (str,),
-        "enable_model_cpu_offload": (bool,),
-        "enable_vae_tiling": (bool,),
-        "conditioning_frames": (int,),
-        "conditioning_strength": (int, float),
+        **_PIPELINE_OPTIONS,
         "audio_conditioning": (bool,),
         "sigmas": (list, _NONE),
         "audio_guidance_scale": (int, float, _NONE),
-        "guidance_rescale": (int, float),
         "stg_scale": (int, float),
         "stg_blocks": (list,),
         "modality_scale": (int, float),
         "use_cross_timestep": (bool,),
-        "max_sequence_length": (int,),
-        "prompt_cache_size": (int,),
     }
 )
 _DIFFUSERS_REQUIRED = ("model_path",)
