@@ -105,6 +105,7 @@ class SharedMedia:
         self._video: dict[str, _VideoTier] = {}
         self._audio: dict[tuple[str, int, int | None], _AudioTier] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._audio_wanted = asyncio.Event()  # an audio tier exists: the sound is paced and encoded
         self._closed = False
         self.retired: list[TierStats] = []  # tiers whose last subscriber left
 
@@ -167,6 +168,7 @@ class SharedMedia:
         tier = self._audio.get(key)
         if tier is None:
             tier = self._audio[key] = _AudioTier(encoder=get_encoder(codec))
+            self._audio_wanted.set()
         track = PacketTrack("audio", max_queued=max_queued, on_overflow=self._audio_dropper(tier, on_overflow))
         tier.tracks.append(track)
         if self._closed:
@@ -209,7 +211,7 @@ class SharedMedia:
     def _dropper(self, tier: _VideoTier, then: Callable[[], None] | None) -> Callable[[], None]:
         def overflowed() -> None:
             tier.stats.dropped += 1
-            logger.info("%s: a %s subscriber fell %d packets behind; dropped from its tier", self.label, tier.encoder.mime, MAX_QUEUED_VIDEO_PACKETS)
+            logger.info("%s: a %s subscriber's queue is full; dropped from its tier", self.label, tier.encoder.mime)
             if then is not None:
                 then()
 
@@ -282,6 +284,11 @@ class SharedMedia:
         assert self.audio_source is not None
         try:
             while True:
+                if not self._audio:
+                    # Nobody takes the sound (an owner without an audio section, no viewer yet): no
+                    # frames are made for nobody. The audio clock skips the ticks it missed meanwhile.
+                    self._audio_wanted.clear()
+                    await self._audio_wanted.wait()
                 frame = await self.audio_source.recv()
                 for tier in list(self._audio.values()):
                     payloads, timestamp = tier.encoder.encode(frame)
