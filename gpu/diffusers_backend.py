@@ -51,6 +51,7 @@ from gpu.diffusers_runtime import (
     LoadedPipeline,
     check_common_options,
     check_model_request,
+    check_state_frame_size,
     open_init_image,
     state_payload,
 )
@@ -325,17 +326,10 @@ class DiffusersGenerator(LoadedPipeline):
             request, spatial_ratio=self._spatial_ratio, schedule=self._schedule, schedule_name="timesteps"
         )
         cursor = self._cursor(request)
-        if cursor.history is not None and cursor.history.shape[1:3] != (request.height, request.width):
-            height, width = cursor.history.shape[1:3]
-            raise IncompatibleStateError(
-                f"{STATE_KIND} state holds {width}x{height} frames but the request is "
-                f"{request.width}x{request.height}"
-            )
+        check_state_frame_size(STATE_KIND, cursor.history, request)
         init_image = open_init_image(request.init_image_path) if cursor.history is None else None
-        with self._lock:
-            if self._pipeline is None:
-                raise GeneratorError("diffusers generator is closed")
-            video = self._run_pipeline(self._pipeline, request, cursor, init_image, on_step)
+        with self._running("diffusers") as pipeline:
+            video = self._run_pipeline(pipeline, request, cursor, init_image, on_step)
         # Outside the lock: the decoded video no longer needs the pipeline, and a slow receiver
         # must not hold up the next segment's denoising.
         frames = self._hand_over(video, cursor.segment_idx, on_frames)

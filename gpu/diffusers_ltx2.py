@@ -51,6 +51,7 @@ from gpu.diffusers_runtime import (
     LoadedPipeline,
     check_common_options,
     check_model_request,
+    check_state_frame_size,
     open_init_image,
 )
 from gpu.diffusion_rules import check_schedule, schedule_for_steps
@@ -59,7 +60,6 @@ from gpu.generator import (
     ContinuationState,
     FrameCallback,
     GeneratorError,
-    IncompatibleStateError,
     SegmentCancelled,
     SegmentRequest,
     SegmentResult,
@@ -274,17 +274,10 @@ class DiffusersLtx2Generator(LoadedPipeline):
             request, spatial_ratio=self._spatial_ratio, schedule=self._schedule, schedule_name="sigmas"
         )
         cursor = self._cursor(request)
-        if cursor.frames is not None and cursor.frames.shape[1:3] != (request.height, request.width):
-            height, width = cursor.frames.shape[1:3]
-            raise IncompatibleStateError(
-                f"{STATE_KIND} state holds {width}x{height} frames but the request is "
-                f"{request.width}x{request.height}"
-            )
+        check_state_frame_size(STATE_KIND, cursor.frames, request)
         init_image = open_init_image(request.init_image_path) if cursor.frames is None else None
-        with self._lock:
-            if self._pipeline is None:
-                raise GeneratorError("diffusers_ltx2 generator is closed")
-            video, pcm, latents = self._run_pipeline(self._pipeline, request, cursor, init_image, on_step)
+        with self._running("diffusers_ltx2") as pipeline:
+            video, pcm, latents = self._run_pipeline(pipeline, request, cursor, init_image, on_step)
         frames = self._hand_over(video, pcm, request, cursor.segment_idx, on_frames)
         return SegmentResult(frames=frames, continuation=self._next_state(request, cursor, frames, latents), audio=pcm)
 

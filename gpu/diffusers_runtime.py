@@ -6,11 +6,12 @@ never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "check_common_options",
     "check_model_dir",
     "check_model_request",
+    "check_state_frame_size",
     "load_pipeline",
     "open_init_image",
     "resolve_device",
@@ -279,6 +281,14 @@ class LoadedPipeline:
         if self._device.type == "cuda":
             self._torch.cuda.empty_cache()
 
+    @contextlib.contextmanager
+    def _running(self, backend: str) -> Iterator[Any]:
+        """The pipeline, held for one call (GeneratorError once closed)."""
+        with self._lock:
+            if self._pipeline is None:
+                raise GeneratorError(f"{backend} generator is closed")
+            yield self._pipeline
+
     def _encode(self, pipeline: Any, text: str) -> tuple[Any, Any]:
         """``(embeddings, mask)`` of ``text``, encoded once per text (the prompt cache)."""
         return encode_with_cache(
@@ -288,4 +298,13 @@ class LoadedPipeline:
             torch=self._torch,
             max_sequence_length=self._max_sequence_length,
             device=self._device,
+        )
+
+
+def check_state_frame_size(kind: str, frames: Any, request: SegmentRequest) -> None:
+    """IncompatibleStateError when a state's ``(n, h, w, 3)`` frames are not the request's size (None: no state)."""
+    if frames is not None and frames.shape[1:3] != (request.height, request.width):
+        height, width = frames.shape[1:3]
+        raise IncompatibleStateError(
+            f"{kind} state holds {width}x{height} frames but the request is {request.width}x{request.height}"
         )
